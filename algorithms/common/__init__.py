@@ -1,0 +1,1 @@
+"""Small building blocks shared by the methods: networks, PPO over trials, trial inputs."""

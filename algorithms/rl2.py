@@ -1,0 +1,156 @@
+"""RL² (Duan et al. 2016; Wang et al. 2016): a GRU policy over whole trials, trained with PPO.
+
+Each step the GRU reads (s_t, a_{t-1}, r_{t-1}, done_{t-1}); its hidden state is the agent's memory of
+the task and is kept across the episodes of a trial, cleared only at a new trial. The policy and
+value heads read the hidden state. Training re-runs the GRU over recorded trials and applies PPO with
+GAE across the episode boundaries of a trial (algorithms.common.ppo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from algorithms.base import AdaptiveAgent, EnvSpec, MetaLearner, TrainContext, Transition
+from algorithms.common.buffers import PreviousStep, trial_features
+from algorithms.common.nets import GaussianHead, mlp
+from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
+
+
+@dataclass
+class RL2Config:
+    """Hyperparameters (Meta-World reference: GRU 256, gamma 0.99, lambda 1, clip 0.2)."""
+
+    hidden_size: int = 256
+    encoder_hidden: int = 64  # an MLP embeds the step input before the GRU (0 = none)
+    meta_batch_size: int = 20  # trials (tasks) per iteration
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    lr: float = 3e-4
+    epochs: int = 4
+    minibatches: int = 4
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    init_std: float = 1.0
+    normalize_advantages: bool = True
+
+
+class RL2Network(nn.Module):
+    """Step embedding -> GRU -> (Gaussian policy, value)."""
+
+    def __init__(self, spec: EnvSpec, cfg: RL2Config) -> None:
+        super().__init__()
+        in_dim = spec.obs_dim + spec.act_dim + 2
+        if cfg.encoder_hidden > 0:
+            self.encoder: nn.Module = mlp(in_dim, (cfg.encoder_hidden,), None, nn.ReLU)
+            gru_in = cfg.encoder_hidden
+        else:
+            self.encoder, gru_in = nn.Identity(), in_dim
+        self.gru = nn.GRU(gru_in, cfg.hidden_size, batch_first=True)
+        self.policy = GaussianHead(cfg.hidden_size, spec.act_dim, init_std=cfg.init_std)
+        self.value = nn.Linear(cfg.hidden_size, 1)
+
+    def forward(
+        self, features: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.distributions.Normal, torch.Tensor, torch.Tensor]:
+        """features (B, T, in) -> (action distribution, value (B, T), last hidden (1, B, H))."""
+        out, hidden = self.gru(self.encoder(features), hidden)
+        return self.policy(out), self.value(out).squeeze(-1), hidden
+
+
+class RL2Agent(AdaptiveAgent):
+    """Acts step by step, carrying the GRU hidden state across the episodes of a trial."""
+
+    def __init__(self, net: RL2Network, spec: EnvSpec, device: torch.device) -> None:
+        self.net, self.spec, self.device = net, spec, device
+        self.prev: PreviousStep | None = None
+        self.hidden: torch.Tensor | None = None
+
+    def new_trial(self, num_envs: int) -> None:
+        self.prev = PreviousStep(num_envs, self.spec.act_dim)
+        self.hidden = None
+
+    def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        assert self.prev is not None, "call new_trial() first"
+        x = torch.as_tensor(self.prev.features(obs), device=self.device).unsqueeze(1)
+        dist, value, self.hidden = self.net(x, self.hidden)
+        action = dist.mean if deterministic else dist.sample()
+        log_prob = GaussianHead.log_prob(dist, action)
+        return action[:, 0].cpu().numpy(), {
+            "log_prob": log_prob[:, 0].cpu().numpy(),
+            "value": value[:, 0].cpu().numpy(),
+        }
+
+    def observe(self, transition: Transition) -> None:
+        assert self.prev is not None
+        self.prev.update(transition)
+
+
+class RL2(MetaLearner):
+    name = "rl2"
+    Config = RL2Config
+
+    def __init__(self, spec: EnvSpec, config: RL2Config, device: torch.device) -> None:
+        super().__init__(spec, config, device)
+        self.net = RL2Network(spec, config).to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5)
+        self.ppo = PPOParams(
+            clip=config.clip,
+            epochs=config.epochs,
+            minibatches=config.minibatches,
+            value_coef=config.value_coef,
+            entropy_coef=config.entropy_coef,
+            max_grad_norm=config.max_grad_norm,
+            normalize_advantages=config.normalize_advantages,
+        )
+
+    @classmethod
+    def profile(cls, profile: str, family: str) -> dict[str, Any]:
+        if family == "metaworld":
+            # Meta-World reference (SPEC.md): GRU 256, gamma 0.99, lambda 1, 10 episodes per trial
+            base = {"hidden_size": 256, "gamma": 0.99, "gae_lambda": 1.0, "clip": 0.2, "lr": 5e-4}
+            return base | ({"meta_batch_size": 25} if profile == "paper" else {"meta_batch_size": 10, "epochs": 4})
+        if family == "point-nav":
+            return {"hidden_size": 128, "meta_batch_size": 64, "gamma": 0.99, "gae_lambda": 0.95, "init_std": 0.5}
+        # locomotion: VariBAD's RL² settings use 16 processes x 2-episode trials; meta-batch 20 as TrMRL
+        return {"hidden_size": 256, "meta_batch_size": 20, "gamma": 0.99, "gae_lambda": 0.95, "init_std": 0.5}
+
+    def make_agent(self) -> RL2Agent:
+        return RL2Agent(self.net, self.spec, self.device)
+
+    def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        cfg = self.config
+        tasks = ctx.sample_tasks(cfg.meta_batch_size)
+        batch = ctx.sample_trials(self.make_agent(), tasks)
+        feats = trial_features(batch, self.device)
+        actions = batch.tensor("actions", self.device)
+        valid = batch.tensor("valid", self.device, torch.bool)
+        old_log_prob = batch.tensor("log_prob", self.device)
+        values = batch.tensor("value", self.device)
+        rewards = batch.tensor("rewards", self.device)
+        advantages, returns = gae_over_trials(rewards, values, valid, cfg.gamma, cfg.gae_lambda)
+
+        def evaluate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            dist, value, _ = self.net(feats[idx])
+            return GaussianHead.log_prob(dist, actions[idx]), GaussianHead.entropy(dist), value
+
+        stats = ppo_update(
+            evaluate, old_log_prob, advantages, returns, valid, self.optimizer,
+            list(self.net.parameters()), self.ppo, ctx.rng,
+        )  # fmt: skip
+        stats["train_return"] = float(batch.episode_returns().mean())
+        stats["action_std"] = self.net.policy.log_std.exp().mean().item()
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "config": asdict(self.config)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])

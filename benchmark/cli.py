@@ -1,0 +1,236 @@
+"""``metarl-bench`` (also ``python -m benchmark``): list | run | sweep | figures.
+
+Every user error ends in one line ``metarl-bench: error: ...`` and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from benchmark.config import PROFILES, ConfigError
+
+DEFAULT_SUITE = "halfcheetah-vel"
+DEFAULT_OUT = "results/runs"
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        raise UsageError(message)
+
+
+def seed_type(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}")
+    return value
+
+
+def seeds_type(text: str) -> list[int]:
+    """'3', '0-4' or '0,2,5' -> list of seeds."""
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part.strip()[1:]:
+            a, b = part.split("-", 1)
+            lo, hi = seed_type(a), seed_type(b)
+            if hi < lo:
+                raise argparse.ArgumentTypeError(f"seed range {part!r} is empty")
+            out += list(range(lo, hi + 1))
+        else:
+            out.append(seed_type(part))
+    return out
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", choices=PROFILES, help="budget and hyperparameters (default quick)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a harness or method setting (repeatable); `metarl-bench list --settings ALGO`")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metarl-bench", description="Meta-RL benchmark: one protocol, tidy CSVs, figures.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p_list = sub.add_parser("list", help="suites and algorithms (plugins included)")
+    p_list.add_argument("--settings", metavar="ALGO", help="show every --set key for an algorithm")
+
+    p_run = sub.add_parser("run", help="train and evaluate one (algo, suite, seed)")
+    p_run.add_argument("--algo", required=True)
+    p_run.add_argument("--suite", default=DEFAULT_SUITE)
+    p_run.add_argument("--seed", type=seed_type, default=0)
+    _add_run_options(p_run)
+
+    p_sweep = sub.add_parser("sweep", help="algos x suites x seeds, then figures")
+    p_sweep.add_argument("--algo", nargs="+", required=True)
+    p_sweep.add_argument("--suite", nargs="+", default=[DEFAULT_SUITE])
+    p_sweep.add_argument("--seeds", type=seeds_type, default=[0])
+    p_sweep.add_argument("--backend", choices=("local", "ray"), default="local",
+                         help="local: subprocesses on this machine; ray: one task per run on a Ray cluster")  # fmt: skip
+    p_sweep.add_argument("--jobs", type=int, default=1, help="runs at once with the local backend (default 1)")
+    p_sweep.add_argument("--no-figures", action="store_true", help="skip figure regeneration at the end")
+    _add_run_options(p_sweep)
+
+    p_fig = sub.add_parser("figures", help="regenerate every figure and table from CSVs")
+    p_fig.add_argument("results", nargs="?", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
+    p_fig.add_argument("--out", default=None, help="where figures/ and tables/ go")
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark import registry
+
+    if args.settings:
+        import dataclasses
+
+        from benchmark.config import RunConfig
+
+        cls = registry.load_algorithm(args.settings)
+        print(f"harness settings (--set): {', '.join(f.name + '=' + repr(f.default) for f in dataclasses.fields(RunConfig))}")
+        print(f"{args.settings} settings (--set): "
+              f"{', '.join(f.name + '=' + repr(f.default) for f in dataclasses.fields(cls.Config))}")  # fmt: skip
+        return 0
+    print("algorithms:")
+    for name in registry.algorithm_names():
+        try:
+            cls = registry.load_algorithm(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is listed, not fatal
+            print(f"  {name:<10} (failed to load: {type(exc).__name__}: {exc})")
+            continue
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<10} {doc}")
+    print("suites:  (H = horizon, K = episodes per training trial, eval = episodes per meta-test trial)")
+    names = registry.suite_names()
+    for name in names:
+        if name.startswith("ml1-") and name != "ml1-reach":
+            continue
+        s = registry.load_suite(name)
+        splits = " ".join(f"{k}={len(s.tasks(k))}" for k in s.splits()) if not name.startswith("ml") else _lazy(s)
+        print(f"  {name:<16} {s.family:<10} H={s.horizon:<4} K={s.episodes_per_trial:<3} eval={s.eval_episodes:<3} {splits}")
+    ml1 = [n for n in names if n.startswith("ml1-")]
+    if ml1:
+        print(f"  ... and the other ml1-<task> suites (same protocol as ml1-reach): {', '.join(ml1)}")
+    return 0
+
+
+def _lazy(suite: Any) -> str:
+    """Meta-World summaries build the benchmark (~seconds); show classes and goal counts."""
+    info = suite.summary()
+    parts = [f"{k}={v}" for k, v in info.get("splits", {}).items()]
+    for key in ("train_classes", "test_classes"):
+        if key in info:
+            parts.append(f"{key}={len(info[key])}")
+    return " ".join(parts)
+
+
+def _resolve(algo: str, suite_name: str, profile: str, overrides: list[str]) -> tuple[Any, Any, Any, Any]:
+    from benchmark import registry
+    from benchmark.config import parse_overrides, resolve
+
+    learner_cls = registry.load_algorithm(algo)
+    suite = registry.load_suite(suite_name)
+    run_cfg, algo_cfg = resolve(profile, suite.family, learner_cls.Config, learner_cls.profile(profile, suite.family),
+                                parse_overrides(overrides))  # fmt: skip
+    return learner_cls, suite, run_cfg, algo_cfg
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r}: expected cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: expected cpu or cuda[:N]")
+
+
+def run_one(algo: str, suite_name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from benchmark.runner import Runner, RunSpec
+
+    learner_cls, suite, run_cfg, algo_cfg = _resolve(algo, suite_name, args.profile, args.overrides)
+    spec = RunSpec(algo=algo, suite=suite_name, seed=seed, profile=args.profile, out=Path(args.out), device=args.device)
+    runner = Runner(spec, suite, learner_cls, algo_cfg, run_cfg, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.no_progress)  # fmt: skip
+    return runner.execute()
+
+
+def print_summary(algo: str, suite: str, seed: int, summary: dict[str, Any]) -> None:
+    table = summary["table"]
+    print(f"\n{algo} on {suite}, seed {seed}: final evaluation ({summary['dir']})")
+    if len(table):
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for split, h in sorted(summary["headline"].items()):
+        print(f"  headline [{split}]: " + ", ".join(f"{k}={v:.3f}" for k, v in h.items()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _check_device(args.device)
+    summary = run_one(args.algo, args.suite, args.seed, args)
+    print_summary(args.algo, args.suite, args.seed, summary)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.sweep import run_sweep
+
+    _check_device(args.device)
+    for algo in args.algo:  # validate every name and setting before any run starts
+        for suite in args.suite:
+            _resolve(algo, suite, args.profile, args.overrides)
+    run_sweep(args)
+    if not args.no_figures:
+        cmd_figures(argparse.Namespace(results=args.out, out=None))
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from benchmark.plots import make_all
+
+    root = Path(args.results)
+    if not root.is_dir():
+        raise UsageError(f"results directory {root} does not exist")
+    written = make_all(root, Path(args.out) if args.out else None)
+    print(f"wrote {len(written)} files:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "figures": cmd_figures}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmark.registry import RegistryError
+    from benchmark.results import ResultsError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, RegistryError, ResultsError) as exc:
+        print(f"metarl-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metarl-bench: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

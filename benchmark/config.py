@@ -1,0 +1,129 @@
+"""Run configuration: dataclass defaults < profile (quick | paper) < ``--set key=value`` overrides.
+
+A profile sets the harness budget per suite family here and the method's hyperparameters in the
+method's own ``profile()``; ``--set`` can override a field of either, with its type checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+PROFILES = ("quick", "paper")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI prints its one-line message and exits 2."""
+
+
+@dataclass
+class RunConfig:
+    """What the harness does around a method: budget, evaluation cadence, checkpoints, resources."""
+
+    iterations: int = 100  # meta-training iterations
+    eval_every: int = 10  # periodic evaluation every N iterations (and at iteration 0)
+    eval_tasks: int = 5  # test tasks in a periodic evaluation (the final one uses all)
+    eval_batch: int = 20  # tasks evaluated in parallel
+    checkpoint_every: int = 5  # iterations between atomic checkpoints
+    num_workers: int = 2  # simulator worker processes (point-nav always runs in-process)
+    torch_threads: int = 1  # intra-op threads of the learner process
+
+
+# Harness budgets per (profile, family). quick: shows learning on 2 CPU cores (point-nav <= 5 min,
+# locomotion <= 15 min); paper: the published step budgets (e.g. TrMRL HalfCheetahVel 2,500 iterations).
+RUN_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
+    ("quick", "point-nav"): {"iterations": 300, "eval_every": 25, "eval_tasks": 10, "checkpoint_every": 25},
+    ("paper", "point-nav"): {"iterations": 1000, "eval_every": 50, "eval_tasks": 20, "checkpoint_every": 50},
+    ("quick", "locomotion"): {"iterations": 150, "eval_every": 25, "eval_tasks": 5, "checkpoint_every": 10},
+    ("paper", "locomotion"): {"iterations": 2500, "eval_every": 50, "eval_tasks": 10, "checkpoint_every": 25},
+    ("quick", "metaworld"): {"iterations": 30, "eval_every": 10, "eval_tasks": 5, "eval_batch": 25,
+                             "checkpoint_every": 5},
+    ("paper", "metaworld"): {"iterations": 2000, "eval_every": 50, "eval_tasks": 10, "eval_batch": 25,
+                             "checkpoint_every": 25},
+}  # fmt: skip
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if not f.name.startswith("_")}
+
+
+def parse_value(key: str, raw: str, typ: Any) -> Any:
+    """Parse a ``--set`` value according to the field's annotated type."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw.lower() in ("none", "null") and len(args) < len(typing.get_args(typ)):
+            return None
+        typ = args[0]
+        origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            low = raw.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        if typ is str:
+            return raw
+        if origin is tuple:
+            (inner, *_rest) = typing.get_args(typ)
+            return tuple(parse_value(key, part, inner) for part in raw.split(",") if part.strip())
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"--set {key}: unsupported field type {typ}")
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"--set {key}={raw}: expected a value of type {name}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def apply(obj: Any, values: dict[str, Any]) -> Any:
+    """A copy of dataclass ``obj`` with ``values`` set (keys must exist)."""
+    return dataclasses.replace(obj, **values)
+
+
+def resolve(
+    profile: str,
+    family: str,
+    algo_config_cls: type,
+    algo_profile: dict[str, Any],
+    overrides: dict[str, str],
+) -> tuple[RunConfig, Any]:
+    """Build (RunConfig, method config) from defaults, profile and typed ``--set`` overrides."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; accepted: {', '.join(PROFILES)}")
+    run = apply(RunConfig(), RUN_PROFILES.get((profile, family), RUN_PROFILES.get((profile, "locomotion"), {})))
+    algo = apply(algo_config_cls(), algo_profile)
+    run_types, algo_types = field_types(RunConfig), field_types(algo_config_cls)
+    run_set, algo_set = {}, {}
+    for key, raw in overrides.items():
+        if key in run_types:
+            run_set[key] = parse_value(key, raw, run_types[key])
+        elif key in algo_types:
+            algo_set[key] = parse_value(key, raw, algo_types[key])
+        else:
+            accepted = ", ".join(sorted(run_types) + sorted(algo_types))
+            raise ConfigError(f"--set {key}: no such setting; accepted: {accepted}")
+    run, algo = apply(run, run_set), apply(algo, algo_set)
+    for name in ("iterations", "eval_every", "eval_tasks", "eval_batch", "checkpoint_every", "num_workers"):
+        if getattr(run, name) < 1:
+            raise ConfigError(f"--set {name}={getattr(run, name)}: must be >= 1")
+    return run, algo

@@ -1,0 +1,88 @@
+"""Methods and suites found through standard entry points (in-tree ones are registered the same way).
+
+* ``metarl_bench.algorithms``: ``name = "package.module:MetaLearnerSubclass"``.
+* ``metarl_bench.suites``: ``name = "package.module:factory"`` where calling ``factory()`` returns a
+  ``Suite`` (the entry name is the suite name), or a mapping ``{suite_name: zero-arg factory}`` for a
+  family of suites (e.g. every Meta-World ML1 task). Family mappings must be cheap to build.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+
+from algorithms.base import MetaLearner
+from benchmark.suites.base import Suite
+
+ALGORITHM_GROUP = "metarl_bench.algorithms"
+SUITE_GROUP = "metarl_bench.suites"
+
+
+class RegistryError(ValueError):
+    """Unknown name; the message lists what is accepted."""
+
+
+def _entry_points(group: str) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def algorithm_names() -> list[str]:
+    return sorted(_entry_points(ALGORITHM_GROUP))
+
+
+def load_algorithm(name: str) -> type[MetaLearner]:
+    eps = _entry_points(ALGORITHM_GROUP)
+    if name not in eps:
+        raise RegistryError(f"unknown algorithm {name!r}; accepted: {', '.join(sorted(eps))}")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, MetaLearner)):
+        raise RegistryError(f"entry point {name!r} ({eps[name].value}) is not a MetaLearner subclass")
+    return cls
+
+
+def _expand(name: str, ep: EntryPoint) -> dict[str, Callable[[], Suite]]:
+    """Load one suite entry point: a single suite, or a family mapping of suites."""
+    obj = ep.load()
+    if isinstance(obj, type) and issubclass(obj, Suite):
+        return {name: obj}
+    produced = obj()
+    if isinstance(produced, Mapping):
+        return dict(produced)
+    if isinstance(produced, Suite):
+        return {name: lambda: produced}
+    raise RegistryError(f"suite entry point {name!r} ({ep.value}) gave neither a Suite nor a mapping")
+
+
+@cache
+def _suite_factories() -> dict[str, Callable[[], Suite]]:
+    """Every suite of every entry point; a plugin that fails to load is reported and skipped."""
+    out: dict[str, Callable[[], Suite]] = {}
+    for name, ep in _entry_points(SUITE_GROUP).items():
+        try:
+            out.update(_expand(name, ep))
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
+            warnings.warn(f"suite entry point {name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+    return out
+
+
+def suite_names() -> list[str]:
+    return sorted(_suite_factories())
+
+
+@cache
+def load_suite(name: str) -> Suite:
+    """The suite instance (cached: suites build their task sets once per process)."""
+    eps = _entry_points(SUITE_GROUP)
+    factories = _expand(name, eps[name]) if name in eps else _suite_factories()
+    if name not in factories:
+        names = sorted(_suite_factories())
+        shown = [n for n in names if not n.startswith("ml1-")]
+        ml1 = [n for n in names if n.startswith("ml1-")]
+        more = f", and {len(ml1)} ml1-<task> suites ({', '.join(ml1[:3])}, ...)" if ml1 else ""
+        raise RegistryError(f"unknown suite {name!r}; accepted: {', '.join(shown)}{more}")
+    suite = factories[name]()
+    if not suite.name:
+        suite.name = name
+    return suite

@@ -1,0 +1,168 @@
+"""What a task suite is: a stated task distribution with seeded, disjoint splits.
+
+A suite owns its task definitions (one place each), its horizon and trial length, its reference
+returns for normalisation and a factory for a *batch environment*: ``num_envs`` environments, one per
+task, stepped together. Agents always act in the normalised box ``[-1, 1]^act_dim``; the batch
+environment maps actions linearly onto the simulator's own bounds, so every method sees the same
+action scale on every suite.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "test", "ood")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a suite. ``params`` is JSON-serialisable; ``description`` goes into eval.csv."""
+
+    task_id: int
+    split: str
+    params: dict[str, Any]
+    description: str
+
+
+@dataclass(frozen=True)
+class ReferenceReturns:
+    """Per-episode returns of a random and an oracle policy, for normalised return.
+
+    normalised = (R - random) / (oracle - random), computed per episode.
+    """
+
+    random: float
+    oracle: float
+    source: str
+
+    def normalise(self, ret: np.ndarray | float) -> np.ndarray | float:
+        return (np.asarray(ret, dtype=np.float64) - self.random) / (self.oracle - self.random)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one synchronous step of a batch environment returns (arrays over envs)."""
+
+    obs: np.ndarray  # (B, obs_dim) float32
+    reward: np.ndarray  # (B,) float32
+    terminated: np.ndarray  # (B,) bool: the MDP ended (e.g. the ant fell); not a time limit
+    success: np.ndarray  # (B,) bool: info["success"] where the suite has one, else False
+
+
+class BatchEnv(abc.ABC):
+    """``num_envs`` environments, one per task, stepped in lock-step.
+
+    The sampler never steps an environment past ``Suite.horizon`` and never steps one whose episode
+    already terminated (``active`` is False for it; its returned row is ignored).
+    """
+
+    num_envs: int
+    obs_dim: int
+    act_dim: int
+
+    @abc.abstractmethod
+    def set_tasks(self, tasks: Sequence[Task]) -> None:
+        """Assign one task per environment (``len(tasks) == num_envs``)."""
+
+    @abc.abstractmethod
+    def reset(self, seeds: Sequence[int]) -> np.ndarray:
+        """Start a new episode in every environment; returns (B, obs_dim) float32."""
+
+    @abc.abstractmethod
+    def step(self, actions: np.ndarray, active: np.ndarray) -> StepResult:
+        """Step every active environment with actions in [-1, 1]^act_dim (already clipped)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release worker processes, if any."""
+
+    def __enter__(self) -> BatchEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Suite(abc.ABC):
+    """A task distribution under the one evaluation protocol (see SPEC.md).
+
+    Subclasses set the class attributes and implement ``_make_tasks`` and ``make_batch_env``.
+    """
+
+    name: str = ""
+    family: str = ""  # "point-nav", "locomotion" or "metaworld": selects profile defaults
+    horizon: int = 100
+    episodes_per_trial: int = 2  # training trial length K
+    eval_episodes: int = 6  # fast-adaptation trial length at meta-test
+    has_success: bool = False
+    obs_dim: int = 0
+    act_dim: int = 0
+    task_seed: int = 1337  # fixed: every method and run seed sees the same task sets
+    description: str = ""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, list[Task]] = {}
+
+    # -- tasks ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _make_tasks(self, split: str) -> list[Task]:
+        """Build the task list of one split deterministically from ``task_seed``."""
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits this suite defines (``ood`` only where SPEC.md gives one)."""
+        return ("train", "test")
+
+    def tasks(self, split: str) -> list[Task]:
+        if split not in self.splits():
+            raise ValueError(f"suite {self.name!r} has no split {split!r}; accepted: {', '.join(self.splits())}")
+        if split not in self._tasks:
+            self._tasks[split] = self._make_tasks(split)
+        return self._tasks[split]
+
+    # -- environments --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def make_batch_env(self, num_envs: int, num_workers: int = 1) -> BatchEnv:
+        """A batch environment of ``num_envs`` environments (``num_workers`` processes for simulators)."""
+
+    # -- evaluation protocol -------------------------------------------------------------------
+    def headline_episodes(self) -> list[int]:
+        """Eval-trial episode indices whose mean is the headline number (default: the last one)."""
+        return [self.eval_episodes - 1]
+
+    def periodic_eval_tasks(self, n: int) -> list[Task]:
+        """A fixed subset of ``n`` test tasks for the periodic evaluation (evenly spaced)."""
+        test = self.tasks("test")
+        idx = np.linspace(0, len(test) - 1, num=min(n, len(test))).round().astype(int)
+        return [test[i] for i in sorted(set(idx.tolist()))]
+
+    def final_eval_tasks(self) -> dict[str, list[Task]]:
+        """Tasks of the final evaluation per split: every test task and every OOD task."""
+        return {s: self.tasks(s) for s in self.splits() if s != "train"}
+
+    # -- normalisation -------------------------------------------------------------------------
+    def reference_returns(self) -> ReferenceReturns | None:
+        """Per-episode random / oracle returns, or None where no reference exists."""
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """One line of ``metarl-bench list``."""
+        return {
+            "suite": self.name,
+            "family": self.family,
+            "horizon": self.horizon,
+            "episodes_per_trial": self.episodes_per_trial,
+            "eval_episodes": self.eval_episodes,
+            "splits": {s: len(self.tasks(s)) for s in self.splits()},
+            "success": self.has_success,
+            "headline_episodes": self.headline_episodes(),
+        }
+
+
+def scale_actions(actions: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map normalised actions in [-1, 1] linearly onto [low, high] (clipping first)."""
+    a = np.clip(actions, -1.0, 1.0)
+    return low + (a + 1.0) * 0.5 * (high - low)

@@ -1,0 +1,60 @@
+"""Developer and user entry points: tests, slow learning tests, benchmark runs, figures, perf, lint.
+
+Every session installs the project with the pins in constraints.txt (torch 2.13.0 CPU build).
+Virtual environments are reused between runs (``nox.options.reuse_venv``).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "tests"]
+CONSTRAINTS = ("-c", "constraints.txt")
+
+
+def install(session: nox.Session, extras: str = "test") -> None:
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Fast unit tests (learning tests are marked slow and excluded)."""
+    install(session)
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The learning tests on point-nav (minutes each)."""
+    install(session)
+    session.run("pytest", "-q", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def benchmark(session: nox.Session) -> None:
+    """`nox -s benchmark -- --algo trmrl [--suite ...] [--seeds 0-4] [--backend ray]`: runs, then figures."""
+    install(session)
+    args = session.posargs or ["--algo", "rl2"]
+    session.run("metarl-bench", "sweep", *args)
+
+
+@nox.session
+def figures(session: nox.Session) -> None:
+    """Regenerate every figure and table from the CSVs under results/runs (or the given directory)."""
+    install(session)
+    session.run("metarl-bench", "figures", *(session.posargs or ["results/runs"]))
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    """Throughput and memory benchmark against the raw simulator and Stable-Baselines3 PPO."""
+    install(session, "test,perf")
+    session.run("python", "scripts/perf.py", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install(*CONSTRAINTS, "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

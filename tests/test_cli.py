@@ -1,0 +1,96 @@
+"""The CLI contract: list / run, and one-line errors with exit code 2 for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.config import ConfigError, RunConfig, parse_value, resolve
+from tests.conftest import TINY_RL2
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def quick_run(tmp_path, *extra):
+    return ["run", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
+            "--set", "iterations=2", "--set", "eval_every=1", *TINY_RL2, *extra]  # fmt: skip
+
+
+def test_list_shows_suites_and_algorithms(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    assert "rl2" in out and "point-nav" in out and "H=100" in out and "K=2" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "--algo", "nope"], "unknown algorithm 'nope'; accepted:"),
+        (["run", "--algo", "rl2", "--suite", "nowhere"], "unknown suite 'nowhere'; accepted:"),
+        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "bogus=1"], "--set bogus: no such setting"),
+        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "lr=fast"], "expected a value of type float"),
+        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "iterations=2.5"], "type int"),
+        (["run", "--algo", "rl2", "--seed", "-1"], "seed must be a non-negative integer"),
+        (["run", "--algo", "rl2", "--seed", "abc"], "seed must be a non-negative integer"),
+        (["run", "--algo", "rl2", "--profile", "huge"], "invalid choice"),
+        (["run", "--algo", "rl2", "--device", "tpu"], "--device"),
+        (["sweep", "--algo", "rl2", "--seeds", "4-1"], "empty"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, tmp_path, argv, needle):
+    code, out, err = run_cli(capsys, *argv, "--out", str(tmp_path))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metarl-bench: error:") and needle in lines[0], err
+    assert not any(tmp_path.iterdir()), "nothing may be written on bad input"
+
+
+def test_finished_run_refused_then_resume_and_overwrite(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, *quick_run(tmp_path))
+    assert code == 0 and "headline [test]" in out
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    before = (run / "eval.csv").read_text()
+    code, _, err = run_cli(capsys, *quick_run(tmp_path))
+    assert code == 2 and "already holds a finished run" in err and len(err.strip().splitlines()) == 1
+    assert (run / "eval.csv").read_text() == before
+    code, out, _ = run_cli(capsys, *quick_run(tmp_path, "--resume"))  # finished: only the summary
+    assert code == 0 and (run / "eval.csv").read_text() == before
+    code, _, _ = run_cli(capsys, *quick_run(tmp_path, "--overwrite"))
+    assert code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo_config"]["hidden_size"] == 16 and config["run"]["iterations"] == 2
+    assert config["versions"]["torch"].startswith("2.13") and config["command"]
+    assert config["reference_returns"]["oracle"] > config["reference_returns"]["random"]
+
+
+def test_corrupted_checkpoint_is_one_line_error(capsys, tmp_path):
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    (run / "done").unlink()
+    (run / "checkpoint.pt").write_bytes(b"\x00garbage" * 10)
+    eval_before = (run / "eval.csv").read_text()
+    code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume"))
+    assert code == 2 and "corrupted or unreadable checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert (run / "eval.csv").read_text() == eval_before
+
+
+def test_set_parsing_types():
+    assert parse_value("x", "true", bool) is True and parse_value("x", "3", int) == 3
+    assert parse_value("x", "64,64", tuple[int, ...]) == (64, 64)
+    with pytest.raises(ConfigError):
+        parse_value("x", "maybe", bool)
+    from algorithms.rl2 import RL2Config
+
+    run, algo = resolve("quick", "point-nav", RL2Config, {"hidden_size": 8}, {"lr": "1e-3", "iterations": "7"})
+    assert isinstance(run, RunConfig) and run.iterations == 7 and algo.lr == 1e-3 and algo.hidden_size == 8
+
+
+def test_python_m_benchmark_and_console_script_agree():
+    out = subprocess.run([sys.executable, "-m", "benchmark", "list"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "point-nav" in out.stdout

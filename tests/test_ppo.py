@@ -1,0 +1,50 @@
+import numpy as np
+import torch
+
+from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_loss
+
+
+def reference_gae(r, v, gamma, lam):
+    T = len(r)
+    adv = np.zeros(T)
+    last = 0.0
+    for t in reversed(range(T)):
+        nv = v[t + 1] if t + 1 < T else 0.0
+        delta = r[t] + gamma * nv - v[t]
+        last = delta + gamma * lam * last
+        adv[t] = last
+    return adv
+
+
+def test_gae_matches_textbook_recursion_across_episode_boundaries():
+    rng = np.random.default_rng(0)
+    r, v = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
+    adv, ret = gae_over_trials(torch.tensor(r), torch.tensor(v), torch.ones(3, 40, dtype=torch.bool), 0.9, 0.8)
+    for b in range(3):
+        assert np.allclose(adv[b].numpy(), reference_gae(r[b], v[b], 0.9, 0.8))
+    assert torch.allclose(ret, adv + torch.tensor(v))
+
+
+def test_gae_skips_invalid_steps():
+    rng = np.random.default_rng(1)
+    r, v = rng.normal(size=(1, 10)), rng.normal(size=(1, 10))
+    valid = np.ones((1, 10), bool)
+    valid[0, 3:6] = False  # terminated episode tail: no reward, not sent to the env
+    adv, _ = gae_over_trials(torch.tensor(r), torch.tensor(v), torch.tensor(valid), 0.99, 0.95)
+    keep = valid[0]
+    expected = reference_gae(r[0][keep], v[0][keep], 0.99, 0.95)
+    assert np.allclose(adv[0].numpy()[keep], expected)
+    assert (adv[0].numpy()[~keep] == 0).all()
+
+
+def test_ppo_loss_clips_and_masks():
+    p = PPOParams(clip=0.2, value_coef=0.0, entropy_coef=0.0)
+    old = torch.zeros(1, 4)
+    new = torch.log(torch.tensor([[2.0, 0.5, 1.0, 3.0]]))
+    adv = torch.tensor([[1.0, -1.0, 1.0, 100.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    zeros = torch.zeros(1, 4)
+    loss, stats = ppo_loss(new, old, adv, zeros, zeros, zeros, mask, p)
+    # min(r*A, clip(r)*A): 1.2, -0.8, 1.0 -> mean over the 3 valid steps
+    assert np.isclose(loss.item(), -(1.2 - 0.8 + 1.0) / 3)
+    assert np.isclose(stats["clip_frac"], 2 / 3)
