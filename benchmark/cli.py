@@ -52,7 +52,9 @@ def seeds_type(text: str) -> list[int]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="quick", choices=PROFILES, help="budget and hyperparameters (default quick)")
+    p.add_argument(
+        "--profile", default="quick", choices=PROFILES, help="budget and hyperparameters (default quick)"
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a harness or method setting (repeatable); `metarl-bench list --settings ALGO`")  # fmt: skip
@@ -81,12 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--seeds", type=seeds_type, default=[0])
     p_sweep.add_argument("--backend", choices=("local", "ray"), default="local",
                          help="local: subprocesses on this machine; ray: one task per run on a Ray cluster")  # fmt: skip
-    p_sweep.add_argument("--jobs", type=int, default=1, help="runs at once with the local backend (default 1)")
+    p_sweep.add_argument(
+        "--jobs", type=int, default=1, help="runs at once with the local backend (default 1)"
+    )
     p_sweep.add_argument("--no-figures", action="store_true", help="skip figure regeneration at the end")
     _add_run_options(p_sweep)
 
     p_fig = sub.add_parser("figures", help="regenerate every figure and table from CSVs")
-    p_fig.add_argument("results", nargs="?", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
+    p_fig.add_argument(
+        "results", nargs="?", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})"
+    )
     p_fig.add_argument("--out", default=None, help="where figures/ and tables/ go")
     return parser
 
@@ -101,7 +107,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         from benchmark.config import RunConfig
 
         cls = registry.load_algorithm(args.settings)
-        print(f"harness settings (--set): {', '.join(f.name + '=' + repr(f.default) for f in dataclasses.fields(RunConfig))}")
+        print(
+            f"harness settings (--set): {', '.join(f.name + '=' + repr(f.default) for f in dataclasses.fields(RunConfig))}"
+        )
         print(f"{args.settings} settings (--set): "
               f"{', '.join(f.name + '=' + repr(f.default) for f in dataclasses.fields(cls.Config))}")  # fmt: skip
         return 0
@@ -119,23 +127,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in names:
         if name.startswith("ml1-") and name != "ml1-reach":
             continue
-        s = registry.load_suite(name)
-        splits = " ".join(f"{k}={len(s.tasks(k))}" for k in s.splits()) if not name.startswith("ml") else _lazy(s)
-        print(f"  {name:<16} {s.family:<10} H={s.horizon:<4} K={s.episodes_per_trial:<3} eval={s.eval_episodes:<3} {splits}")
+        info = registry.load_suite(name).summary()
+        splits = " ".join(f"{k}={v}" for k, v in info["splits"].items())
+        classes = info.get("classes")
+        if classes:
+            splits += "  classes: " + " ".join(f"{k}={len(v)}" for k, v in classes.items())
+            if len(classes.get("test", [])) <= 5:
+                splits += f" (test: {', '.join(classes['test'])})"
+        print(f"  {name:<16} {info['family']:<10} H={info['horizon']:<4} K={info['episodes_per_trial']:<3} "
+              f"eval={info['eval_episodes']:<3} {splits}")  # fmt: skip
     ml1 = [n for n in names if n.startswith("ml1-")]
     if ml1:
         print(f"  ... and the other ml1-<task> suites (same protocol as ml1-reach): {', '.join(ml1)}")
     return 0
-
-
-def _lazy(suite: Any) -> str:
-    """Meta-World summaries build the benchmark (~seconds); show classes and goal counts."""
-    info = suite.summary()
-    parts = [f"{k}={v}" for k, v in info.get("splits", {}).items()]
-    for key in ("train_classes", "test_classes"):
-        if key in info:
-            parts.append(f"{key}={len(info[key])}")
-    return " ".join(parts)
 
 
 def _resolve(algo: str, suite_name: str, profile: str, overrides: list[str]) -> tuple[Any, Any, Any, Any]:
@@ -166,7 +170,9 @@ def run_one(algo: str, suite_name: str, seed: int, args: argparse.Namespace) -> 
     from benchmark.runner import Runner, RunSpec
 
     learner_cls, suite, run_cfg, algo_cfg = _resolve(algo, suite_name, args.profile, args.overrides)
-    spec = RunSpec(algo=algo, suite=suite_name, seed=seed, profile=args.profile, out=Path(args.out), device=args.device)
+    spec = RunSpec(
+        algo=algo, suite=suite_name, seed=seed, profile=args.profile, out=Path(args.out), device=args.device
+    )
     runner = Runner(spec, suite, learner_cls, algo_cfg, run_cfg, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress)  # fmt: skip
     return runner.execute()

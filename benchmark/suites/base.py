@@ -148,6 +148,10 @@ class Suite(abc.ABC):
         """Per-episode random / oracle returns, or None where no reference exists."""
         return None
 
+    def task_counts(self) -> dict[str, int]:
+        """Tasks per split (suites whose task lists are costly to build override this)."""
+        return {s: len(self.tasks(s)) for s in self.splits()}
+
     def summary(self) -> dict[str, Any]:
         """One line of ``metarl-bench list``."""
         return {
@@ -156,7 +160,7 @@ class Suite(abc.ABC):
             "horizon": self.horizon,
             "episodes_per_trial": self.episodes_per_trial,
             "eval_episodes": self.eval_episodes,
-            "splits": {s: len(self.tasks(s)) for s in self.splits()},
+            "splits": self.task_counts(),
             "success": self.has_success,
             "headline_episodes": self.headline_episodes(),
         }

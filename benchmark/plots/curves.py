@@ -1,0 +1,117 @@
+"""Meta-training curves: headline test metric against environment steps, mean over seeds with 95 %
+bootstrap confidence bands; for Meta-World suites also meta-train next to meta-test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from . import style
+from .data import Results, curve
+from .stats import bootstrap_ci
+
+CURVE_COLUMNS = ["iteration", "env_steps", "mean", "low", "high", "n_seeds"]
+
+
+def curve_table(results: Results, suite: str, algo: str, split: str = "test", *,
+                normalized: bool = False, n_boot: int = 2000) -> pd.DataFrame:
+    """Mean over seeds (with 95% bootstrap CI over seeds) of the headline metric at every evaluation.
+
+    Seeds are aligned by ``iteration`` (every run of a suite evaluates on the same schedule); the
+    x position is the mean ``env_steps`` over the seeds evaluated at that iteration. Runs in progress
+    contribute the iterations they have reached.
+    """
+    frames = []
+    for run in results.select(suite, algo):
+        c = curve(run, split, normalized)
+        if len(c):
+            frames.append(c.assign(seed=run.seed))
+    if not frames:
+        return pd.DataFrame({c: [] for c in CURVE_COLUMNS})
+    df = pd.concat(frames, ignore_index=True)
+    rows = []
+    for it, grp in df.groupby("iteration", sort=True):
+        est = bootstrap_ci(grp["value"].to_numpy(), n_boot=n_boot, rng=int(it))
+        rows.append((int(it), float(grp["env_steps"].mean()), est.value, est.low, est.high, est.n))
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _draw(ax, table: pd.DataFrame, color: str, marker: str) -> None:
+    x = table["env_steps"].to_numpy()
+    few = len(table) <= 25
+    ax.plot(x, table["mean"], color=color, marker=marker if few else None, markersize=3.5 if few else 0,
+            clip_on=False if len(table) == 1 else True)
+    if len(table) == 1 and np.isfinite(table["low"]).all():  # a lone point: CI as an error bar
+        mean = table["mean"].to_numpy()
+        err = np.abs(np.stack([mean - table["low"].to_numpy(), table["high"].to_numpy() - mean]))
+        ax.errorbar(x, mean, yerr=err, color=color, capsize=3, linewidth=1.2)
+    elif np.isfinite(table["low"]).any():
+        ax.fill_between(x, table["low"], table["high"], color=color, alpha=style.BAND_ALPHA, linewidth=0)
+
+
+def _panel(ax, results: Results, suite: str, split: str, colors, markers) -> dict[str, str]:
+    info = results.info(suite)
+    labels = {}
+    for algo in results.algos_for(suite):
+        table = curve_table(results, suite, algo, split)
+        if table.empty:
+            continue
+        _draw(ax, table, colors[algo], markers[algo])
+        runs = [r for r in results.select(suite, algo) if (r.eval["split"] == split).any()]
+        labels[algo] = style.legend_label(algo, len(runs), sum(not r.done for r in runs))
+    ax.xaxis.set_major_formatter(style.STEPS_FORMATTER)
+    ax.set_xlabel("Environment steps")
+    ax.set_ylabel(style.metric_label(info))
+    if info.has_success:
+        ax.set_ylim(-3, 103)
+    ax.set_xlim(left=0)
+    return labels
+
+
+def _handles(results: Results) -> dict[str, Line2D]:
+    colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
+    return {a: Line2D([], [], color=colors[a], marker=markers[a], markersize=4) for a in results.algos}
+
+
+def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_curves") -> list[Path]:
+    """One panel per suite: test-split headline metric vs env steps, one line per method."""
+    suites = [s for s in results.suites if any((r.eval["split"] == "test").any() for r in results.select(s))]
+    if not suites:
+        return []
+    colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
+    with style.paper_style():
+        fig, axes = style.panel_grid(len(suites))
+        labels = []
+        for ax, suite in zip(axes, suites, strict=True):
+            labels.append(_panel(ax, results, suite, "test", colors, markers))
+            ax.set_title(f"{suite} (meta-test)")
+        style.add_legends(fig, axes, labels, _handles(results))
+        style.suptitle(fig, "Meta-training curves: mean over seeds, 95% bootstrap CI")
+        return style.save_figure(fig, out_dir, name)
+
+
+def metaworld_suites_with_train(results: Results) -> list[str]:
+    return [s for s in results.suites if results.info(s).is_metaworld
+            and any((r.eval["split"] == "train").any() for r in results.select(s))]
+
+
+def plot_metaworld_curves(results: Results, out_dir: Path, name: str = "metaworld_curves") -> list[Path]:
+    """Meta-World suites with train-split rows: meta-train (left) and meta-test (right) success curves."""
+    suites = metaworld_suites_with_train(results)
+    if not suites:
+        return []
+    colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
+    with style.paper_style():
+        fig, axes = style.panel_grid(2 * len(suites), ncols=2)
+        labels = []
+        for i, suite in enumerate(suites):
+            pair = ((axes[2 * i], "train", "meta-train"), (axes[2 * i + 1], "test", "meta-test"))
+            for ax, split, title in pair:
+                labels.append(_panel(ax, results, suite, split, colors, markers))
+                ax.set_title(f"{suite} ({title})")
+        style.add_legends(fig, axes, labels, _handles(results))
+        style.suptitle(fig, "Meta-World success during meta-training: mean over seeds, 95% bootstrap CI")
+        return style.save_figure(fig, out_dir, name)

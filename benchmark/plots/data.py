@@ -1,0 +1,493 @@
+"""Loading and validating a results tree; per-run metrics derived from ``eval.csv``.
+
+Pure functions of the results files: nothing here imports training code, torch or gymnasium.
+
+Layout (SPEC.md, "Results layout and CSV schema")::
+
+    <root>/<suite>/<algo>/seed<N>/config.json
+                                 /progress.csv
+                                 /eval.csv
+                                 /done          (present once the run finished)
+
+Every malformed or missing input raises :class:`ResultsError` with a one-line message that names the
+file and what is wrong; ``python -m benchmark.plots`` turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PROGRESS_COLUMNS = ("iteration", "env_steps", "wall_time_s")
+EVAL_COLUMNS = ("iteration", "env_steps", "split", "task_id", "task", "episode", "return", "success")
+SPLITS = ("train", "test", "ood")
+SUITE_INFO_KEYS = (
+    "family", "horizon", "episodes_per_trial", "eval_episodes", "has_success", "headline_episodes"
+)
+CONFIG_KEYS = ("suite", "algo", "seed", "profile", "iterations", "suite_info")
+
+# Display order of the in-tree methods; plugins follow alphabetically.
+KNOWN_METHODS = ("trmrl", "rl2", "maml", "pearl", "varibad")
+
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+class ResultsError(ValueError):
+    """A results file is missing or malformed. ``str(err)`` is one line naming the file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def _fail(path: Path | str, what: str) -> ResultsError:
+    return ResultsError(f"{path}: {what}")
+
+
+# ------------------------------------------------------------------------------------------------
+# config.json
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuiteInfo:
+    """The protocol facts of a suite as recorded in ``config.json["suite_info"]``."""
+
+    family: str
+    horizon: int
+    episodes_per_trial: int
+    eval_episodes: int
+    has_success: bool
+    headline_episodes: tuple[int, ...]
+
+    @property
+    def is_metaworld(self) -> bool:
+        return self.family.lower().replace("-", "").replace("_", "") == "metaworld"
+
+    @property
+    def metric(self) -> str:
+        """``"success"`` (plotted in %) where the suite has a success notion, else ``"return"``."""
+        return "success" if self.has_success else "return"
+
+
+@dataclass(frozen=True)
+class References:
+    """Per-episode reference returns used for normalisation: (R - random) / (oracle - random)."""
+
+    random: float
+    oracle: float
+    source: str = ""
+
+    def normalize(self, returns: Any) -> Any:
+        return (returns - self.random) / (self.oracle - self.random)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def parse_config(path: Path) -> tuple[dict[str, Any], SuiteInfo, References | None]:
+    """Read and validate ``config.json``; return the raw dict, its suite info and references."""
+    if not path.is_file():
+        raise _fail(path, "file not found (every run directory needs its config.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _fail(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise _fail(path, f"invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    if not isinstance(config, dict):
+        raise _fail(path, f"expected a JSON object, got {type(config).__name__}")
+    for key in CONFIG_KEYS:
+        if key not in config:
+            raise _fail(path, f"missing key {key!r} (expected: {', '.join(CONFIG_KEYS)})")
+    for key in ("suite", "algo", "profile"):
+        if not isinstance(config[key], str) or not config[key]:
+            raise _fail(path, f"key {key!r} must be a non-empty string, got {config[key]!r}")
+    for key in ("seed", "iterations"):
+        if _as_int(config[key]) is None:
+            raise _fail(path, f"key {key!r} must be an integer, got {config[key]!r}")
+    raw = config["suite_info"]
+    if not isinstance(raw, dict):
+        raise _fail(path, f"key 'suite_info' must be an object, got {raw!r}")
+    for key in SUITE_INFO_KEYS:
+        if key not in raw:
+            raise _fail(path, f"missing key 'suite_info.{key}' (expected: {', '.join(SUITE_INFO_KEYS)})")
+    ints = {}
+    for key in ("horizon", "episodes_per_trial", "eval_episodes"):
+        value = _as_int(raw[key])
+        if value is None or value < 1:
+            raise _fail(path, f"key 'suite_info.{key}' must be a positive integer, got {raw[key]!r}")
+        ints[key] = value
+    if not isinstance(raw["has_success"], bool):
+        raise _fail(path, f"key 'suite_info.has_success' must be true or false, got {raw['has_success']!r}")
+    headline = raw["headline_episodes"]
+    if (
+        not isinstance(headline, list)
+        or not headline
+        or any(_as_int(h) is None or not 0 <= _as_int(h) < ints["eval_episodes"] for h in headline)
+    ):
+        raise _fail(
+            path,
+            f"key 'suite_info.headline_episodes' must be a non-empty list of episode indices in "
+            f"[0, {ints['eval_episodes'] - 1}], got {headline!r}",
+        )
+    info = SuiteInfo(
+        family=str(raw["family"]),
+        has_success=raw["has_success"],
+        headline_episodes=tuple(sorted({int(h) for h in headline})),
+        **ints,
+    )
+    refs = None
+    ref_raw = config.get("reference_returns")
+    if ref_raw is not None:
+        if not isinstance(ref_raw, dict) or "random" not in ref_raw or "oracle" not in ref_raw:
+            raise _fail(path, "key 'reference_returns' must be null or an object with 'random' and 'oracle'")
+        rand, oracle = _as_float(ref_raw["random"]), _as_float(ref_raw["oracle"])
+        if rand is None or oracle is None:
+            raise _fail(path, f"reference returns must be finite numbers, got {ref_raw!r}")
+        if oracle == rand:
+            raise _fail(path, f"reference returns have oracle == random ({oracle}); cannot normalise")
+        refs = References(random=rand, oracle=oracle, source=str(ref_raw.get("source", "")))
+    return config, info, refs
+
+
+# ------------------------------------------------------------------------------------------------
+# CSV files
+# ------------------------------------------------------------------------------------------------
+def read_csv_checked(
+    path: Path,
+    required: Sequence[str],
+    numeric: Sequence[str] = (),
+    *,
+    optional_numeric: Sequence[str] = (),
+    in_progress: bool = False,
+) -> pd.DataFrame:
+    """Read a CSV, check its columns, coerce numeric ones; raise :class:`ResultsError` on any defect.
+
+    ``numeric`` columns must hold a number in every row; ``optional_numeric`` ones may be empty (NaN).
+    A file with a header and no rows is valid (a run that has not logged anything yet). For a run in
+    progress (``in_progress=True``) a missing file means "nothing logged yet" (the harness creates its
+    CSVs on the first write) and a last line cut off mid-write (no final newline) is dropped.
+    """
+    expected = ", ".join(required)
+    if not path.is_file():
+        if in_progress and not path.exists():
+            return pd.DataFrame({c: pd.Series(dtype=float if c in numeric else object) for c in required})
+        raise _fail(path, f"file not found (expected a CSV with columns: {expected})")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise _fail(path, f"empty file (expected a header row: {expected})")
+    partial = in_progress and not raw.endswith(b"\n") and raw.count(b"\n") >= 1
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except UnicodeDecodeError:
+        raise _fail(path, "not UTF-8 text") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _fail(path, f"cannot parse CSV ({first})") from None
+    if partial and len(df):
+        df = df.iloc[:-1]
+    df = df.fillna("")
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        names = ", ".join(repr(c) for c in missing)
+        raise _fail(path, f"missing column{'s' if len(missing) > 1 else ''} {names} (expected: {expected})")
+    for col in df.columns:
+        df[col] = df[col].str.strip()
+    for col, allow_empty in [(c, False) for c in numeric] + [(c, True) for c in optional_numeric]:
+        text = df[col]
+        empty = text == ""
+        values = pd.to_numeric(text.where(~empty, None), errors="coerce")
+        bad = values.isna() & ~empty
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise _fail(path, f"non-numeric value {text.iloc[i]!r} in column {col!r} (line {i + 2})")
+        if not allow_empty and empty.any():
+            i = int(np.flatnonzero(empty.to_numpy())[0])
+            raise _fail(path, f"empty value in column {col!r} (line {i + 2})")
+        if np.isinf(values.to_numpy(dtype=float, na_value=np.nan)).any():
+            i = int(np.flatnonzero(np.isinf(values.to_numpy(dtype=float, na_value=np.nan)))[0])
+            raise _fail(path, f"infinite value {text.iloc[i]!r} in column {col!r} (line {i + 2})")
+        df[col] = values.astype(float)
+    return df
+
+
+def read_progress(path: Path, in_progress: bool = False) -> pd.DataFrame:
+    """``progress.csv``: ``iteration, env_steps, wall_time_s`` then method metrics (kept as read)."""
+    df = read_csv_checked(path, PROGRESS_COLUMNS, PROGRESS_COLUMNS, in_progress=in_progress)
+    for col in df.columns:
+        if col not in PROGRESS_COLUMNS:
+            df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce")
+    return df
+
+
+def read_eval(path: Path, has_success: bool, in_progress: bool = False) -> pd.DataFrame:
+    """``eval.csv``: one row per evaluated episode, validated against the schema."""
+    numeric = ("iteration", "env_steps", "episode", "return")
+    df = read_csv_checked(path, EVAL_COLUMNS, numeric + (("success",) if has_success else ()),
+                          optional_numeric=() if has_success else ("success",), in_progress=in_progress)
+    bad_split = ~df["split"].isin(SPLITS)
+    if bad_split.any():
+        i = int(np.flatnonzero(bad_split.to_numpy())[0])
+        raise _fail(path, f"invalid split {df['split'].iloc[i]!r} (line {i + 2}; "
+                          f"expected one of: {', '.join(SPLITS)})")
+    ep = df["episode"].to_numpy()
+    bad_ep = (ep < 0) | (ep != np.round(ep))
+    if bad_ep.any():
+        i = int(np.flatnonzero(bad_ep)[0])
+        raise _fail(path, f"episode index {ep[i]:g} is not a non-negative integer (line {i + 2})")
+    succ = df["success"].to_numpy(dtype=float)
+    bad_s = ~np.isnan(succ) & (succ != 0) & (succ != 1)
+    if bad_s.any():
+        i = int(np.flatnonzero(bad_s)[0])
+        raise _fail(path, f"success must be 0 or 1, got {succ[i]:g} (line {i + 2})")
+    df["episode"] = df["episode"].astype(int)
+    df["iteration"] = df["iteration"].astype(int)
+    return df
+
+
+# ------------------------------------------------------------------------------------------------
+# runs and result sets
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One ``<suite>/<algo>/seed<N>`` directory, validated."""
+
+    path: Path
+    suite: str
+    algo: str
+    seed: int
+    config: dict[str, Any]
+    info: SuiteInfo
+    references: References | None
+    progress: pd.DataFrame
+    eval: pd.DataFrame
+    done: bool
+    _values: dict[bool, pd.DataFrame] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite}/{self.algo}/seed{self.seed}"
+
+    @property
+    def profile(self) -> str:
+        return str(self.config["profile"])
+
+    @property
+    def planned_iterations(self) -> int:
+        return int(self.config["iterations"])
+
+    @property
+    def iterations_logged(self) -> int:
+        """Number of rows in ``progress.csv`` (meta-training iterations completed)."""
+        return len(self.progress)
+
+    @property
+    def env_steps(self) -> int:
+        """Largest env step count in progress.csv or eval.csv (0 before any logging)."""
+        values = [df["env_steps"].max() for df in (self.progress, self.eval) if len(df)]
+        return int(max(values)) if values else 0
+
+    @property
+    def eval_iterations(self) -> list[int]:
+        return sorted(self.eval["iteration"].unique().tolist())
+
+    def latest_iteration(self, split: str = "test") -> int | None:
+        """Iteration of the latest evaluation that covered ``split`` (the final one for finished runs)."""
+        it = self.eval.loc[self.eval["split"] == split, "iteration"]
+        return int(it.max()) if len(it) else None
+
+    @property
+    def git_commit(self) -> str | None:
+        cfg = self.config
+        for key in ("git_commit", "commit"):
+            if isinstance(cfg.get(key), str):
+                return cfg[key]
+        git = cfg.get("git")
+        if isinstance(git, dict) and isinstance(git.get("commit"), str):
+            return git["commit"]
+        return None
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """Load and validate one run directory."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    config, info, refs = parse_config(config_path)
+    match = _SEED_DIR.match(run_dir.name)
+    expected = {"suite": run_dir.parent.parent.name, "algo": run_dir.parent.name}
+    for key, value in expected.items():
+        if config[key] != value:
+            raise _fail(config_path, f"{key} {config[key]!r} does not match the directory name {value!r}")
+    if match and int(match.group(1)) != int(config["seed"]):
+        raise _fail(config_path,
+                    f"seed {config['seed']!r} does not match the directory name {run_dir.name!r}")
+    done = (run_dir / "done").exists()
+    progress = read_progress(run_dir / "progress.csv", in_progress=not done)
+    evals = read_eval(run_dir / "eval.csv", info.has_success, in_progress=not done)
+    too_long = evals["episode"] >= info.eval_episodes
+    if too_long.any():
+        i = int(np.flatnonzero(too_long.to_numpy())[0])
+        raise _fail(
+            run_dir / "eval.csv",
+            f"episode index {evals['episode'].iloc[i]} exceeds suite_info.eval_episodes = "
+            f"{info.eval_episodes} (line {i + 2})",
+        )
+    return Run(
+        path=run_dir,
+        suite=str(config["suite"]),
+        algo=str(config["algo"]),
+        seed=int(config["seed"]),
+        config=config,
+        info=info,
+        references=refs,
+        progress=progress,
+        eval=evals,
+        done=done,
+    )
+
+
+def method_order(algos: Iterable[str]) -> list[str]:
+    """In-tree methods in their fixed order, then plugins alphabetically."""
+    algos = set(algos)
+    return [m for m in KNOWN_METHODS if m in algos] + sorted(algos - set(KNOWN_METHODS))
+
+
+@dataclass
+class Results:
+    """All runs under one results root."""
+
+    root: Path
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def suites(self) -> list[str]:
+        """Point-nav, locomotion, Meta-World, then other families; by name within a family."""
+        family = {r.suite: r.info.family.lower().replace("-", "").replace("_", "") for r in self.runs}
+        rank = {"pointnav": 0, "locomotion": 1, "metaworld": 2}
+        return sorted(family, key=lambda s: (rank.get(family[s], 3), family[s], s))
+
+    @property
+    def algos(self) -> list[str]:
+        return method_order(r.algo for r in self.runs)
+
+    def select(self, suite: str | None = None, algo: str | None = None) -> list[Run]:
+        picked = (r for r in self.runs
+                  if (suite is None or r.suite == suite) and (algo is None or r.algo == algo))
+        return sorted(picked, key=lambda r: (r.suite, r.algo, r.seed))
+
+    def algos_for(self, suite: str) -> list[str]:
+        return method_order(r.algo for r in self.runs if r.suite == suite)
+
+    def info(self, suite: str) -> SuiteInfo:
+        return self.select(suite)[0].info
+
+    def references(self, suite: str) -> References | None:
+        return self.select(suite)[0].references
+
+
+def load_results(root: Path | str) -> Results:
+    """Discover and validate every ``<suite>/<algo>/seed<N>/`` run under ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise _fail(root, "results directory not found")
+    runs = []
+    for seed_dir in sorted(root.glob("*/*/seed*")):
+        if seed_dir.is_dir() and _SEED_DIR.match(seed_dir.name):
+            runs.append(load_run(seed_dir))
+    if not runs:
+        raise _fail(root, "no runs found (expected <suite>/<algo>/seed<N>/ directories with config.json, "
+                          "progress.csv and eval.csv)")
+    return Results(root=root, runs=runs)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-run metrics (one number per run, or per run and episode index)
+# ------------------------------------------------------------------------------------------------
+def episode_values(run: Run, normalized: bool = False) -> pd.DataFrame:
+    """``eval.csv`` rows with a ``value`` column: success in % (success suites) or return.
+
+    With ``normalized=True`` the value is the normalised return (or the success rate as a
+    fraction in [0, 1] for success suites without reference returns).
+    """
+    if normalized in run._values:
+        return run._values[normalized]
+    df = run.eval
+    if run.info.has_success and (not normalized or run.references is None):
+        value = df["success"] * (1.0 if normalized else 100.0)
+    elif normalized:
+        if run.references is None:
+            raise ValueError(f"{run.name}: no reference returns to normalise with")
+        value = run.references.normalize(df["return"])
+    else:
+        value = df["return"]
+    run._values[normalized] = df.assign(value=value.astype(float))
+    return run._values[normalized]
+
+
+def _task_means(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Average duplicate episodes of one task first, so every task weighs the same."""
+    return rows.groupby(keys + ["task_id"], as_index=False, sort=True)["value"].mean()
+
+
+def curve(run: Run, split: str = "test", normalized: bool = False) -> pd.DataFrame:
+    """Headline metric at every evaluation of ``split``: columns ``iteration, env_steps, value``."""
+    df = episode_values(run, normalized)
+    rows = df[(df["split"] == split) & df["episode"].isin(run.info.headline_episodes)]
+    if rows.empty:
+        return pd.DataFrame({"iteration": [], "env_steps": [], "value": []})
+    per_task = _task_means(rows, ["iteration"])
+    out = per_task.groupby("iteration", as_index=False)["value"].mean()
+    steps = rows.groupby("iteration")["env_steps"].max()
+    out["env_steps"] = out["iteration"].map(steps)
+    return out[["iteration", "env_steps", "value"]]
+
+
+def per_episode(run: Run, split: str = "test", iteration: int | None = None,
+                normalized: bool = False) -> pd.Series:
+    """Mean metric over tasks per episode index at one evaluation (default: the latest covering ``split``)."""
+    if iteration is None:
+        iteration = run.latest_iteration(split)
+        if iteration is None:
+            return pd.Series(dtype=float, name="value")
+    df = episode_values(run, normalized)
+    rows = df[(df["split"] == split) & (df["iteration"] == iteration)]
+    per_task = _task_means(rows, ["episode"])
+    return per_task.groupby("episode")["value"].mean()
+
+
+def headline(run: Run, split: str = "test", iteration: int | None = None, normalized: bool = False) -> float:
+    """One number per run: mean over tasks and headline episodes at one evaluation (default: latest)."""
+    eps = per_episode(run, split, iteration, normalized)
+    eps = eps[eps.index.isin(run.info.headline_episodes)]
+    return float(eps.mean()) if len(eps) else float("nan")
+
+
+def seed_summary(runs: Sequence[Run]) -> str:
+    """``"3 seeds"``, ``"1 seed"``, ``"3 seeds, 1 in progress"``."""
+    n = len(runs)
+    text = f"{n} seed{'s' if n != 1 else ''}"
+    running = sum(not r.done for r in runs)
+    if running:
+        text += f", {running} in progress" if n > 1 else ", in progress"
+    return text

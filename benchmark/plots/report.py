@@ -1,0 +1,231 @@
+"""``make_all``: every figure and table from a results tree, plus a README.md index; and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import style
+from .adaptation import ood_suites, plot_adaptation, plot_ood_adaptation
+from .aggregate import aggregate_scores, plot_aggregate, write_aggregate_table
+from .curves import metaworld_suites_with_train, plot_learning_curves, plot_metaworld_curves
+from .data import Results, ResultsError, Run, load_results
+from .tables import metaworld_suites, write_final_table, write_metaworld_table, write_ood_table
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One figure or table: its file stem, how to make it, what it shows, which suites fed it."""
+
+    kind: str  # "figure" or "table"
+    name: str
+    make: Callable[[Results, Path], list[Path]]
+    description: str
+    suites: Callable[[Results], list[str]]
+    uses: Callable[[Run], bool] = lambda run: run.latest_iteration("test") is not None
+    left_out_why: str = "no evaluation yet"
+
+
+def _all_suites(results: Results) -> list[str]:
+    return results.suites
+
+
+def _aggregate_suites(results: Results) -> list[str]:
+    return sorted(aggregate_scores(results)["suite"].unique())
+
+
+ARTIFACTS = (
+    Artifact("figure", "learning_curves", plot_learning_curves,
+             "Meta-training curves: headline test metric (return per episode on the headline episode(s); "
+             "success rate in % for success suites) against environment steps, one panel per suite, mean "
+             "over seeds with 95% bootstrap CI bands.", _all_suites),
+    Artifact("figure", "metaworld_curves", plot_metaworld_curves,
+             "Meta-World: meta-train (train split) next to meta-test (test split) success rate against "
+             "environment steps.", metaworld_suites_with_train),
+    Artifact("figure", "adaptation", plot_adaptation,
+             "Fast adaptation: test metric per episode of the adaptation trial at the final evaluation, "
+             "mean over seeds with 95% bootstrap CI.", _all_suites),
+    Artifact("figure", "ood_adaptation", plot_ood_adaptation,
+             "Out-of-distribution adaptation: return per episode on OOD tasks (dashed) next to test tasks "
+             "(solid), same checkpoint.", ood_suites,
+             lambda run: run.latest_iteration("ood") is not None, "no OOD evaluation yet"),
+    Artifact("figure", "aggregate", plot_aggregate,
+             "Aggregate across suites: IQM and mean of the normalized score, and probability of "
+             "improvement between methods, with 95% stratified bootstrap CIs.", _aggregate_suites),
+    Artifact("table", "final_performance", write_final_table,
+             "Final headline metric per suite and method, raw and normalized, with 95% CIs.", _all_suites),
+    Artifact("table", "ood", write_ood_table,
+             "OOD vs in-distribution test return per episode index, with 95% CIs and the drop.", ood_suites,
+             lambda run: run.latest_iteration("ood") is not None, "no OOD evaluation yet"),
+    Artifact("table", "metaworld", write_metaworld_table,
+             "Meta-World meta-train / meta-test success measured here next to the published Meta-World "
+             "paper numbers (ML10, ML45).", metaworld_suites),
+    Artifact("table", "aggregate", write_aggregate_table,
+             "IQM / mean normalized score per method and pairwise probability of improvement.",
+             _aggregate_suites),
+)
+_EXTENSIONS = {"figure": ("png", "pdf"), "table": ("md", "tex", "csv")}
+
+
+def default_out_dir(results_root: Path) -> Path:
+    """``results/runs`` -> ``results``; any other root -> the root itself."""
+    results_root = Path(results_root)
+    return results_root.parent if results_root.resolve().name == "runs" else results_root
+
+
+def make_all(results_root: Path | str, out_dir: Path | str | None = None) -> list[Path]:
+    """Write every figure (``<out>/figures/*.png|pdf``), table (``<out>/tables/*.md|tex|csv``) and the
+    index ``<out>/README.md``; return the written paths. Raises :class:`ResultsError` on bad input."""
+    results_root = Path(results_root)
+    out_dir = default_out_dir(results_root) if out_dir is None else Path(out_dir)
+    results = load_results(results_root)
+    written: list[Path] = []
+    made: list[tuple[Artifact, list[Path]]] = []
+    for art in ARTIFACTS:
+        folder = out_dir / ("figures" if art.kind == "figure" else "tables")
+        paths = art.make(results, folder)
+        if paths:
+            made.append((art, paths))
+            written += paths
+        else:  # nothing to show any more: drop a stale file of ours from an earlier render
+            for ext in _EXTENSIONS[art.kind]:
+                (folder / f"{art.name}.{ext}").unlink(missing_ok=True)
+    index = out_dir / "README.md"
+    index.write_text(render_index(results, made, out_dir), encoding="utf-8")
+    written.append(index)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# README.md index
+# ------------------------------------------------------------------------------------------------
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _seeds(runs: Sequence[Run]) -> str:
+    seeds = sorted(r.seed for r in runs)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(str(s) for s in seeds)
+
+
+def _group_line(runs: Sequence[Run]) -> str:
+    r0 = runs[0]
+    profiles = sorted({r.profile for r in runs})
+    done = sum(r.done for r in runs)
+    status = ("finished" if done == len(runs) else "in progress" if done == 0
+              else f"{done} finished, {len(runs) - done} in progress")
+    its = sorted({f"{r.iterations_logged}/{r.planned_iterations}" for r in runs})
+    steps = sorted({r.env_steps for r in runs})
+    step_text = style._fmt_steps(steps[0]) if len(steps) == 1 else f"{style._fmt_steps(steps[0])}-" \
+        f"{style._fmt_steps(steps[-1])}"
+    profile_text = "/".join(profiles) + (" (MIXED PROFILES)" if len(profiles) > 1 else "")
+    seeds = f"seed{'s' if len(runs) > 1 else ''} {_seeds(runs)}"
+    return (f"`{r0.suite}` / {style.display_name(r0.algo)}: {seeds}, profile {profile_text}, "
+            f"iterations {', '.join(its)}, {step_text} env steps, {status}")
+
+
+def _suite_line(results: Results, suite: str, art: Artifact) -> str:
+    parts, left_out = [], []
+    for algo in results.algos_for(suite):
+        runs = results.select(suite, algo)
+        used = [r for r in runs if art.uses(r)]
+        left_out += [f"{style.display_name(algo)} seed {r.seed}" for r in runs if not art.uses(r)]
+        if used:
+            running = sum(not r.done for r in used)
+            text = f"{style.display_name(algo)} seed{'s' if len(used) > 1 else ''} {_seeds(used)}"
+            parts.append(text + (f" ({running} in progress)" if running else ""))
+    line = f"`{suite}`: " + ("; ".join(parts) if parts else "no runs")
+    if left_out:
+        line += f" — left out ({art.left_out_why}): {', '.join(left_out)}"
+    return line
+
+
+def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_dir: Path) -> str:
+    lines = [
+        "# Results: figures and tables",
+        "",
+        "Generated by `python -m benchmark.plots` (`benchmark.plots.make_all`) from the CSVs under "
+        f"`{_rel(results.root, out_dir)}/` alone; regenerate with `nox -s figures`. Do not edit by hand.",
+        "",
+        "Conventions: mean over seeds, 95% percentile bootstrap confidence intervals over seeds (2000 "
+        "resamples); a method with one seed has no CI. Episodes are numbered from 1 within a trial. "
+        "Runs in progress have no final evaluation yet: their latest periodic evaluation (a subset of "
+        "the test tasks) stands in for it.",
+        "",
+    ]
+    if not made:
+        lines += ["No figure or table yet: no run has logged an evaluation.", ""]
+    for kind, heading in (("figure", "## Figures"), ("table", "## Tables")):
+        entries = [(a, p) for a, p in made if a.kind == kind]
+        if not entries:
+            continue
+        lines += [heading, ""]
+        for art, paths in entries:
+            files = ", ".join(f"[{p.suffix[1:].upper()}]({_rel(p, out_dir)})" for p in paths)
+            lines.append(f"### {art.name} ({files})")
+            lines.append("")
+            if kind == "figure":
+                png = next((p for p in paths if p.suffix == ".png"), None)
+                if png is not None:
+                    lines += [f"![{art.name}]({_rel(png, out_dir)})", ""]
+            lines.append(art.description)
+            lines.append("")
+            lines.append("Runs (details under [Runs](#runs)):")
+            lines += [f"- {_suite_line(results, suite, art)}" for suite in art.suites(results)]
+            lines.append("")
+    lines += ["## Runs", ""]
+    lines += [f"- {_group_line(results.select(s, a))}" for s in results.suites for a in results.algos_for(s)]
+    lines += ["",
+              "| Suite | Method | Seed | Profile | Iterations (logged/planned) | Env steps | "
+              "Latest eval iteration | Status | Commit |",
+              "|:---|:---|---:|:---|---:|---:|---:|:---|:---|"]
+    for run in sorted(results.runs, key=lambda r: (r.suite, results.algos.index(r.algo), r.seed)):
+        latest = run.eval["iteration"].max() if len(run.eval) else None
+        lines.append(
+            f"| {run.suite} | {style.display_name(run.algo)} | {run.seed} | {run.profile} | "
+            f"{run.iterations_logged}/{run.planned_iterations} | {run.env_steps:,} | "
+            f"{'—' if latest is None else int(latest)} | {'finished' if run.done else 'in progress'} | "
+            f"{(run.git_commit or '—')[:10]} |"
+        )
+    missing = [(s, a) for s in results.suites for a in results.algos if not results.select(s, a)]
+    if missing:
+        lines += ["", "Not run (method x suite with no results): "
+                  + ", ".join(f"{style.display_name(a)} on `{s}`" for s, a in missing) + "."]
+    refs = [(s, results.references(s)) for s in results.suites if results.references(s) is not None]
+    if refs:
+        lines += ["", "## Reference returns used for normalization", "",
+                  "| Suite | Random | Oracle | Source |", "|:---|---:|---:|:---|"]
+        lines += [f"| {s} | {r.random:.4g} | {r.oracle:.4g} | {r.source or '—'} |" for s, r in refs]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmark.plots RESULTS_DIR [--out OUT]``; exit code 2 on malformed results."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark.plots",
+        description="Regenerate every figure and table from a results directory (CSV files only).",
+    )
+    parser.add_argument("results_dir", type=Path, help="results root laid out <suite>/<algo>/seed<N>/")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: the parent of RESULTS_DIR if it is named 'runs', "
+                             "else RESULTS_DIR itself)")
+    args = parser.parse_args(argv)
+    try:
+        paths = make_all(args.results_dir, args.out)
+    except ResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
