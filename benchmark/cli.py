@@ -56,8 +56,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--profile", default="quick", choices=PROFILES, help="budget and hyperparameters (default quick)"
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a harness or method setting (repeatable); `metarl-bench list --settings ALGO`")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a harness or method setting (repeatable); `metarl-bench list --settings ALGO`",
+    )
     p.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (default cpu)")
@@ -81,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--algo", nargs="+", required=True)
     p_sweep.add_argument("--suite", nargs="+", default=[DEFAULT_SUITE])
     p_sweep.add_argument("--seeds", type=seeds_type, default=[0])
-    p_sweep.add_argument("--backend", choices=("local", "ray"), default="local",
-                         help="local: subprocesses on this machine; ray: one task per run on a Ray cluster")  # fmt: skip
+    p_sweep.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: subprocesses on this machine; ray: one task per run on a Ray cluster",
+    )
     p_sweep.add_argument(
         "--jobs", type=int, default=1, help="runs at once with the local backend (default 1)"
     )
@@ -107,11 +117,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         from benchmark.config import RunConfig
 
         cls = registry.load_algorithm(args.settings)
-        print(
-            f"harness settings (--set): {', '.join(f.name + '=' + repr(f.default) for f in dataclasses.fields(RunConfig))}"
-        )
-        print(f"{args.settings} settings (--set): "
-              f"{', '.join(f.name + '=' + repr(f.default) for f in dataclasses.fields(cls.Config))}")  # fmt: skip
+        for title, dc in (("harness", RunConfig), (args.settings, cls.Config)):
+            pairs = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(dc))
+            print(f"{title} settings (--set): {pairs}")
         return 0
     print("algorithms:")
     for name in registry.algorithm_names():
@@ -134,8 +142,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             splits += "  classes: " + " ".join(f"{k}={len(v)}" for k, v in classes.items())
             if len(classes.get("test", [])) <= 5:
                 splits += f" (test: {', '.join(classes['test'])})"
-        print(f"  {name:<16} {info['family']:<10} H={info['horizon']:<4} K={info['episodes_per_trial']:<3} "
-              f"eval={info['eval_episodes']:<3} {splits}")  # fmt: skip
+        print(
+            f"  {name:<16} {info['family']:<10} H={info['horizon']:<4} K={info['episodes_per_trial']:<3} "
+            f"eval={info['eval_episodes']:<3} {splits}"
+        )
     ml1 = [n for n in names if n.startswith("ml1-")]
     if ml1:
         print(f"  ... and the other ml1-<task> suites (same protocol as ml1-reach): {', '.join(ml1)}")
@@ -148,8 +158,13 @@ def _resolve(algo: str, suite_name: str, profile: str, overrides: list[str]) -> 
 
     learner_cls = registry.load_algorithm(algo)
     suite = registry.load_suite(suite_name)
-    run_cfg, algo_cfg = resolve(profile, suite.family, learner_cls.Config, learner_cls.profile(profile, suite.family),
-                                parse_overrides(overrides))  # fmt: skip
+    run_cfg, algo_cfg = resolve(
+        profile,
+        suite.family,
+        learner_cls.Config,
+        learner_cls.profile(profile, suite.family),
+        parse_overrides(overrides),
+    )
     return learner_cls, suite, run_cfg, algo_cfg
 
 
@@ -173,8 +188,16 @@ def run_one(algo: str, suite_name: str, seed: int, args: argparse.Namespace) -> 
     spec = RunSpec(
         algo=algo, suite=suite_name, seed=seed, profile=args.profile, out=Path(args.out), device=args.device
     )
-    runner = Runner(spec, suite, learner_cls, algo_cfg, run_cfg, resume=args.resume, overwrite=args.overwrite,
-                    progress=not args.no_progress)  # fmt: skip
+    runner = Runner(
+        spec,
+        suite,
+        learner_cls,
+        algo_cfg,
+        run_cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     return runner.execute()
 
 

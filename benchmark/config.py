@@ -39,11 +39,21 @@ RUN_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
     ("paper", "point-nav"): {"iterations": 1000, "eval_every": 50, "eval_tasks": 20, "checkpoint_every": 50},
     ("quick", "locomotion"): {"iterations": 150, "eval_every": 25, "eval_tasks": 5, "checkpoint_every": 10},
     ("paper", "locomotion"): {"iterations": 2500, "eval_every": 50, "eval_tasks": 10, "checkpoint_every": 25},
-    ("quick", "metaworld"): {"iterations": 30, "eval_every": 10, "eval_tasks": 5, "eval_batch": 25,
-                             "checkpoint_every": 5},
-    ("paper", "metaworld"): {"iterations": 2000, "eval_every": 50, "eval_tasks": 10, "eval_batch": 25,
-                             "checkpoint_every": 25},
-}  # fmt: skip
+    ("quick", "metaworld"): {
+        "iterations": 30,
+        "eval_every": 10,
+        "eval_tasks": 5,
+        "eval_batch": 25,
+        "checkpoint_every": 5,
+    },
+    ("paper", "metaworld"): {
+        "iterations": 2000,
+        "eval_every": 50,
+        "eval_tasks": 10,
+        "eval_batch": 25,
+        "checkpoint_every": 25,
+    },
+}
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -110,7 +120,9 @@ def resolve(
     """Build (RunConfig, method config) from defaults, profile and typed ``--set`` overrides."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; accepted: {', '.join(PROFILES)}")
-    run = apply(RunConfig(), RUN_PROFILES.get((profile, family), RUN_PROFILES.get((profile, "locomotion"), {})))
+    run = apply(
+        RunConfig(), RUN_PROFILES.get((profile, family), RUN_PROFILES.get((profile, "locomotion"), {}))
+    )
     algo = apply(algo_config_cls(), algo_profile)
     run_types, algo_types = field_types(RunConfig), field_types(algo_config_cls)
     run_set, algo_set = {}, {}

@@ -61,7 +61,9 @@ def summarize(rows: list[dict[str, Any]] | pd.DataFrame, suite: Suite) -> pd.Dat
         return df
     ref = suite.reference_returns()
     df["return"] = df["return"].astype(float)
-    out = df.groupby(["split", "episode"], sort=True).agg(tasks=("task_id", "nunique"), mean_return=("return", "mean"))
+    out = df.groupby(["split", "episode"], sort=True).agg(
+        tasks=("task_id", "nunique"), mean_return=("return", "mean")
+    )
     if ref is not None:
         out["normalized"] = ref.normalise(out["mean_return"].to_numpy())
     if suite.has_success:
@@ -70,7 +72,9 @@ def summarize(rows: list[dict[str, Any]] | pd.DataFrame, suite: Suite) -> pd.Dat
     return out.reset_index()
 
 
-def headline(rows: list[dict[str, Any]] | pd.DataFrame, suite: Suite, split: str = "test") -> dict[str, float]:
+def headline(
+    rows: list[dict[str, Any]] | pd.DataFrame, suite: Suite, split: str = "test"
+) -> dict[str, float]:
     """The suite's headline numbers on ``split``: mean over tasks of the headline episodes."""
     df = pd.DataFrame(rows)
     df = df[(df["split"] == split) & df["episode"].isin(suite.headline_episodes())]

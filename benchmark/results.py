@@ -16,14 +16,12 @@ from typing import Any
 
 import torch
 
+from benchmark.errors import ResultsError
+
 EVAL_COLUMNS = ("iteration", "env_steps", "split", "task_id", "task", "episode", "return", "success")
 PROGRESS_PREFIX = ("iteration", "env_steps", "wall_time_s")
 DONE_MARKER = "done"
 CHECKPOINT = "checkpoint.pt"
-
-
-class ResultsError(ValueError):
-    """Unreadable results (corrupted checkpoint, foreign CSV); one-line message, exit code 2."""
 
 
 def run_dir(out: str | Path, suite: str, algo: str, seed: int) -> Path:

@@ -66,7 +66,9 @@ class RunSpec:
 class HarnessContext:
     """The ``TrainContext`` a method sees: training tasks, trial sampling, the run's generator."""
 
-    def __init__(self, suite: Suite, sampler: TrialSampler, rng: np.random.Generator, device: torch.device) -> None:
+    def __init__(
+        self, suite: Suite, sampler: TrialSampler, rng: np.random.Generator, device: torch.device
+    ) -> None:
         self.suite, self.sampler, self.rng, self.device = suite, sampler, rng, device
         self.env_steps = 0
 
@@ -79,7 +81,11 @@ class HarnessContext:
         return [train[i] for i in idx]
 
     def sample_trials(
-        self, agent: AdaptiveAgent, tasks: Sequence[Task], episodes: int | None = None, deterministic: bool = False
+        self,
+        agent: AdaptiveAgent,
+        tasks: Sequence[Task],
+        episodes: int | None = None,
+        deterministic: bool = False,
     ) -> TrialBatch:
         seed = int(self.rng.integers(0, 2**31 - 1))
         batch = self.sampler.run(agent, tasks, episodes or self.suite.episodes_per_trial, seed, deterministic)
@@ -137,7 +143,9 @@ class Runner:
             exists = self.finished = False
         elif exists and not resume:
             state = "a finished run" if self.finished else "an unfinished run"
-            raise RunExistsError(f"{self.dir} already holds {state}; pass --resume to continue it or --overwrite")
+            raise RunExistsError(
+                f"{self.dir} already holds {state}; pass --resume to continue it or --overwrite"
+            )
         self.resuming = exists and resume
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -186,7 +194,11 @@ class Runner:
             learner.load_state_dict(state["learner"])
             rng.bit_generator.state = json.loads(state["numpy_rng"])
             torch.set_rng_state(state["torch_rng"])
-            start, env_steps, wall = int(state["iteration"]), int(state["env_steps"]), float(state["wall_time_s"])
+            start, env_steps, wall = (
+                int(state["iteration"]),
+                int(state["env_steps"]),
+                float(state["wall_time_s"]),
+            )
         if self.resuming:
             truncate_csv(self.dir / "progress.csv", lambda r: int(r["iteration"]) <= start)
             truncate_csv(self.dir / "eval.csv", lambda r: int(r["iteration"]) < start)
@@ -203,20 +215,35 @@ class Runner:
         try:
             for it in range(start, cfg.iterations):
                 if it % cfg.eval_every == 0:
-                    rows = self._evaluate(learner, sampler, {"test": suite.periodic_eval_tasks(cfg.eval_tasks)},
-                                          it, ctx.env_steps)  # fmt: skip
+                    periodic = {
+                        "test": suite.periodic_eval_tasks(cfg.eval_tasks),
+                        "train": suite.periodic_train_eval_tasks(cfg.eval_tasks),
+                    }
+                    rows = self._evaluate(
+                        learner, sampler, {k: v for k, v in periodic.items() if v}, it, ctx.env_steps
+                    )
                     eval_log.write(rows)
                     last_eval = headline(rows, suite)["return"]
                 metrics = learner.train_step(ctx)
                 wall = time.perf_counter() - t0
-                progress_log.write([{"iteration": it + 1, "env_steps": ctx.env_steps, "wall_time_s": round(wall, 3),
-                                     **metrics}])  # fmt: skip
+                progress_log.write(
+                    [
+                        {
+                            "iteration": it + 1,
+                            "env_steps": ctx.env_steps,
+                            "wall_time_s": round(wall, 3),
+                            **metrics,
+                        }
+                    ]
+                )
                 if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
                     self._checkpoint(learner, rng, it + 1, ctx.env_steps, wall)
                 bar.update(1)
                 bar.set_postfix(steps=f"{ctx.env_steps:.3g}", eval=_fmt(last_eval), refresh=False)
             bar.close()
-            final_rows = self._evaluate(learner, sampler, suite.final_eval_tasks(), cfg.iterations, ctx.env_steps)
+            final_rows = self._evaluate(
+                learner, sampler, suite.final_eval_tasks(), cfg.iterations, ctx.env_steps
+            )
             eval_log.write(final_rows)
             (self.dir / DONE_MARKER).write_text(f"finished {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         finally:
@@ -239,12 +266,21 @@ class Runner:
         for split, tasks in tasks_by_split.items():
             # evaluation seeds depend on (run seed, iteration) only: never on the training generator
             seed = 1_000_003 * (self.spec.seed + 1) + iteration
-            rows += evaluate(agent, sampler, tasks, split=split, iteration=iteration, env_steps=env_steps,
-                             seed=seed, batch_size=self.run_cfg.eval_batch)  # fmt: skip
+            rows += evaluate(
+                agent,
+                sampler,
+                tasks,
+                split=split,
+                iteration=iteration,
+                env_steps=env_steps,
+                seed=seed,
+                batch_size=self.run_cfg.eval_batch,
+            )
         return rows
 
-    def _checkpoint(self, learner: MetaLearner, rng: np.random.Generator, iteration: int, env_steps: int,
-                    wall: float) -> None:  # fmt: skip
+    def _checkpoint(
+        self, learner: MetaLearner, rng: np.random.Generator, iteration: int, env_steps: int, wall: float
+    ) -> None:
         save_checkpoint(
             self.dir / CHECKPOINT,
             {
@@ -280,5 +316,12 @@ def _fmt(x: float | None) -> str:
 def _progress_bar(total: int, start: int, spec: RunSpec, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc=f"{spec.algo}/{spec.suite}/seed{spec.seed}", unit="it",
-                disable=not enabled, dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+    return tqdm(
+        total=total,
+        initial=start,
+        desc=f"{spec.algo}/{spec.suite}/seed{spec.seed}",
+        unit="it",
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )

@@ -56,7 +56,9 @@ class TrialBatch:
         s = (self.success & self.valid).reshape(self.num_trials, self.episodes, self.horizon)
         return s.any(-1).astype(np.float64)
 
-    def tensor(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def tensor(
+        self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """One field (or extra) as a tensor on ``device``."""
         arr = self.extras[name] if name in self.extras else getattr(self, name)
         return torch.as_tensor(np.asarray(arr), dtype=dtype, device=device)
@@ -137,7 +139,9 @@ class TrialSampler:
                     extras[name][:, t] = value
                 with torch.inference_mode():
                     agent.observe(
-                        Transition(obs, clipped, reward, next_obs, terminated, episode_done & active, active.copy())
+                        Transition(
+                            obs, clipped, reward, next_obs, terminated, episode_done & active, active.copy()
+                        )
                     )
                 active = active & ~terminated
                 obs = next_obs

@@ -16,8 +16,21 @@ from typing import Any
 
 
 def run_argv(algo: str, suite: str, seed: int, args: argparse.Namespace) -> list[str]:
-    argv = ["run", "--algo", algo, "--suite", suite, "--seed", str(seed), "--profile", args.profile,
-            "--out", str(args.out), "--device", args.device]  # fmt: skip
+    argv = [
+        "run",
+        "--algo",
+        algo,
+        "--suite",
+        suite,
+        "--seed",
+        str(seed),
+        "--profile",
+        args.profile,
+        "--out",
+        str(args.out),
+        "--device",
+        args.device,
+    ]
     for pair in args.overrides:
         argv += ["--set", pair]
     if args.resume:
@@ -62,7 +75,9 @@ def _ray(combos: list[tuple[str, str, int]], args: argparse.Namespace) -> list[i
     except ImportError:
         from benchmark.cli import UsageError
 
-        raise UsageError("--backend ray needs the ray package (pip install 'ray==2.*'); or use --backend local") from None
+        raise UsageError(
+            "--backend ray needs the ray package (pip install 'ray==2.*'); or use --backend local"
+        ) from None
 
     @ray.remote(num_cpus=2)
     def one(argv: list[str]) -> int:

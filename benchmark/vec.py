@@ -142,7 +142,9 @@ class ProcessBatchEnv(BatchEnv):
                 status, out = conn.recv()
             except (EOFError, OSError) as exc:
                 self.close()
-                raise RuntimeError(f"an environment worker died ({type(exc).__name__}); see its stderr") from None
+                raise RuntimeError(
+                    f"an environment worker died ({type(exc).__name__}); see its stderr"
+                ) from None
             if status != "ok":
                 self.close()
                 raise RuntimeError(f"environment worker failed:\n{out}")

@@ -26,11 +26,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark.errors import ResultsError  # noqa: F401 - re-exported
+
 PROGRESS_COLUMNS = ("iteration", "env_steps", "wall_time_s")
 EVAL_COLUMNS = ("iteration", "env_steps", "split", "task_id", "task", "episode", "return", "success")
 SPLITS = ("train", "test", "ood")
 SUITE_INFO_KEYS = (
-    "family", "horizon", "episodes_per_trial", "eval_episodes", "has_success", "headline_episodes"
+    "family",
+    "horizon",
+    "episodes_per_trial",
+    "eval_episodes",
+    "has_success",
+    "headline_episodes",
 )
 CONFIG_KEYS = ("suite", "algo", "seed", "profile", "iterations", "suite_info")
 
@@ -38,13 +45,6 @@ CONFIG_KEYS = ("suite", "algo", "seed", "profile", "iterations", "suite_info")
 KNOWN_METHODS = ("trmrl", "rl2", "maml", "pearl", "varibad")
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
-
-
-class ResultsError(ValueError):
-    """A results file is missing or malformed. ``str(err)`` is one line naming the file."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 def _fail(path: Path | str, what: str) -> ResultsError:
@@ -244,13 +244,20 @@ def read_progress(path: Path, in_progress: bool = False) -> pd.DataFrame:
 def read_eval(path: Path, has_success: bool, in_progress: bool = False) -> pd.DataFrame:
     """``eval.csv``: one row per evaluated episode, validated against the schema."""
     numeric = ("iteration", "env_steps", "episode", "return")
-    df = read_csv_checked(path, EVAL_COLUMNS, numeric + (("success",) if has_success else ()),
-                          optional_numeric=() if has_success else ("success",), in_progress=in_progress)
+    df = read_csv_checked(
+        path,
+        EVAL_COLUMNS,
+        numeric + (("success",) if has_success else ()),
+        optional_numeric=() if has_success else ("success",),
+        in_progress=in_progress,
+    )
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
         i = int(np.flatnonzero(bad_split.to_numpy())[0])
-        raise _fail(path, f"invalid split {df['split'].iloc[i]!r} (line {i + 2}; "
-                          f"expected one of: {', '.join(SPLITS)})")
+        raise _fail(
+            path,
+            f"invalid split {df['split'].iloc[i]!r} (line {i + 2}; expected one of: {', '.join(SPLITS)})",
+        )
     ep = df["episode"].to_numpy()
     bad_ep = (ep < 0) | (ep != np.round(ep))
     if bad_ep.any():
@@ -340,8 +347,9 @@ def load_run(run_dir: Path | str) -> Run:
         if config[key] != value:
             raise _fail(config_path, f"{key} {config[key]!r} does not match the directory name {value!r}")
     if match and int(match.group(1)) != int(config["seed"]):
-        raise _fail(config_path,
-                    f"seed {config['seed']!r} does not match the directory name {run_dir.name!r}")
+        raise _fail(
+            config_path, f"seed {config['seed']!r} does not match the directory name {run_dir.name!r}"
+        )
     done = (run_dir / "done").exists()
     progress = read_progress(run_dir / "progress.csv", in_progress=not done)
     evals = read_eval(run_dir / "eval.csv", info.has_success, in_progress=not done)
@@ -392,8 +400,9 @@ class Results:
         return method_order(r.algo for r in self.runs)
 
     def select(self, suite: str | None = None, algo: str | None = None) -> list[Run]:
-        picked = (r for r in self.runs
-                  if (suite is None or r.suite == suite) and (algo is None or r.algo == algo))
+        picked = (
+            r for r in self.runs if (suite is None or r.suite == suite) and (algo is None or r.algo == algo)
+        )
         return sorted(picked, key=lambda r: (r.suite, r.algo, r.seed))
 
     def algos_for(self, suite: str) -> list[str]:
@@ -416,8 +425,11 @@ def load_results(root: Path | str) -> Results:
         if seed_dir.is_dir() and _SEED_DIR.match(seed_dir.name):
             runs.append(load_run(seed_dir))
     if not runs:
-        raise _fail(root, "no runs found (expected <suite>/<algo>/seed<N>/ directories with config.json, "
-                          "progress.csv and eval.csv)")
+        raise _fail(
+            root,
+            "no runs found (expected <suite>/<algo>/seed<N>/ directories with config.json, "
+            "progress.csv and eval.csv)",
+        )
     return Results(root=root, runs=runs)
 
 
@@ -463,8 +475,9 @@ def curve(run: Run, split: str = "test", normalized: bool = False) -> pd.DataFra
     return out[["iteration", "env_steps", "value"]]
 
 
-def per_episode(run: Run, split: str = "test", iteration: int | None = None,
-                normalized: bool = False) -> pd.Series:
+def per_episode(
+    run: Run, split: str = "test", iteration: int | None = None, normalized: bool = False
+) -> pd.Series:
     """Mean metric over tasks per episode index at one evaluation (default: the latest covering ``split``)."""
     if iteration is None:
         iteration = run.latest_iteration(split)

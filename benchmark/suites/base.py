@@ -118,7 +118,9 @@ class Suite(abc.ABC):
 
     def tasks(self, split: str) -> list[Task]:
         if split not in self.splits():
-            raise ValueError(f"suite {self.name!r} has no split {split!r}; accepted: {', '.join(self.splits())}")
+            raise ValueError(
+                f"suite {self.name!r} has no split {split!r}; accepted: {', '.join(self.splits())}"
+            )
         if split not in self._tasks:
             self._tasks[split] = self._make_tasks(split)
         return self._tasks[split]
@@ -138,6 +140,10 @@ class Suite(abc.ABC):
         test = self.tasks("test")
         idx = np.linspace(0, len(test) - 1, num=min(n, len(test))).round().astype(int)
         return [test[i] for i in sorted(set(idx.tolist()))]
+
+    def periodic_train_eval_tasks(self, n: int) -> list[Task]:
+        """Training tasks also evaluated periodically, for meta-train curves (default: none)."""
+        return []
 
     def final_eval_tasks(self) -> dict[str, list[Task]]:
         """Tasks of the final evaluation per split: every test task and every OOD task."""

@@ -273,6 +273,10 @@ class MetaWorldSuite(Suite):
             out.extend(_spread(goals, max(1, base + (j < rem))))
         return out
 
+    def periodic_train_eval_tasks(self, n: int) -> list[Task]:
+        """``n`` train goals spread evenly over the train list (ordered by class), for meta-train curves."""
+        return _spread(list(self.tasks("train")), n)
+
     def final_eval_tasks(self) -> dict[str, list[Task]]:
         """Every test goal, plus ``final_train_goals_per_class`` (5) train goals per train class.
 

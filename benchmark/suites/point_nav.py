@@ -113,7 +113,9 @@ class PointNav(Suite):
         return PointNavBatchEnv(num_envs)
 
     def reference_returns(self) -> ReferenceReturns:
-        rand, oracle = _point_nav_references(tuple((t.params["goal_x"], t.params["goal_y"]) for t in self.tasks("test")))
+        rand, oracle = _point_nav_references(
+            tuple((t.params["goal_x"], t.params["goal_y"]) for t in self.tasks("test"))
+        )
         return ReferenceReturns(
             random=rand,
             oracle=oracle,

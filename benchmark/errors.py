@@ -1,0 +1,8 @@
+"""Errors the CLI turns into one line and exit code 2 (kept free of heavy imports)."""
+
+
+class ResultsError(ValueError):
+    """A results file is missing, malformed or corrupted. ``str(err)`` is one line naming the file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
