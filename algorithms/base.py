@@ -88,7 +88,11 @@ class TrainContext(Protocol):
         ...
 
     def sample_trials(
-        self, agent: AdaptiveAgent, tasks: Sequence[Task], episodes: int | None = None, deterministic: bool = False
+        self,
+        agent: AdaptiveAgent,
+        tasks: Sequence[Task],
+        episodes: int | None = None,
+        deterministic: bool = False,
     ) -> TrialBatch:
         """Run one trial per task (``episodes`` defaults to the suite's trial length); counts env steps."""
         ...

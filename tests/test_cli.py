@@ -18,8 +18,22 @@ def run_cli(capsys, *argv):
 
 
 def quick_run(tmp_path, *extra):
-    return ["run", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
-            "--set", "iterations=2", "--set", "eval_every=1", *TINY_RL2, *extra]  # fmt: skip
+    return [
+        "run",
+        "--algo",
+        "rl2",
+        "--suite",
+        "point-nav",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--set",
+        "iterations=2",
+        "--set",
+        "eval_every=1",
+        *TINY_RL2,
+        *extra,
+    ]
 
 
 def test_list_shows_suites_and_algorithms(capsys):
@@ -33,8 +47,14 @@ def test_list_shows_suites_and_algorithms(capsys):
     [
         (["run", "--algo", "nope"], "unknown algorithm 'nope'; accepted:"),
         (["run", "--algo", "rl2", "--suite", "nowhere"], "unknown suite 'nowhere'; accepted:"),
-        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "bogus=1"], "--set bogus: no such setting"),
-        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "lr=fast"], "expected a value of type float"),
+        (
+            ["run", "--algo", "rl2", "--suite", "point-nav", "--set", "bogus=1"],
+            "--set bogus: no such setting",
+        ),
+        (
+            ["run", "--algo", "rl2", "--suite", "point-nav", "--set", "lr=fast"],
+            "expected a value of type float",
+        ),
         (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "iterations=2.5"], "type int"),
         (["run", "--algo", "rl2", "--seed", "-1"], "seed must be a non-negative integer"),
         (["run", "--algo", "rl2", "--seed", "abc"], "seed must be a non-negative integer"),
@@ -87,10 +107,14 @@ def test_set_parsing_types():
         parse_value("x", "maybe", bool)
     from algorithms.rl2 import RL2Config
 
-    run, algo = resolve("quick", "point-nav", RL2Config, {"hidden_size": 8}, {"lr": "1e-3", "iterations": "7"})
+    run, algo = resolve(
+        "quick", "point-nav", RL2Config, {"hidden_size": 8}, {"lr": "1e-3", "iterations": "7"}
+    )
     assert isinstance(run, RunConfig) and run.iterations == 7 and algo.lr == 1e-3 and algo.hidden_size == 8
 
 
 def test_python_m_benchmark_and_console_script_agree():
-    out = subprocess.run([sys.executable, "-m", "benchmark", "list"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "list"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "point-nav" in out.stdout

@@ -12,16 +12,56 @@ PLUGIN = Path(__file__).parent / "plugin_example"
 
 def test_installed_plugin_runs_through_the_cli(tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(PLUGIN)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(PLUGIN),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert list(site.glob("metarl_bench_example_plugin-*.dist-info"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    listed = subprocess.run([sys.executable, "-m", "benchmark", "list"], env=env, capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-m", "benchmark", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert listed.returncode == 0 and "uniform-random" in listed.stdout and "line-nav" in listed.stdout
-    run = subprocess.run([sys.executable, "-m", "benchmark", "run", "--algo", "uniform-random", "--suite", "line-nav",
-                          "--out", str(tmp_path / "out"), "--set", "iterations=3", "--no-progress"],
-                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmark",
+            "run",
+            "--algo",
+            "uniform-random",
+            "--suite",
+            "line-nav",
+            "--out",
+            str(tmp_path / "out"),
+            "--set",
+            "iterations=3",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     ev = pd.read_csv(tmp_path / "out" / "line-nav" / "uniform-random" / "seed0" / "eval.csv")
     assert set(ev["episode"]) == {0, 1, 2} and ev["iteration"].max() == 3

@@ -19,7 +19,9 @@ def reference_gae(r, v, gamma, lam):
 def test_gae_matches_textbook_recursion_across_episode_boundaries():
     rng = np.random.default_rng(0)
     r, v = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
-    adv, ret = gae_over_trials(torch.tensor(r), torch.tensor(v), torch.ones(3, 40, dtype=torch.bool), 0.9, 0.8)
+    adv, ret = gae_over_trials(
+        torch.tensor(r), torch.tensor(v), torch.ones(3, 40, dtype=torch.bool), 0.9, 0.8
+    )
     for b in range(3):
         assert np.allclose(adv[b].numpy(), reference_gae(r[b], v[b], 0.9, 0.8))
     assert torch.allclose(ret, adv + torch.tensor(v))

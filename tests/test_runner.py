@@ -12,14 +12,33 @@ import pandas as pd
 from benchmark.results import EVAL_COLUMNS
 from tests.conftest import TINY_RL2
 
-ARGS = ["--algo", "rl2", "--suite", "point-nav", "--seed", "3", "--no-progress", "--set", "iterations=12",
-        "--set", "eval_every=4", "--set", "checkpoint_every=3", *TINY_RL2]  # fmt: skip
+ARGS = [
+    "--algo",
+    "rl2",
+    "--suite",
+    "point-nav",
+    "--seed",
+    "3",
+    "--no-progress",
+    "--set",
+    "iterations=12",
+    "--set",
+    "eval_every=4",
+    "--set",
+    "checkpoint_every=3",
+    *TINY_RL2,
+]
 
 
 def cli(out: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONHASHSEED="0")
-    return subprocess.Popen([sys.executable, "-m", "benchmark", "run", *ARGS, "--out", str(out), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "run", *ARGS, "--out", str(out), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def read(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

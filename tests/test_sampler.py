@@ -54,7 +54,9 @@ class FallingEnv(BatchEnv):
         self.t += 1
         term = np.array([self.t >= 2 + i for i in range(self.num_envs)])
         n = self.num_envs
-        return StepResult(np.full((n, 1), self.t, np.float32), np.ones(n, np.float32), term, np.zeros(n, bool))
+        return StepResult(
+            np.full((n, 1), self.t, np.float32), np.ones(n, np.float32), term, np.zeros(n, bool)
+        )
 
 
 class FallingSuite(Suite):

@@ -30,7 +30,9 @@ class PreviousStep:
 
     def features(self, obs: np.ndarray) -> np.ndarray:
         """(B, obs_dim + act_dim + 2) input row for the current step."""
-        return np.concatenate([obs, self.action, self.reward[:, None], self.done[:, None]], axis=1).astype(np.float32)
+        return np.concatenate([obs, self.action, self.reward[:, None], self.done[:, None]], axis=1).astype(
+            np.float32
+        )
 
 
 def previous_step_arrays(
@@ -54,7 +56,10 @@ def previous_step_arrays(
 def trial_features(batch: object, device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, T, obs_dim + act_dim + 2) inputs of a recorded TrialBatch, equal to PreviousStep's."""
     prev_a, prev_r, prev_d = previous_step_arrays(
-        batch.env_actions, batch.rewards, batch.episode_done, batch.valid  # type: ignore[attr-defined]
+        batch.env_actions,
+        batch.rewards,
+        batch.episode_done,
+        batch.valid,  # type: ignore[attr-defined]
     )
     feats = np.concatenate([batch.obs, prev_a, prev_r[..., None], prev_d[..., None]], axis=-1)  # type: ignore[attr-defined]
     return torch.as_tensor(feats, dtype=torch.float32, device=device)

@@ -9,7 +9,9 @@ from torch import nn
 from torch.distributions import Normal
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int | None, activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: tuple[int, ...], out_dim: int | None, activation: type[nn.Module] = nn.Tanh
+) -> nn.Sequential:
     """Linear/activation stack; ``out_dim=None`` ends on the last hidden activation."""
     layers: list[nn.Module] = []
     last = in_dim
@@ -28,7 +30,12 @@ class GaussianHead(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, act_dim: int, init_std: float = 1.0, min_log_std: float = -5.0, max_log_std: float = 2.0
+        self,
+        in_dim: int,
+        act_dim: int,
+        init_std: float = 1.0,
+        min_log_std: float = -5.0,
+        max_log_std: float = 2.0,
     ) -> None:
         super().__init__()
         self.mean = nn.Linear(in_dim, act_dim)
@@ -39,7 +46,8 @@ class GaussianHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> Normal:
         log_std = self.log_std.clamp(self.min_log_std, self.max_log_std)
-        return Normal(self.mean(features), log_std.exp().expand_as(self.mean.bias))
+        mean = self.mean(features)
+        return Normal(mean, log_std.exp().expand_as(mean), validate_args=False)
 
     @staticmethod
     def log_prob(dist: Normal, actions: torch.Tensor) -> torch.Tensor:
@@ -48,3 +56,38 @@ class GaussianHead(nn.Module):
     @staticmethod
     def entropy(dist: Normal) -> torch.Tensor:
         return dist.entropy().sum(-1)
+
+
+class RunningNorm(nn.Module):
+    """Observation normaliser with running mean / variance (as PPO on MuJoCo usually needs).
+
+    Statistics change only through ``update`` (called by a method after its PPO update, so the
+    log-probabilities of a batch are always computed under the statistics it was sampled with) and
+    live in buffers, so they are part of ``state_dict`` and checkpoints.
+    """
+
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.tensor(0.0))
+        self.clip, self.eps = clip, eps
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Merge the statistics of ``x`` (N, dim) into the running ones (parallel Welford)."""
+        x = x.reshape(-1, self.mean.shape[0]).to(self.mean.dtype)
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + b_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.count == 0:
+            return x
+        return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)

@@ -46,6 +46,7 @@ class PPOParams:
     entropy_coef: float = 0.0
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True
+    target_kl: float | None = None  # stop the update once a minibatch's approximate KL exceeds this
 
 
 def ppo_loss(
@@ -105,7 +106,10 @@ def ppo_update(
     n_mb = max(1, min(params.minibatches, B))
     totals: dict[str, float] = {}
     count = 0
+    stopped = False
     for _ in range(params.epochs):
+        if stopped:
+            break
         order = torch.as_tensor(rng.permutation(B), device=old_log_prob.device)
         for idx in torch.tensor_split(order, n_mb):
             log_prob, entropy, value = evaluate(idx)
@@ -119,4 +123,9 @@ def ppo_update(
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
             count += 1
-    return {k: v / count for k, v in totals.items()}
+            if params.target_kl is not None and stats["approx_kl"] > params.target_kl:
+                stopped = True
+                break
+    out = {k: v / count for k, v in totals.items()}
+    out["updates"] = float(count)
+    return out

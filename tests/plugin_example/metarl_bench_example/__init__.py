@@ -71,7 +71,9 @@ class _LineEnv(BatchEnv):
         self.x = self.x + 0.1 * actions[:, 0] * active
         n = self.num_envs
         r = -np.abs(self.x - self.goal)
-        return StepResult(self.x[:, None].astype(np.float32), r.astype(np.float32), np.zeros(n, bool), np.zeros(n, bool))
+        return StepResult(
+            self.x[:, None].astype(np.float32), r.astype(np.float32), np.zeros(n, bool), np.zeros(n, bool)
+        )
 
 
 class LineNav(Suite):
@@ -80,7 +82,9 @@ class LineNav(Suite):
 
     def _make_tasks(self, split):
         rng = np.random.default_rng({"train": 0, "test": 1}[split])
-        return [Task(i, split, {"goal": float(g)}, f"goal={g:+.2f}") for i, g in enumerate(rng.uniform(-1, 1, 8))]
+        return [
+            Task(i, split, {"goal": float(g)}, f"goal={g:+.2f}") for i, g in enumerate(rng.uniform(-1, 1, 8))
+        ]
 
     def make_batch_env(self, num_envs, num_workers=1):
         return _LineEnv(num_envs)

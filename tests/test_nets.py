@@ -1,0 +1,30 @@
+import numpy as np
+import torch
+
+from algorithms.common.nets import GaussianHead, RunningNorm, mlp
+
+
+def test_running_norm_matches_numpy_over_several_updates():
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(3.0, 2.0, size=(n, 4)) for n in (5, 100, 37)]
+    norm = RunningNorm(4)
+    x0 = torch.ones(2, 4)
+    assert torch.equal(norm(x0), x0), "identity before any statistics"
+    for c in chunks:
+        norm.update(torch.tensor(c, dtype=torch.float32))
+    data = np.concatenate(chunks)
+    assert np.allclose(norm.mean.numpy(), data.mean(0), atol=1e-4)
+    assert np.allclose(norm.var.numpy(), data.var(0), atol=1e-3)
+    out = norm(torch.tensor(data, dtype=torch.float32)).numpy()
+    assert np.allclose(out.mean(0), 0, atol=1e-3) and np.allclose(out.std(0), 1, atol=1e-3)
+    assert "mean" in norm.state_dict() and float(norm.state_dict()["count"]) == len(data)
+
+
+def test_gaussian_head_log_prob_and_entropy():
+    head = GaussianHead(3, 2, init_std=0.5)
+    dist = head(torch.zeros(1, 3))
+    assert torch.allclose(dist.stddev, torch.full((1, 2), 0.5))
+    a = torch.tensor([[0.1, -0.2]])
+    expected = torch.distributions.Normal(dist.mean, dist.stddev).log_prob(a).sum(-1)
+    assert torch.allclose(GaussianHead.log_prob(dist, a), expected)
+    assert mlp(3, (8, 8), 2)(torch.zeros(5, 3)).shape == (5, 2)
