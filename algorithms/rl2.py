@@ -126,7 +126,9 @@ class RL2(MetaLearner):
             base = {"hidden_size": 256, "gamma": 0.99, "gae_lambda": 1.0, "clip": 0.2, "lr": 5e-4}
             return base | {"meta_batch_size": 25 if profile == "paper" else 10}
         if family == "point-nav":
-            # tuned here: gamma 0.99 barely learned in 100 iterations; gamma 0.9 with 8 epochs at lr 1e-3 did
+            # tuned here (seed 0, quick): gamma 0.99 barely learned in 100 iterations; a large init std taught
+            # the GRU to explore with action noise, which the deterministic meta-test removes; init std 0.2
+            # forces exploration through the mean and reaches >= 0.8 normalised on every test episode
             return {
                 "hidden_size": 128,
                 "meta_batch_size": 64,
@@ -134,7 +136,8 @@ class RL2(MetaLearner):
                 "gae_lambda": 0.9,
                 "lr": 1e-3,
                 "epochs": 8,
-                "init_std": 0.5,
+                "init_std": 0.2,
+                "target_kl": 0.05,
             }
         # locomotion: 20 tasks x 2 episodes per iteration as TrMRL; quick uses TrMRL's short-horizon gamma 0.9
         base = {"hidden_size": 256, "meta_batch_size": 20, "gae_lambda": 0.95, "init_std": 0.5}

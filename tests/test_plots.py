@@ -19,31 +19,64 @@ from benchmark.plots.data import EVAL_COLUMNS, ResultsError, load_results
 from benchmark.plots.style import legend_label
 
 POINT_NAV = {
-    "family": "point-nav", "horizon": 100, "episodes_per_trial": 2, "eval_episodes": 6, "has_success": False,
+    "family": "point-nav",
+    "horizon": 100,
+    "episodes_per_trial": 2,
+    "eval_episodes": 6,
+    "has_success": False,
     "headline_episodes": [5],
 }
 ML1 = {
-    "family": "metaworld", "horizon": 500, "episodes_per_trial": 10, "eval_episodes": 13, "has_success": True,
+    "family": "metaworld",
+    "horizon": 500,
+    "episodes_per_trial": 10,
+    "eval_episodes": 13,
+    "has_success": True,
     "headline_episodes": [10, 11, 12],
 }
 POINT_NAV_REFS = {"random": -40.0, "oracle": -5.0, "source": "synthetic"}
 ITERATIONS, EVAL_EVERY, STEPS_PER_IT = 50, 10, 4000
 
 
-def write_run(root: Path, suite: str, algo: str, seed: int, info: dict, refs: dict | None, *,
-              skill: float, iterations_done: int = ITERATIONS, n_test: int = 4, n_ood: int = 3,
-              n_train: int = 3) -> Path:
+def write_run(
+    root: Path,
+    suite: str,
+    algo: str,
+    seed: int,
+    info: dict,
+    refs: dict | None,
+    *,
+    skill: float,
+    iterations_done: int = ITERATIONS,
+    n_test: int = 4,
+    n_ood: int = 3,
+    n_train: int = 3,
+) -> Path:
     """One fake run: periodic evals on 2 test tasks, a final eval (all splits) when finished."""
     rng = np.random.default_rng(zlib.crc32(f"{suite}/{algo}/{seed}".encode()))
     run = root / suite / algo / f"seed{seed}"
     run.mkdir(parents=True)
     done = iterations_done >= ITERATIONS
-    config = {"suite": suite, "algo": algo, "seed": seed, "profile": "quick", "iterations": ITERATIONS,
-              "suite_info": info, "reference_returns": refs, "git_commit": "abc123def456"}
+    config = {
+        "suite": suite,
+        "algo": algo,
+        "seed": seed,
+        "profile": "quick",
+        "iterations": ITERATIONS,
+        "suite_info": info,
+        "reference_returns": refs,
+        "git_commit": "abc123def456",
+    }
     (run / "config.json").write_text(json.dumps(config))
     its = np.arange(iterations_done)
-    pd.DataFrame({"iteration": its, "env_steps": (its + 1) * STEPS_PER_IT, "wall_time_s": its * 0.5,
-                  "loss": rng.normal(size=its.size)}).to_csv(run / "progress.csv", index=False)
+    pd.DataFrame(
+        {
+            "iteration": its,
+            "env_steps": (its + 1) * STEPS_PER_IT,
+            "wall_time_s": its * 0.5,
+            "loss": rng.normal(size=its.size),
+        }
+    ).to_csv(run / "progress.csv", index=False)
     rows = []
     evals = list(range(EVAL_EVERY, iterations_done, EVAL_EVERY))
     if done:
@@ -65,9 +98,18 @@ def write_run(root: Path, suite: str, algo: str, seed: int, info: dict, refs: di
                     else:
                         ret = -40 + 32 * progress * adapt - (6 if split == "ood" else 0) + rng.normal(scale=2)
                         succ = ""
-                    rows.append({"iteration": it, "env_steps": (it + 1) * STEPS_PER_IT, "split": split,
-                                 "task_id": task_id, "task": f"goal={task_id}", "episode": ep, "return": ret,
-                                 "success": succ})
+                    rows.append(
+                        {
+                            "iteration": it,
+                            "env_steps": (it + 1) * STEPS_PER_IT,
+                            "split": split,
+                            "task_id": task_id,
+                            "task": f"goal={task_id}",
+                            "episode": ep,
+                            "return": ret,
+                            "success": succ,
+                        }
+                    )
     pd.DataFrame(rows, columns=list(EVAL_COLUMNS)).to_csv(run / "eval.csv", index=False)
     if done:
         (run / "done").write_text("")
@@ -82,8 +124,9 @@ def make_tree(root: Path) -> Path:
             write_run(root, suite, "trmrl", seed, info, refs, skill=1.0)
         for seed in range(2):
             partial = suite == "point-nav" and seed == 1
-            write_run(root, suite, "rl2", seed, info, refs, skill=0.7,
-                      iterations_done=32 if partial else ITERATIONS)
+            write_run(
+                root, suite, "rl2", seed, info, refs, skill=0.7, iterations_done=32 if partial else ITERATIONS
+            )
     write_run(root, "point-nav", "maml", 0, POINT_NAV, POINT_NAV_REFS, skill=0.4)
     return root
 
@@ -111,13 +154,16 @@ def _final_rows(tree: Path, suite: str, algo: str, split: str) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # figures
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fn, name", [
-    (plots.plot_learning_curves, "learning_curves"),
-    (plots.plot_metaworld_curves, "metaworld_curves"),
-    (plots.plot_adaptation, "adaptation"),
-    (plots.plot_ood_adaptation, "ood_adaptation"),
-    (plots.plot_aggregate, "aggregate"),
-])
+@pytest.mark.parametrize(
+    "fn, name",
+    [
+        (plots.plot_learning_curves, "learning_curves"),
+        (plots.plot_metaworld_curves, "metaworld_curves"),
+        (plots.plot_adaptation, "adaptation"),
+        (plots.plot_ood_adaptation, "ood_adaptation"),
+        (plots.plot_aggregate, "aggregate"),
+    ],
+)
 def test_each_figure_writes_png_and_pdf(results, tmp_path, fn, name):
     paths = fn(results, tmp_path)
     assert sorted(p.name for p in paths) == [f"{name}.pdf", f"{name}.png"]
@@ -168,9 +214,11 @@ def test_method_colours_fixed_and_distinct():
 
 
 def test_plots_import_no_training_code():
-    code = ("import sys, benchmark.plots; bad = [m for m in ('torch', 'gymnasium', 'algorithms', "
-            "'benchmark.suites', 'metaworld', 'mujoco') if m in sys.modules]; "
-            "print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, benchmark.plots; bad = [m for m in ('torch', 'gymnasium', 'algorithms', "
+        "'benchmark.suites', 'metaworld', 'mujoco') if m in sys.modules]; "
+        "print(bad); sys.exit(bool(bad))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -308,15 +356,18 @@ def _bad_return(path: Path) -> None:
     df.to_csv(path, index=False)
 
 
-@pytest.mark.parametrize("breaker, fname, expected", [
-    (_drop_return, "eval.csv", "missing column 'return'"),
-    (lambda p: p.write_text(""), "eval.csv", "empty file"),
-    (lambda p: p.unlink(), "eval.csv", "file not found"),
-    (_bad_return, "eval.csv", "non-numeric value 'abc' in column 'return' (line 5)"),
-    (lambda p: p.write_text(""), "progress.csv", "empty file"),
-    (lambda p: p.write_text("{not json"), "config.json", "invalid JSON"),
-    (lambda p: p.write_text(json.dumps({"suite": "point-nav"})), "config.json", "missing key 'algo'"),
-])
+@pytest.mark.parametrize(
+    "breaker, fname, expected",
+    [
+        (_drop_return, "eval.csv", "missing column 'return'"),
+        (lambda p: p.write_text(""), "eval.csv", "empty file"),
+        (lambda p: p.unlink(), "eval.csv", "file not found"),
+        (_bad_return, "eval.csv", "non-numeric value 'abc' in column 'return' (line 5)"),
+        (lambda p: p.write_text(""), "progress.csv", "empty file"),
+        (lambda p: p.write_text("{not json"), "config.json", "invalid JSON"),
+        (lambda p: p.write_text(json.dumps({"suite": "point-nav"})), "config.json", "missing key 'algo'"),
+    ],
+)
 def test_malformed_input_raises_one_line_error(tmp_path, breaker, fname, expected):
     root = _one_run(tmp_path)
     target = root / "point-nav" / "rl2" / "seed0" / fname
@@ -382,8 +433,9 @@ def test_cli_exits_2_without_traceback(tmp_path, capsys):
     assert plots.main([str(root), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eval.csv: non-numeric value" in err
-    proc = subprocess.run([sys.executable, "-m", "benchmark.plots", str(root)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark.plots", str(root)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert "eval.csv" in proc.stderr

@@ -44,8 +44,9 @@ def summarize_matrix(matrix: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     return pd.DataFrame(out, columns=ADAPT_COLUMNS)
 
 
-def adaptation_table(results: Results, suite: str, algo: str, split: str = "test",
-                     paired_with: str | None = None) -> pd.DataFrame:
+def adaptation_table(
+    results: Results, suite: str, algo: str, split: str = "test", paired_with: str | None = None
+) -> pd.DataFrame:
     matrix = seed_episode_matrix(results.select(suite, algo), split, paired_with)
     return summarize_matrix(matrix) if not matrix.empty else pd.DataFrame({c: [] for c in ADAPT_COLUMNS})
 
@@ -133,6 +134,9 @@ def plot_ood_adaptation(results: Results, out_dir: Path, name: str = "ood_adapta
                 ax.set_title(f"{suite}: {title}")
         span = (Patch(color="0.5", alpha=0.2, linewidth=0), "headline episode(s)")
         style.add_legends(fig, axes, labels, _handles(results), extra=[span])
-        style.suptitle(fig, "Out-of-distribution adaptation (same checkpoint for test and OOD tasks): "
-                            "mean over seeds, 95% bootstrap CI")
+        style.suptitle(
+            fig,
+            "Out-of-distribution adaptation (same checkpoint for test and OOD tasks): "
+            "mean over seeds, 95% bootstrap CI",
+        )
         return style.save_figure(fig, out_dir, name)

@@ -40,8 +40,16 @@ def aggregate_scores(results: Results) -> pd.DataFrame:
             if run.latest_iteration("test") is None:
                 continue
             score = headline(run, "test", normalized=True)
-            rows.append({"suite": suite, "algo": run.algo, "seed": run.seed, "score": score,
-                         "score_kind": kind, "done": run.done})
+            rows.append(
+                {
+                    "suite": suite,
+                    "algo": run.algo,
+                    "seed": run.seed,
+                    "score": score,
+                    "score_kind": kind,
+                    "done": run.done,
+                }
+            )
     return pd.DataFrame(rows, columns=["suite", "algo", "seed", "score", "score_kind", "done"])
 
 
@@ -62,23 +70,45 @@ def aggregate_table(results: Results, n_boot: int = DEFAULT_BOOT) -> tuple[pd.Da
         missing = [s for s in all_suites if s not in suites]
         for name, fn in STATISTICS.items():
             est = stratified_bootstrap_ci(strata, fn, n_boot=n_boot, rng=0)
-            stat_rows.append({"algo": algo, "statistic": name, "value": est.value, "low": est.low,
-                              "high": est.high, "n_runs": est.n, "n_suites": len(suites),
-                              "suites_missing": " ".join(missing)})
+            stat_rows.append(
+                {
+                    "algo": algo,
+                    "statistic": name,
+                    "value": est.value,
+                    "low": est.low,
+                    "high": est.high,
+                    "n_runs": est.n,
+                    "n_suites": len(suites),
+                    "suites_missing": " ".join(missing),
+                }
+            )
     poi_rows = []
     for i, x in enumerate(algos):
-        for y in algos[i + 1:]:
-            common = sorted(set(scores.loc[scores["algo"] == x, "suite"])
-                            & set(scores.loc[scores["algo"] == y, "suite"]))
+        for y in algos[i + 1 :]:
+            common = sorted(
+                set(scores.loc[scores["algo"] == x, "suite"]) & set(scores.loc[scores["algo"] == y, "suite"])
+            )
             if not common:
                 continue
-            est = probability_of_improvement_ci(_strata(scores, x, common), _strata(scores, y, common),
-                                                n_boot=n_boot, rng=0)
-            poi_rows.append({"algo_x": x, "algo_y": y, "value": est.value, "low": est.low, "high": est.high,
-                             "n_suites": len(common), "suites": " ".join(common)})
+            est = probability_of_improvement_ci(
+                _strata(scores, x, common), _strata(scores, y, common), n_boot=n_boot, rng=0
+            )
+            poi_rows.append(
+                {
+                    "algo_x": x,
+                    "algo_y": y,
+                    "value": est.value,
+                    "low": est.low,
+                    "high": est.high,
+                    "n_suites": len(common),
+                    "suites": " ".join(common),
+                }
+            )
     return (
-        pd.DataFrame(stat_rows, columns=["algo", "statistic", "value", "low", "high", "n_runs", "n_suites",
-                                         "suites_missing"]),
+        pd.DataFrame(
+            stat_rows,
+            columns=["algo", "statistic", "value", "low", "high", "n_runs", "n_suites", "suites_missing"],
+        ),
         pd.DataFrame(poi_rows, columns=["algo_x", "algo_y", "value", "low", "high", "n_suites", "suites"]),
     )
 
@@ -136,8 +166,12 @@ def plot_aggregate(results: Results, out_dir: Path, name: str = "aggregate") -> 
             for i, r in enumerate(poi_df.itertuples()):
                 _interval(ax, n - 1 - i, r.value, r.low, r.high, colors[r.algo_x])
             ax.set_yticks(range(n))
-            ax.set_yticklabels([f"{style.display_name(r.algo_x)} vs {style.display_name(r.algo_y)}"
-                                for r in reversed(list(poi_df.itertuples()))])
+            ax.set_yticklabels(
+                [
+                    f"{style.display_name(r.algo_x)} vs {style.display_name(r.algo_y)}"
+                    for r in reversed(list(poi_df.itertuples()))
+                ]
+            )
             ax.axvline(0.5, color="0.4", linestyle="--", linewidth=1)
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.6, n - 0.4)
@@ -163,32 +197,61 @@ def write_aggregate_table(results: Results, out_dir: Path, name: str = "aggregat
         cells = []
         for stat in STATISTICS:
             r = sub.loc[stat]
-            cells.append(fmt_estimate(pd.Series({"mean": r["value"], "low": r["low"], "high": r["high"],
-                                                 "n_seeds": r["n_runs"]}), 2))
+            cells.append(
+                fmt_estimate(
+                    pd.Series(
+                        {"mean": r["value"], "low": r["low"], "high": r["high"], "n_seeds": r["n_runs"]}
+                    ),
+                    2,
+                )
+            )
         r = sub.iloc[0]
-        rows.append([style.display_name(algo), str(int(r["n_suites"])), str(int(r["n_runs"])), *cells,
-                     r["suites_missing"].replace(" ", ", ") or "—"])
-    poi_rows = [[f"{style.display_name(r.algo_x)} vs {style.display_name(r.algo_y)}", str(r.n_suites),
-                 fmt_estimate(pd.Series({"mean": r.value, "low": r.low, "high": r.high, "n_seeds": 2}), 2)
-                 if np.isfinite(r.low) else f"{r.value:.2f} (no CI)"]
-                for r in poi_df.itertuples()]
+        rows.append(
+            [
+                style.display_name(algo),
+                str(int(r["n_suites"])),
+                str(int(r["n_runs"])),
+                *cells,
+                r["suites_missing"].replace(" ", ", ") or "—",
+            ]
+        )
+    poi_rows = [
+        [
+            f"{style.display_name(r.algo_x)} vs {style.display_name(r.algo_y)}",
+            str(r.n_suites),
+            fmt_estimate(pd.Series({"mean": r.value, "low": r.low, "high": r.high, "n_seeds": 2}), 2)
+            if np.isfinite(r.low)
+            else f"{r.value:.2f} (no CI)",
+        ]
+        for r in poi_df.itertuples()
+    ]
     scores = aggregate_scores(results)
-    kinds = ", ".join(f"{k}: {', '.join(sorted(g['suite'].unique()))}"
-                      for k, g in scores.groupby("score_kind"))
+    kinds = ", ".join(
+        f"{k}: {', '.join(sorted(g['suite'].unique()))}" for k, g in scores.groupby("score_kind")
+    )
     t1 = TextTable(
         title="Aggregate normalized score across suites (IQM and mean, 95% stratified bootstrap CI)",
         header=["Method", "Suites", "Runs", "IQM [95% CI]", "Mean [95% CI]", "Suites not run"],
-        rows=rows, label="tab:aggregate", n_text=1,
-        notes=[f"Score per run ({kinds}); test tasks, headline episodes, latest evaluation.",
-               "IQM = mean of the middle 50% of all runs of all suites; CIs resample runs within each suite "
-               f"({DEFAULT_BOOT} resamples). Methods missing suites are aggregated over the suites "
-               "they ran."],
+        rows=rows,
+        label="tab:aggregate",
+        n_text=1,
+        notes=[
+            f"Score per run ({kinds}); test tasks, headline episodes, latest evaluation.",
+            "IQM = mean of the middle 50% of all runs of all suites; CIs resample runs within each suite "
+            f"({DEFAULT_BOOT} resamples). Methods missing suites are aggregated over the suites "
+            "they ran.",
+        ],
     )
     t2 = TextTable(
         title="Probability of improvement P(X > Y) over the suites both methods ran",
-        header=["X vs Y", "Suites", "P(X > Y) [95% CI]"], rows=poi_rows, label="tab:poi", n_text=1,
-        notes=["P(X > Y) = mean over suites of the probability that a run of X scores higher than a run of Y "
-               "(ties count 1/2); 0.5 = no difference."],
+        header=["X vs Y", "Suites", "P(X > Y) [95% CI]"],
+        rows=poi_rows,
+        label="tab:poi",
+        n_text=1,
+        notes=[
+            "P(X > Y) = mean over suites of the probability that a run of X scores higher than a run of Y "
+            "(ties count 1/2); 0.5 = no difference."
+        ],
     )
     numbers = stats_df.assign(table="statistic")
     if not poi_df.empty:

@@ -16,8 +16,15 @@ from .stats import bootstrap_ci
 CURVE_COLUMNS = ["iteration", "env_steps", "mean", "low", "high", "n_seeds"]
 
 
-def curve_table(results: Results, suite: str, algo: str, split: str = "test", *,
-                normalized: bool = False, n_boot: int = 2000) -> pd.DataFrame:
+def curve_table(
+    results: Results,
+    suite: str,
+    algo: str,
+    split: str = "test",
+    *,
+    normalized: bool = False,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
     """Mean over seeds (with 95% bootstrap CI over seeds) of the headline metric at every evaluation.
 
     Seeds are aligned by ``iteration`` (every run of a suite evaluates on the same schedule); the
@@ -42,8 +49,14 @@ def curve_table(results: Results, suite: str, algo: str, split: str = "test", *,
 def _draw(ax, table: pd.DataFrame, color: str, marker: str) -> None:
     x = table["env_steps"].to_numpy()
     few = len(table) <= 25
-    ax.plot(x, table["mean"], color=color, marker=marker if few else None, markersize=3.5 if few else 0,
-            clip_on=False if len(table) == 1 else True)
+    ax.plot(
+        x,
+        table["mean"],
+        color=color,
+        marker=marker if few else None,
+        markersize=3.5 if few else 0,
+        clip_on=False if len(table) == 1 else True,
+    )
     if len(table) == 1 and np.isfinite(table["low"]).all():  # a lone point: CI as an error bar
         mean = table["mean"].to_numpy()
         err = np.abs(np.stack([mean - table["low"].to_numpy(), table["high"].to_numpy() - mean]))
@@ -94,8 +107,11 @@ def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_
 
 
 def metaworld_suites_with_train(results: Results) -> list[str]:
-    return [s for s in results.suites if results.info(s).is_metaworld
-            and any((r.eval["split"] == "train").any() for r in results.select(s))]
+    return [
+        s
+        for s in results.suites
+        if results.info(s).is_metaworld and any((r.eval["split"] == "train").any() for r in results.select(s))
+    ]
 
 
 def plot_metaworld_curves(results: Results, out_dir: Path, name: str = "metaworld_curves") -> list[Path]:

@@ -38,34 +38,80 @@ def _aggregate_suites(results: Results) -> list[str]:
 
 
 ARTIFACTS = (
-    Artifact("figure", "learning_curves", plot_learning_curves,
-             "Meta-training curves: headline test metric (return per episode on the headline episode(s); "
-             "success rate in % for success suites) against environment steps, one panel per suite, mean "
-             "over seeds with 95% bootstrap CI bands.", _all_suites),
-    Artifact("figure", "metaworld_curves", plot_metaworld_curves,
-             "Meta-World: meta-train (train split) next to meta-test (test split) success rate against "
-             "environment steps.", metaworld_suites_with_train),
-    Artifact("figure", "adaptation", plot_adaptation,
-             "Fast adaptation: test metric per episode of the adaptation trial at the final evaluation, "
-             "mean over seeds with 95% bootstrap CI.", _all_suites),
-    Artifact("figure", "ood_adaptation", plot_ood_adaptation,
-             "Out-of-distribution adaptation: return per episode on OOD tasks (dashed) next to test tasks "
-             "(solid), same checkpoint.", ood_suites,
-             lambda run: run.latest_iteration("ood") is not None, "no OOD evaluation yet"),
-    Artifact("figure", "aggregate", plot_aggregate,
-             "Aggregate across suites: IQM and mean of the normalized score, and probability of "
-             "improvement between methods, with 95% stratified bootstrap CIs.", _aggregate_suites),
-    Artifact("table", "final_performance", write_final_table,
-             "Final headline metric per suite and method, raw and normalized, with 95% CIs.", _all_suites),
-    Artifact("table", "ood", write_ood_table,
-             "OOD vs in-distribution test return per episode index, with 95% CIs and the drop.", ood_suites,
-             lambda run: run.latest_iteration("ood") is not None, "no OOD evaluation yet"),
-    Artifact("table", "metaworld", write_metaworld_table,
-             "Meta-World meta-train / meta-test success measured here next to the published Meta-World "
-             "paper numbers (ML10, ML45).", metaworld_suites),
-    Artifact("table", "aggregate", write_aggregate_table,
-             "IQM / mean normalized score per method and pairwise probability of improvement.",
-             _aggregate_suites),
+    Artifact(
+        "figure",
+        "learning_curves",
+        plot_learning_curves,
+        "Meta-training curves: headline test metric (return per episode on the headline episode(s); "
+        "success rate in % for success suites) against environment steps, one panel per suite, mean "
+        "over seeds with 95% bootstrap CI bands.",
+        _all_suites,
+    ),
+    Artifact(
+        "figure",
+        "metaworld_curves",
+        plot_metaworld_curves,
+        "Meta-World: meta-train (train split) next to meta-test (test split) success rate against "
+        "environment steps.",
+        metaworld_suites_with_train,
+    ),
+    Artifact(
+        "figure",
+        "adaptation",
+        plot_adaptation,
+        "Fast adaptation: test metric per episode of the adaptation trial at the final evaluation, "
+        "mean over seeds with 95% bootstrap CI.",
+        _all_suites,
+    ),
+    Artifact(
+        "figure",
+        "ood_adaptation",
+        plot_ood_adaptation,
+        "Out-of-distribution adaptation: return per episode on OOD tasks (dashed) next to test tasks "
+        "(solid), same checkpoint.",
+        ood_suites,
+        lambda run: run.latest_iteration("ood") is not None,
+        "no OOD evaluation yet",
+    ),
+    Artifact(
+        "figure",
+        "aggregate",
+        plot_aggregate,
+        "Aggregate across suites: IQM and mean of the normalized score, and probability of "
+        "improvement between methods, with 95% stratified bootstrap CIs.",
+        _aggregate_suites,
+    ),
+    Artifact(
+        "table",
+        "final_performance",
+        write_final_table,
+        "Final headline metric per suite and method, raw and normalized, with 95% CIs.",
+        _all_suites,
+    ),
+    Artifact(
+        "table",
+        "ood",
+        write_ood_table,
+        "OOD vs in-distribution test return per episode index, with 95% CIs and the drop.",
+        ood_suites,
+        lambda run: run.latest_iteration("ood") is not None,
+        "no OOD evaluation yet",
+    ),
+    Artifact(
+        "table",
+        "metaworld",
+        write_metaworld_table,
+        "Meta-World meta-train / meta-test success measured here next to the published Meta-World "
+        "paper numbers (ML10, ML45).",
+        metaworld_suites,
+    ),
+    Artifact(
+        "table",
+        "aggregate",
+        write_aggregate_table,
+        "IQM / mean normalized score per method and pairwise probability of improvement.",
+        _aggregate_suites,
+    ),
 )
 _EXTENSIONS = {"figure": ("png", "pdf"), "table": ("md", "tex", "csv")}
 
@@ -120,16 +166,26 @@ def _group_line(runs: Sequence[Run]) -> str:
     r0 = runs[0]
     profiles = sorted({r.profile for r in runs})
     done = sum(r.done for r in runs)
-    status = ("finished" if done == len(runs) else "in progress" if done == 0
-              else f"{done} finished, {len(runs) - done} in progress")
+    status = (
+        "finished"
+        if done == len(runs)
+        else "in progress"
+        if done == 0
+        else f"{done} finished, {len(runs) - done} in progress"
+    )
     its = sorted({f"{r.iterations_logged}/{r.planned_iterations}" for r in runs})
     steps = sorted({r.env_steps for r in runs})
-    step_text = style._fmt_steps(steps[0]) if len(steps) == 1 else f"{style._fmt_steps(steps[0])}-" \
-        f"{style._fmt_steps(steps[-1])}"
+    step_text = (
+        style._fmt_steps(steps[0])
+        if len(steps) == 1
+        else f"{style._fmt_steps(steps[0])}-{style._fmt_steps(steps[-1])}"
+    )
     profile_text = "/".join(profiles) + (" (MIXED PROFILES)" if len(profiles) > 1 else "")
     seeds = f"seed{'s' if len(runs) > 1 else ''} {_seeds(runs)}"
-    return (f"`{r0.suite}` / {style.display_name(r0.algo)}: {seeds}, profile {profile_text}, "
-            f"iterations {', '.join(its)}, {step_text} env steps, {status}")
+    return (
+        f"`{r0.suite}` / {style.display_name(r0.algo)}: {seeds}, profile {profile_text}, "
+        f"iterations {', '.join(its)}, {step_text} env steps, {status}"
+    )
 
 
 def _suite_line(results: Results, suite: str, art: Artifact) -> str:
@@ -183,10 +239,12 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
             lines.append("")
     lines += ["## Runs", ""]
     lines += [f"- {_group_line(results.select(s, a))}" for s in results.suites for a in results.algos_for(s)]
-    lines += ["",
-              "| Suite | Method | Seed | Profile | Iterations (logged/planned) | Env steps | "
-              "Latest eval iteration | Status | Commit |",
-              "|:---|:---|---:|:---|---:|---:|---:|:---|:---|"]
+    lines += [
+        "",
+        "| Suite | Method | Seed | Profile | Iterations (logged/planned) | Env steps | "
+        "Latest eval iteration | Status | Commit |",
+        "|:---|:---|---:|:---|---:|---:|---:|:---|:---|",
+    ]
     for run in sorted(results.runs, key=lambda r: (r.suite, results.algos.index(r.algo), r.seed)):
         latest = run.eval["iteration"].max() if len(run.eval) else None
         lines.append(
@@ -197,12 +255,21 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
         )
     missing = [(s, a) for s in results.suites for a in results.algos if not results.select(s, a)]
     if missing:
-        lines += ["", "Not run (method x suite with no results): "
-                  + ", ".join(f"{style.display_name(a)} on `{s}`" for s, a in missing) + "."]
+        lines += [
+            "",
+            "Not run (method x suite with no results): "
+            + ", ".join(f"{style.display_name(a)} on `{s}`" for s, a in missing)
+            + ".",
+        ]
     refs = [(s, results.references(s)) for s in results.suites if results.references(s) is not None]
     if refs:
-        lines += ["", "## Reference returns used for normalization", "",
-                  "| Suite | Random | Oracle | Source |", "|:---|---:|---:|:---|"]
+        lines += [
+            "",
+            "## Reference returns used for normalization",
+            "",
+            "| Suite | Random | Oracle | Source |",
+            "|:---|---:|---:|:---|",
+        ]
         lines += [f"| {s} | {r.random:.4g} | {r.oracle:.4g} | {r.source or '—'} |" for s, r in refs]
     return "\n".join(lines) + "\n"
 
@@ -217,9 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Regenerate every figure and table from a results directory (CSV files only).",
     )
     parser.add_argument("results_dir", type=Path, help="results root laid out <suite>/<algo>/seed<N>/")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: the parent of RESULTS_DIR if it is named 'runs', "
-                             "else RESULTS_DIR itself)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the parent of RESULTS_DIR if it is named 'runs', "
+        "else RESULTS_DIR itself)",
+    )
     args = parser.parse_args(argv)
     try:
         paths = make_all(args.results_dir, args.out)

@@ -153,8 +153,9 @@ def suptitle(fig: Figure, text: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # panels and legends
 # ------------------------------------------------------------------------------------------------
-def panel_grid(n_panels: int, ncols: int = 3, width: float = PANEL_W, height: float = PANEL_H,
-               extra_height: float = 0.0) -> tuple[Figure, list]:
+def panel_grid(
+    n_panels: int, ncols: int = 3, width: float = PANEL_W, height: float = PANEL_H, extra_height: float = 0.0
+) -> tuple[Figure, list]:
     """A figure with ``n_panels`` axes on a grid (unused cells removed)."""
     ncols = max(1, min(ncols, n_panels))
     nrows = -(-n_panels // ncols)
@@ -177,9 +178,14 @@ def legend_label(algo: str, n_seeds: int, n_running: int = 0) -> str:
     return f"{display_name(algo)} ({', '.join(parts)})"
 
 
-def add_legends(fig: Figure, axes: list, labels_per_panel: list[dict[str, str]],
-                handles: dict[str, object], ncol: int | None = None,
-                extra: Sequence[tuple[object, str]] = ()) -> None:
+def add_legends(
+    fig: Figure,
+    axes: list,
+    labels_per_panel: list[dict[str, str]],
+    handles: dict[str, object],
+    ncol: int | None = None,
+    extra: Sequence[tuple[object, str]] = (),
+) -> None:
     """One legend below the figure when every method is labelled the same in every panel, else one
     legend under each panel; ``extra`` (handle, label) entries are appended to every legend.
     Legends never sit on top of data."""
@@ -196,13 +202,22 @@ def add_legends(fig: Figure, axes: list, labels_per_panel: list[dict[str, str]],
         # as many columns as fit the figure width (legend text at 9 pt, ~0.075 in per character)
         entry_w = 0.6 + 0.075 * max(len(t) for t in texts)
         fit = max(1, int(fig.get_figwidth() / entry_w))
-        fig.legend([handles[a] for a in order] + [h for h, _ in extra], texts, loc="outside lower center",
-                   ncol=ncol or min(len(texts), fit, 5))
+        fig.legend(
+            [handles[a] for a in order] + [h for h, _ in extra],
+            texts,
+            loc="outside lower center",
+            ncol=ncol or min(len(texts), fit, 5),
+        )
         return
     for ax, labels in zip(axes, labels_per_panel, strict=True):
         algos = method_order(labels)
         if algos:
             n = len(algos) + len(extra)
-            ax.legend([handles[a] for a in algos] + [h for h, _ in extra],
-                      [labels[a] for a in algos] + [t for _, t in extra], loc="upper center",
-                      bbox_to_anchor=(0.5, -0.24), ncol=1 if n < 3 else 2, fontsize=8)
+            ax.legend(
+                [handles[a] for a in algos] + [h for h, _ in extra],
+                [labels[a] for a in algos] + [t for _, t in extra],
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.24),
+                ncol=1 if n < 3 else 2,
+                fontsize=8,
+            )

@@ -96,8 +96,20 @@ def _md(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-_TEX_ESCAPES = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "#": "\\#", "_": "\\_", "{": "\\{",
-                "}": "\\}", "$": "\\$", "~": "\\textasciitilde{}", "^": "\\^{}", "<": "$<$", ">": "$>$"}
+_TEX_ESCAPES = {
+    "\\": "\\textbackslash{}",
+    "&": "\\&",
+    "%": "\\%",
+    "#": "\\#",
+    "_": "\\_",
+    "{": "\\{",
+    "}": "\\}",
+    "$": "\\$",
+    "~": "\\textasciitilde{}",
+    "^": "\\^{}",
+    "<": "$<$",
+    ">": "$>$",
+}
 
 
 def _tex(text: str) -> str:
@@ -120,8 +132,11 @@ def decimals_for(values: Sequence[float]) -> int:
 
 def fmt_estimate(est: Estimate | pd.Series, decimals: int) -> str:
     """``"12.3 [10.1, 14.0]"``; single seed: ``"12.3 (1 seed)"``; no data: ``"—"``."""
-    value, low, high, n = (est.value, est.low, est.high, est.n) if isinstance(est, Estimate) else (
-        est["mean"], est["low"], est["high"], est["n_seeds"])
+    value, low, high, n = (
+        (est.value, est.low, est.high, est.n)
+        if isinstance(est, Estimate)
+        else (est["mean"], est["low"], est["high"], est["n_seeds"])
+    )
     if n == 0 or not math.isfinite(value):
         return "—"
     text = f"{value:.{decimals}f}"
@@ -171,9 +186,16 @@ def final_table(results: Results) -> pd.DataFrame:
             kinds = [("raw", False)] + ([("normalized", True)] if refs is not None else [])
             for kind, norm in kinds:
                 est = bootstrap_ci([headline(r, "test", normalized=norm) for r in runs])
-                rows.append({"suite": suite, "algo": algo, "metric": kind, **_est_row(est),
-                             "n_in_progress": sum(not r.done for r in runs),
-                             "seeds": " ".join(str(r.seed) for r in runs)})
+                rows.append(
+                    {
+                        "suite": suite,
+                        "algo": algo,
+                        "metric": kind,
+                        **_est_row(est),
+                        "n_in_progress": sum(not r.done for r in runs),
+                        "seeds": " ".join(str(r.seed) for r in runs),
+                    }
+                )
     return pd.DataFrame(rows, columns=["suite", "algo", "metric", *NUMBER_COLUMNS, "n_in_progress", "seeds"])
 
 
@@ -191,14 +213,16 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
         for _, r in raw.iterrows():
             norm = grp[(grp["metric"] == "normalized") & (grp["algo"] == r["algo"])]
             runs = [x for x in results.select(suite, r["algo"]) if x.latest_iteration("test") is not None]
-            rows.append([
-                suite,
-                style.display_name(r["algo"]),
-                _seeds_text(runs),
-                style.metric_label(info, sep=" "),
-                fmt_estimate(r, dec),
-                fmt_estimate(norm.iloc[0], 2) if len(norm) else "—",
-            ])
+            rows.append(
+                [
+                    suite,
+                    style.display_name(r["algo"]),
+                    _seeds_text(runs),
+                    style.metric_label(info, sep=" "),
+                    fmt_estimate(r, dec),
+                    fmt_estimate(norm.iloc[0], 2) if len(norm) else "—",
+                ]
+            )
     table = TextTable(
         title="Final performance on the meta-test tasks (latest evaluation of each run)",
         header=["Suite", "Method", "Seeds", "Metric", "Measured [95% CI]", "Normalized [95% CI]"],
@@ -263,8 +287,15 @@ def write_ood_table(results: Results, out_dir: Path, name: str = "ood") -> list[
                 sub = grp[(grp["algo"] == algo) & (grp["split"] == split)].set_index("episode")
                 cells = [fmt_estimate(sub.loc[k], dec) if k in sub.index else "—" for k in range(n_eps)]
                 first = split == "test"
-                rows.append([suite if first else "", style.display_name(algo) if first else "",
-                             _seeds_text(runs) if first else "", split_names[split], *cells])
+                rows.append(
+                    [
+                        suite if first else "",
+                        style.display_name(algo) if first else "",
+                        _seeds_text(runs) if first else "",
+                        split_names[split],
+                        *cells,
+                    ]
+                )
     table = TextTable(
         title="Out-of-distribution generalisation: return per episode of the adaptation trial",
         header=header,
@@ -300,17 +331,44 @@ def metaworld_table(results: Results) -> pd.DataFrame:
             pub = PUBLISHED_METAWORLD.get((suite.lower(), algo))
             for i, split in enumerate(("train", "test")):
                 vals = [headline(r, split) for r in runs if r.latest_iteration(split) is not None]
-                rows.append({"suite": suite, "algo": algo, "split": split, "source": "measured",
-                             **_est_row(bootstrap_ci(vals))})
+                rows.append(
+                    {
+                        "suite": suite,
+                        "algo": algo,
+                        "split": split,
+                        "source": "measured",
+                        **_est_row(bootstrap_ci(vals)),
+                    }
+                )
                 if pub:
-                    rows.append({"suite": suite, "algo": algo, "split": split, "source": "published",
-                                 "mean": pub[i], "low": np.nan, "high": np.nan, "n_seeds": 10})
+                    rows.append(
+                        {
+                            "suite": suite,
+                            "algo": algo,
+                            "split": split,
+                            "source": "published",
+                            "mean": pub[i],
+                            "low": np.nan,
+                            "high": np.nan,
+                            "n_seeds": 10,
+                        }
+                    )
     measured = {(r["suite"].lower(), r["algo"]) for r in rows}
     for (suite, algo), pub in PUBLISHED_METAWORLD.items():
         if (suite, algo) not in measured:
             for i, split in enumerate(("train", "test")):
-                rows.append({"suite": suite, "algo": algo, "split": split, "source": "published",
-                             "mean": pub[i], "low": np.nan, "high": np.nan, "n_seeds": 10})
+                rows.append(
+                    {
+                        "suite": suite,
+                        "algo": algo,
+                        "split": split,
+                        "source": "published",
+                        "mean": pub[i],
+                        "low": np.nan,
+                        "high": np.nan,
+                        "n_seeds": 10,
+                    }
+                )
     return pd.DataFrame(rows, columns=["suite", "algo", "split", "source", *NUMBER_COLUMNS])
 
 
@@ -336,13 +394,28 @@ def write_metaworld_table(results: Results, out_dir: Path, name: str = "metaworl
                     else:
                         cell[src, split] = fmt_estimate(sub.iloc[0], 1)
             runs = [r for r in results.select(suite, algo) if r.latest_iteration("test") is not None]
-            rows.append([suite, style.display_name(algo), _seeds_text(runs) if runs else "—",
-                         cell["measured", "train"], cell["measured", "test"],
-                         cell["published", "train"], cell["published", "test"]])
+            rows.append(
+                [
+                    suite,
+                    style.display_name(algo),
+                    _seeds_text(runs) if runs else "—",
+                    cell["measured", "train"],
+                    cell["measured", "test"],
+                    cell["published", "train"],
+                    cell["published", "test"],
+                ]
+            )
     table = TextTable(
         title="Meta-World success rate (%): measured here vs published",
-        header=["Suite", "Method", "Seeds", "Meta-train, measured here", "Meta-test, measured here",
-                "Meta-train, published", "Meta-test, published"],
+        header=[
+            "Suite",
+            "Method",
+            "Seeds",
+            "Meta-train, measured here",
+            "Meta-test, measured here",
+            "Meta-train, published",
+            "Meta-test, published",
+        ],
         rows=rows,
         breaks=breaks,
         n_text=3,

@@ -1,0 +1,449 @@
+"""TrMRL (Melo, "Transformers are Meta-Reinforcement Learners", ICML 2022): attention over recent memories.
+
+Each step the agent turns (s_t, a_{t-1}, r_{t-1}, done_{t-1}) into a *working memory* with a bias-free
+linear embedding plus a sinusoidal position. A causal transformer encoder without layer norm (ReLU FFN,
+dropout 0) associates the last N working memories into an *episodic memory*; the memory at the current
+step feeds a Gaussian MLP policy (64, 64, tanh). T-Fixup initialisation replaces layer norm.
+
+Memory modes (``memory``):
+* ``episode`` (the paper's): every layer attends to the last N = 5 steps of the current episode; the
+  memory is cleared at every episode start.
+* ``trial``: the window spans the episodes of a trial (``window = 0``: the whole training trial).
+
+Positions are the step index inside the current episode (0 .. H-1) in both modes, so evaluation trials
+longer than training trials stay within the positions seen in training.
+
+Attention is a sliding window: at every layer, step t reads steps t-N+1 .. t of the layer below, so the
+receptive field of L layers is L(N-1)+1 steps (the official code instead re-encodes the last N steps
+from scratch at every step; that cannot be cached). Acting caches each layer's keys and values in a
+ring buffer of N slots, so one step costs O(N); training re-encodes whole trials in batches with the
+equivalent causal band mask (and, in ``episode`` mode, one sequence per episode). Steps of an
+environment that already terminated (``active == False``) are treated like any other step on both
+paths, so the cached rollout and the batched re-encode agree.
+
+Training: PPO over whole trials (GAE across the episodes of a trial), AdamW with separate policy and
+value learning rates, raw advantages (official ``center_adv=False``: neither centred nor scaled),
+entropy coefficient 0, geometric learning-rate decay between iterations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal
+
+from algorithms.base import AdaptiveAgent, EnvSpec, MetaLearner, TrainContext, Transition
+from algorithms.common.buffers import PreviousStep, trial_features
+from algorithms.common.nets import GaussianHead, RunningNorm, mlp
+from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
+
+
+@dataclass
+class TrMRLConfig:
+    """Hyperparameters; defaults are the paper's HalfCheetahVel settings (official README command)."""
+
+    # -- memory and encoder ---------------------------------------------------------------------------
+    memory: str = "episode"  # "episode": cleared at each episode start | "trial": spans the trial
+    window: int = 5  # N working memories per layer; 0 = the whole training trial (trial mode)
+    d_model: int = 128
+    n_heads: int = 16
+    n_layers: int = 4
+    d_ff: int = 512
+    normalize_observations: bool = False  # running mean/std of observations (quick locomotion, as RL²)
+    tfixup: bool = True  # False: post-LN encoder layers with default initialisation (ablation)
+    # working memory = embed_scale * embedding + position (Vaswani et al.: sqrt(d_model); the official
+    # code has that line commented out, i.e. 1). At T-Fixup's small embedding scale the positions dominate.
+    embed_scale: float = 1.0
+    # -- heads ----------------------------------------------------------------------------------------
+    policy_hidden: tuple[int, ...] = (64, 64)
+    init_std: float = 0.2
+    output_gain: float = 1.0  # Xavier gain of the policy mean layer (official AntDir / Meta-World: 0.01)
+    # value function: "shared" = MLP on the memory, its loss also trains the encoder;
+    # "detached" = separate MLP on the memory (no gradient into the encoder);
+    # "step" = separate MLP on the step input (official HalfCheetahVel / Meta-World: no --share_network)
+    value_fn: str = "step"
+    value_hidden: tuple[int, ...] = (64, 64)
+    # -- PPO over trials ------------------------------------------------------------------------------
+    meta_batch_size: int = 20  # trials (tasks) per iteration
+    gamma: float = 0.9
+    gae_lambda: float = 0.8
+    value_lambda: float = 1.0  # lambda of the value targets; 1 = discounted Monte-Carlo returns (official)
+    clip: float = 0.1
+    policy_lr: float = 3e-5
+    value_lr: float = 2.5e-4
+    weight_decay: float = 0.01  # AdamW's default, as in the official code
+    epochs: int = 10
+    minibatch_steps: int = 256  # env steps per minibatch; rounded to whole trials (see _minibatches)
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 1e6  # the official code does not clip
+    normalize_advantages: bool = False  # official center_adv=False: raw advantages
+    # -- geometric learning-rate decay between iterations ----------------------------------------------
+    lr_decay_start: int = 100  # iteration where decay starts
+    lr_decay_end: int = 750  # iteration where the factor reaches lr_min_factor (then stays)
+    lr_min_factor: float = 0.1  # 1.0 = constant learning rates
+    decay_value_lr: bool = False  # HalfCheetahVel decays the policy lr only
+
+
+# ---------------------------------------------------------------------------------------------------
+# The encoder: explicit attention so T-Fixup scaling and the key/value cache are visible
+# ---------------------------------------------------------------------------------------------------
+
+
+KV = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values) ring buffers
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    """(length, d_model) sin/cos table of Vaswani et al."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table
+
+
+def band_mask(length: int, window: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(length, length) bool: query i may read key j iff j <= i (causal) and i - j < window."""
+    i = torch.arange(length, device=device)[:, None]
+    j = torch.arange(length, device=device)[None, :]
+    return (j <= i) & (i - j < window)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with q, k, v stacked in one projection (as nn.MultiheadAttention)."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)  # rows [0:d] -> q, [d:2d] -> k, [2d:3d] -> v
+        self.out = nn.Linear(d_model, d_model)
+
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, T, 3d) -> q, k, v each (B, heads, T, d_head)."""
+        B, T, _ = x.shape
+        return [t.reshape(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in x.chunk(3, dim=-1)]
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None
+    ) -> torch.Tensor:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ v  # (B, heads, Tq, d_head)
+        B, _, Tq, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(B, Tq, -1))
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Whole sequences x (B, T, d) under the (T, T) mask ``allowed``."""
+        q, k, v = self._split(self.qkv(x))
+        return self._attend(q, k, v, allowed)
+
+    def step(self, x: torch.Tensor, cache: KV, slot: int, filled: int) -> torch.Tensor:
+        """One new step x (B, 1, d): write its key/value into ring-buffer ``slot``, read ``filled`` slots.
+
+        Attention is order-free over keys (positions are already inside the keys and values), so the
+        ring buffer needs no reordering: the window is simply the set of filled slots.
+        """
+        q, k, v = self._split(self.qkv(x))
+        k_cache, v_cache = cache
+        k_cache[:, :, slot] = k[:, :, 0]
+        v_cache[:, :, slot] = v[:, :, 0]
+        return self._attend(q, k_cache[:, :, :filled], v_cache[:, :, :filled], None)
+
+
+class EncoderLayer(nn.Module):
+    """x + attn(x), then x + FFN(x) (ReLU); post-LN only when T-Fixup is off."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, layer_norm: bool) -> None:
+        super().__init__()
+        self.attn = SelfAttention(d_model, n_heads)
+        self.ff1 = nn.Linear(d_model, d_ff)
+        self.ff2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.norm2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+
+    def _residuals(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + attended)
+        return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        return self._residuals(x, self.attn(x, allowed))
+
+    def step(self, x: torch.Tensor, cache: KV, slot: int, filled: int) -> torch.Tensor:
+        return self._residuals(x, self.attn.step(x, cache, slot, filled))
+
+
+class TrMRLNetwork(nn.Module):
+    """Working memory (embedding + position) -> encoder -> episodic memory -> (Gaussian policy, value)."""
+
+    def __init__(self, spec: EnvSpec, cfg: TrMRLConfig) -> None:
+        super().__init__()
+        if cfg.memory not in ("episode", "trial"):
+            raise ValueError(f"memory must be 'episode' or 'trial', not {cfg.memory!r}")
+        if cfg.value_fn not in ("shared", "detached", "step"):
+            raise ValueError(f"value_fn must be 'shared', 'detached' or 'step', not {cfg.value_fn!r}")
+        self.cfg, self.horizon = cfg, spec.horizon
+        # window N; 0 means "everything": the episode (episode mode) or the training trial (trial mode)
+        full = spec.horizon if cfg.memory == "episode" else spec.horizon * spec.episodes_per_trial
+        self.window = min(cfg.window, full) if cfg.window > 0 else full
+        in_dim = spec.obs_dim + spec.act_dim + 2
+        self.obs_dim = spec.obs_dim
+        self.obs_norm = RunningNorm(spec.obs_dim) if cfg.normalize_observations else None
+        self.embed = nn.Linear(in_dim, cfg.d_model, bias=False)
+        self.register_buffer("positions", sinusoidal_positions(spec.horizon, cfg.d_model), persistent=False)
+        self.layers = nn.ModuleList(
+            EncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, layer_norm=not cfg.tfixup)
+            for _ in range(cfg.n_layers)
+        )
+        self.policy_body = mlp(cfg.d_model, cfg.policy_hidden, None, nn.Tanh)
+        self.policy = GaussianHead(cfg.policy_hidden[-1], spec.act_dim, init_std=cfg.init_std)
+        self.value = mlp(in_dim if cfg.value_fn == "step" else cfg.d_model, cfg.value_hidden, 1, nn.Tanh)
+        self._init_weights(cfg)
+
+    def _init_weights(self, cfg: TrMRLConfig) -> None:
+        """Xavier-uniform everywhere, then T-Fixup's scaling (official code: what is scaled, by what)."""
+        L, d = cfg.n_layers, cfg.d_model
+        for layer in self.layers:
+            for p in layer.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+            nn.init.zeros_(layer.attn.qkv.bias)  # as nn.MultiheadAttention; FFN biases keep nn.Linear's
+            nn.init.zeros_(layer.attn.out.bias)
+        if cfg.tfixup:
+            with torch.no_grad():
+                # embedding ~ N(0, std = d^-1/2) (torch.nn.init.normal_ takes the std), times (9 L)^-1/4
+                nn.init.normal_(self.embed.weight, 0.0, d**-0.5)
+                self.embed.weight.mul_((9 * L) ** -0.25)
+                scale = 0.67 * L**-0.25
+                for layer in self.layers:
+                    # FFN = both linear maps; the attention output projection
+                    layer.ff1.weight.mul_(scale)
+                    layer.ff2.weight.mul_(scale)
+                    layer.attn.out.weight.mul_(scale)
+                    # the official code scales the whole stacked in-projection (q, k AND v) by
+                    # scale * sqrt(2); Xavier on the stacked (3d, d) matrix has std sqrt(1/(2d)), so each
+                    # of q, k, v ends at std scale * d^-1/2: T-Fixup's 0.67 L^-1/4 times a square Xavier
+                    layer.attn.qkv.weight.mul_(scale * math.sqrt(2.0))
+        # (tfixup off: nn.Linear's default init for the embedding, Xavier for the encoder, post-LN)
+        # heads as garage's GaussianMLPModule: Xavier-uniform weights, zero biases
+        for m in [*self.policy_body, *self.value]:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.policy.mean.weight, gain=cfg.output_gain)
+        nn.init.zeros_(self.policy.mean.bias)
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """Step inputs with the observation part normalised (identity when normalisation is off)."""
+        if self.obs_norm is None:
+            return feats
+        return torch.cat([self.obs_norm(feats[..., : self.obs_dim]), feats[..., self.obs_dim :]], -1)
+
+    # -- the two paths through the encoder -----------------------------------------------------------
+    def encode(self, feats: torch.Tensor) -> torch.Tensor:
+        """Batched re-encode of whole trials: feats (B, T = K*H, in) -> memory (B, T, d)."""
+        B, T, _ = feats.shape
+        H = self.horizon
+        if self.cfg.memory == "episode":  # episodes never see each other: one sequence per episode
+            x = feats.reshape(B * (T // H), H, -1)
+            positions = torch.arange(H, device=feats.device)
+        else:
+            x = feats
+            positions = torch.arange(T, device=feats.device) % H
+        allowed = band_mask(x.shape[1], self.window, feats.device)
+        x = self.cfg.embed_scale * self.embed(x) + self.positions[positions]
+        for layer in self.layers:
+            x = layer(x, allowed)
+        return x.reshape(B, T, -1)
+
+    def new_cache(self, num_envs: int, device: torch.device) -> list[KV]:
+        """Per layer, key and value ring buffers (B, heads, N, d_head)."""
+        shape = (num_envs, self.cfg.n_heads, self.window, self.cfg.d_model // self.cfg.n_heads)
+        return [(torch.zeros(shape, device=device), torch.zeros(shape, device=device)) for _ in self.layers]
+
+    def encode_step(self, feats: torch.Tensor, position: int, cache: list[KV], count: int) -> torch.Tensor:
+        """Cached step: feats (B, in) of step ``count`` since the memory was cleared -> memory (B, d)."""
+        slot, filled = count % self.window, min(count + 1, self.window)
+        x = (self.cfg.embed_scale * self.embed(feats) + self.positions[position]).unsqueeze(1)
+        for layer, layer_cache in zip(self.layers, cache, strict=True):
+            x = layer.step(x, layer_cache, slot, filled)
+        return x[:, 0]
+
+    def heads(self, memory: torch.Tensor, feats: torch.Tensor) -> tuple[Normal, torch.Tensor]:
+        """Action distribution and value from the episodic memory (and, for value_fn="step", the input)."""
+        dist = self.policy(self.policy_body(memory))
+        value_in = {"shared": memory, "detached": memory.detach(), "step": feats}[self.cfg.value_fn]
+        return dist, self.value(value_in).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Acting: one cached encoder step per env step
+# ---------------------------------------------------------------------------------------------------
+
+
+class TrMRLAgent(AdaptiveAgent):
+    """Acts step by step; keeps the key/value cache (cleared per episode or per trial)."""
+
+    def __init__(self, net: TrMRLNetwork, spec: EnvSpec, device: torch.device) -> None:
+        self.net, self.spec, self.device = net, spec, device
+        self.prev: PreviousStep | None = None
+        self.cache: list[KV] | None = None
+        self.count = 0  # steps written since the memory was last cleared
+        self.position = 0  # step index inside the current episode
+
+    def new_trial(self, num_envs: int) -> None:
+        self.prev = PreviousStep(num_envs, self.spec.act_dim)
+        self.num_envs, self.cache = num_envs, None  # allocated lazily, under the caller's grad mode
+        self.count = self.position = 0
+
+    def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        assert self.prev is not None, "call new_trial() first"
+        with torch.no_grad():
+            if self.cache is None:
+                self.cache = self.net.new_cache(self.num_envs, self.device)
+            feats = self.net.normalize(torch.as_tensor(self.prev.features(obs), device=self.device))
+            memory = self.net.encode_step(feats, self.position, self.cache, self.count)
+            dist, value = self.net.heads(memory, feats)
+            action = dist.mean if deterministic else dist.sample()
+            log_prob = GaussianHead.log_prob(dist, action)
+        self.count += 1
+        self.position += 1
+        return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}
+
+    def observe(self, transition: Transition) -> None:
+        assert self.prev is not None
+        self.prev.update(transition)  # inactive rows keep their last valid (a, r, done), as trial_features
+
+    def end_episode(self) -> None:
+        self.position = 0
+        if self.net.cfg.memory == "episode":
+            self.count = 0  # the ring buffer is overwritten from slot 0; old entries are never read
+
+
+# ---------------------------------------------------------------------------------------------------
+# The method
+# ---------------------------------------------------------------------------------------------------
+
+
+class TrMRL(MetaLearner):
+    name = "trmrl"
+    Config = TrMRLConfig
+
+    def __init__(self, spec: EnvSpec, config: TrMRLConfig, device: torch.device) -> None:
+        super().__init__(spec, config, device)
+        cfg = config
+        self.net = TrMRLNetwork(spec, cfg).to(device)
+        value_params = list(self.net.value.parameters())
+        ids = {id(p) for p in value_params}
+        policy_params = [p for p in self.net.parameters() if id(p) not in ids]  # embedding, encoder, policy
+        self.optimizer = torch.optim.AdamW(
+            [{"params": policy_params, "lr": cfg.policy_lr}, {"params": value_params, "lr": cfg.value_lr}],
+            weight_decay=cfg.weight_decay,
+        )
+
+        def decay(iteration: int) -> float:  # geometric from lr_decay_start to lr_decay_end
+            span = max(1, cfg.lr_decay_end - cfg.lr_decay_start)
+            progress = min(max(iteration - cfg.lr_decay_start, 0), span) / span
+            return cfg.lr_min_factor**progress
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [decay, decay if cfg.decay_value_lr else (lambda _: 1.0)]
+        )
+        self.ppo = PPOParams(
+            clip=cfg.clip,
+            epochs=cfg.epochs,
+            value_coef=cfg.value_coef,
+            entropy_coef=cfg.entropy_coef,
+            max_grad_norm=cfg.max_grad_norm,
+            normalize_advantages=cfg.normalize_advantages,
+        )
+
+    @classmethod
+    def profile(cls, profile: str, family: str) -> dict[str, Any]:
+        if family == "metaworld":
+            # official Meta-World command: 4 layers / 4 heads / d 32 / FFN 128, constant lr 5e-5
+            paper = {"d_model": 32, "n_heads": 4, "n_layers": 4, "d_ff": 128, "gamma": 0.9,
+                     "gae_lambda": 0.95, "clip": 0.2, "policy_lr": 5e-5, "value_lr": 5e-5,
+                     "minibatch_steps": 32, "epochs": 10, "meta_batch_size": 25, "init_std": 1.0,
+                     "output_gain": 0.01, "lr_min_factor": 1.0}  # fmt: skip
+            if profile == "paper":
+                return paper
+            return paper | {"meta_batch_size": 10, "epochs": 4, "policy_lr": 3e-4, "value_lr": 3e-4}
+        if family == "point-nav":
+            # quick test bed: a small encoder whose window (one episode = 100 steps) crosses episode
+            # boundaries, so later episodes exploit what earlier ones found; a window of H keeps the context
+            # of every later evaluation episode like that of training's second episode.
+            # Departures from the paper that made 300 iterations enough:
+            # larger learning rates, centred and scaled advantages, init std 0.5 (0.2 barely explores; RL2
+            # shows the same), and the working memory scaled by sqrt(d_model) so the inputs are not drowned
+            # by the positions at T-Fixup's small embedding scale
+            return {"memory": "trial", "window": 100, "d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64,
+                    "embed_scale": 32**0.5, "meta_batch_size": 32, "gamma": 0.9, "gae_lambda": 0.95,
+                    "clip": 0.2, "policy_lr": 1e-3, "value_lr": 1e-3, "epochs": 4, "minibatch_steps": 3200,
+                    "normalize_advantages": True, "init_std": 0.5, "output_gain": 0.01, "value_fn": "shared",
+                    "max_grad_norm": 1.0, "lr_decay_start": 100, "lr_decay_end": 300, "lr_min_factor": 0.1,
+                    "decay_value_lr": True}  # fmt: skip
+        # locomotion: the paper's HalfCheetahVel settings are the dataclass defaults
+        if profile == "paper":
+            return {}
+        return {"d_model": 64, "n_heads": 8, "n_layers": 2, "d_ff": 256, "epochs": 5, "policy_lr": 3e-4,
+                "value_lr": 1e-3, "lr_decay_start": 50, "lr_decay_end": 150,
+                "normalize_observations": True}  # fmt: skip
+
+    def make_agent(self) -> TrMRLAgent:
+        return TrMRLAgent(self.net, self.spec, self.device)
+
+    def _minibatches(self, num_trials: int, trial_steps: int) -> int:
+        """``minibatch_steps`` env steps per minibatch, rounded to whole trials (at least one trial each)."""
+        return max(1, min(num_trials, round(num_trials * trial_steps / self.config.minibatch_steps)))
+
+    def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        cfg = self.config
+        batch = ctx.sample_trials(self.make_agent(), ctx.sample_tasks(cfg.meta_batch_size))
+        raw_feats = trial_features(batch, self.device)
+        feats = self.net.normalize(raw_feats)
+        actions = batch.tensor("actions", self.device)
+        valid = batch.tensor("valid", self.device, torch.bool)
+        old_log_prob = batch.tensor("log_prob", self.device)
+        values = batch.tensor("value", self.device)
+        rewards = batch.tensor("rewards", self.device)
+        advantages, _ = gae_over_trials(rewards, values, valid, cfg.gamma, cfg.gae_lambda)
+        _, returns = gae_over_trials(rewards, values, valid, cfg.gamma, cfg.value_lambda)
+        self.ppo.minibatches = self._minibatches(*rewards.shape)
+
+        def evaluate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            dist, value = self.net.heads(self.net.encode(feats[idx]), feats[idx])
+            return GaussianHead.log_prob(dist, actions[idx]), GaussianHead.entropy(dist), value
+
+        stats = ppo_update(
+            evaluate, old_log_prob, advantages, returns, valid, self.optimizer,
+            list(self.net.parameters()), self.ppo, ctx.rng,
+        )  # fmt: skip
+        if self.net.obs_norm is not None:  # after the update: the batch was sampled under the old statistics
+            self.net.obs_norm.update(raw_feats[..., : self.spec.obs_dim][valid])
+        stats["policy_lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        stats["train_return"] = float(batch.episode_returns().mean())
+        stats["action_std"] = self.net.policy.log_std.exp().mean().item()
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,175 @@
+"""TrMRL: T-Fixup scales, causal / windowed attention, cached rollout == batched re-encode, stability."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from algorithms.base import EnvSpec
+from algorithms.common.buffers import trial_features
+from algorithms.trmrl import TrMRL, TrMRLConfig, TrMRLNetwork
+from benchmark.runner import HarnessContext
+from benchmark.sampler import TrialSampler
+from benchmark.suites.point_nav import PointNav
+from tests.test_sampler import FallingSuite
+
+POINT = EnvSpec(obs_dim=2, act_dim=2, horizon=100, episodes_per_trial=2, family="point-nav")
+SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 3, "d_ff": 64}
+
+
+def test_tfixup_initial_scales():
+    L, d, ff = 4, 128, 512
+    net = TrMRLNetwork(EnvSpec(20, 6, 200, 2, "locomotion"), TrMRLConfig(n_layers=L, d_model=d, d_ff=ff))
+    s = 0.67 * L**-0.25
+    xavier = lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out))  # std of Xavier-uniform
+
+    def close(w: torch.Tensor, expected: float) -> None:
+        assert abs(w.std().item() / expected - 1) < 0.05, (w.std().item(), expected)
+
+    close(net.embed.weight, d**-0.5 * (9 * L) ** -0.25)  # N(0, std d^-1/2) * (9L)^-1/4
+    for layer in net.layers:
+        close(layer.ff1.weight, s * xavier(d, ff))
+        close(layer.ff2.weight, s * xavier(ff, d))
+        close(layer.attn.out.weight, s * xavier(d, d))
+        q, k, v = layer.attn.qkv.weight.chunk(3, dim=0)
+        for w in (q, k, v):  # stacked (3d, d) Xavier * s * sqrt(2) = s * d^-1/2
+            close(w, s * math.sqrt(2) * xavier(d, 3 * d))
+            close(w, s * d**-0.5)
+        assert isinstance(layer.norm1, torch.nn.Identity)
+    # the ablation: layer norm, no T-Fixup scaling
+    plain = TrMRLNetwork(POINT, TrMRLConfig(tfixup=False, n_layers=L, d_model=d, d_ff=ff))
+    assert isinstance(plain.layers[0].norm1, torch.nn.LayerNorm)
+    close(plain.layers[0].ff1.weight, xavier(d, ff))
+
+
+def _perturb_after(net: TrMRLNetwork, feats: torch.Tensor, t: int) -> torch.Tensor:
+    """Memory difference at every step when inputs at steps >= t are changed."""
+    other = feats.clone()
+    other[:, t:] += torch.randn_like(other[:, t:])
+    with torch.no_grad():
+        return (net.encode(feats) - net.encode(other)).abs().amax(dim=(0, 2))
+
+
+def test_encoder_is_causal_and_windowed():
+    feats = torch.randn(3, 200, 6)
+    trial = TrMRLNetwork(POINT, TrMRLConfig(memory="trial", window=0, **SMALL))
+    diff = _perturb_after(trial, feats, 130)
+    assert diff[:130].max() == 0 and diff[130:].min() > 0
+    # episode mode: steps of episode 2 (100..199) never see episode 1; window N limits the past per layer
+    N, L = 5, SMALL["n_layers"]
+    ep = TrMRLNetwork(POINT, TrMRLConfig(memory="episode", window=N, **SMALL))
+    other = feats.clone()
+    other[:, :100] += 1.0  # change all of episode 1
+    with torch.no_grad():
+        assert torch.equal(ep.encode(feats)[:, 100:], ep.encode(other)[:, 100:])
+    # one changed step at t reaches t .. t + L(N-1) and nothing else (receptive field of L layers)
+    other = feats.clone()
+    other[:, 40] += 1.0
+    with torch.no_grad():
+        diff = (ep.encode(feats) - ep.encode(other)).abs().amax(dim=(0, 2))
+    reach = 40 + L * (N - 1)
+    assert diff[:40].max() == 0 and diff[40 : reach + 1].min() > 0 and diff[reach + 1 :].max() == 0
+    one_layer = TrMRLNetwork(POINT, TrMRLConfig(memory="episode", window=N, **(SMALL | {"n_layers": 1})))
+    with torch.no_grad():
+        diff = (one_layer.encode(feats) - one_layer.encode(other)).abs().amax(dim=(0, 2))
+    assert diff[40:45].min() > 0 and diff[45:].max() == 0  # exactly the last N working memories
+
+
+@pytest.mark.parametrize(
+    "memory,window,suite",
+    [("episode", 5, "point"), ("trial", 0, "point"), ("trial", 30, "point"), ("episode", 3, "falling"),
+     ("trial", 0, "falling")],
+)  # fmt: skip
+def test_cached_rollout_equals_batched_reencode(memory, window, suite):
+    s = PointNav() if suite == "point" else FallingSuite()
+    spec = EnvSpec(s.obs_dim, s.act_dim, s.horizon, s.episodes_per_trial, s.family)
+    cfg = TrMRLConfig(memory=memory, window=window, value_fn="shared", **SMALL)
+    learner = TrMRL(spec, cfg, torch.device("cpu"))
+    # 3 episodes: longer than a training trial, so the trial-mode ring buffer wraps around
+    batch = TrialSampler(s).run(learner.make_agent(), s.tasks("train")[:5], episodes=3, seed=1)
+    if suite == "falling":
+        assert not batch.valid.all()  # terminated rows are kept stepping (valid False) on both paths
+    feats = trial_features(batch)
+    with torch.no_grad():
+        dist, value = learner.net.heads(learner.net.encode(feats), feats)
+    log_prob = dist.log_prob(torch.as_tensor(batch.actions)).sum(-1)
+    assert torch.allclose(value, torch.as_tensor(batch.extras["value"]), atol=1e-5)
+    assert torch.allclose(log_prob, torch.as_tensor(batch.extras["log_prob"]), atol=1e-4)
+
+
+def test_state_dict_loads_weights_only_and_resumes_exactly():
+    suite = PointNav()
+    cfg = TrMRLConfig(meta_batch_size=4, epochs=1, lr_decay_start=0, lr_decay_end=2, **SMALL)
+
+    def ctx(seed):
+        return HarnessContext(suite, TrialSampler(suite), np.random.default_rng(seed), torch.device("cpu"))
+
+    a = TrMRL(POINT, cfg, torch.device("cpu"))
+    a.train_step(ctx(0))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = TrMRL(POINT, cfg, torch.device("cpu"))
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert b.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"] < cfg.policy_lr
+    torch.manual_seed(5)
+    sa = a.train_step(ctx(1))
+    torch.manual_seed(5)
+    sb = b.train_step(ctx(1))
+    assert sa == sb
+
+
+def test_100_iterations_without_layer_norm_stay_finite():
+    suite = PointNav()
+    suite.horizon = 25  # short episodes keep 100 iterations fast
+    spec = EnvSpec(2, 2, suite.horizon, 2, "point-nav")
+    cfg = TrMRLConfig(memory="trial", window=0, d_model=16, n_heads=2, n_layers=4, d_ff=32,
+                      meta_batch_size=4, epochs=2, minibatch_steps=100, policy_lr=1e-3, value_lr=1e-3,
+                      value_fn="shared")  # fmt: skip
+    learner = TrMRL(spec, cfg, torch.device("cpu"))
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    for _ in range(100):
+        stats = learner.train_step(ctx)
+        assert all(np.isfinite(v) for v in stats.values()), stats
+    assert all(torch.isfinite(p).all() for p in learner.net.parameters())
+
+
+@pytest.mark.slow
+def test_learns_point_nav(tmp_path):
+    from benchmark.cli import main
+
+    args = ["run", "--algo", "trmrl", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
+            "--set", "iterations=300", "--set", "eval_every=1000", "--set", "eval_tasks=5"]  # fmt: skip
+    assert main(args) == 0
+    run = tmp_path / "point-nav" / "trmrl" / "seed0"
+    ref = json.loads((run / "config.json").read_text())["reference_returns"]
+    df = pd.read_csv(run / "eval.csv", keep_default_na=False)
+    final = df[(df["iteration"] == df["iteration"].max()) & (df["split"] == "test")]
+    per_episode = final.groupby("episode")["return"].mean()
+    normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
+    assert normalized.iloc[-1] > 0.6, normalized
+    assert per_episode[1] > per_episode[0], per_episode
+
+
+def test_observation_normalisation_keeps_rollout_and_reencode_equal():
+    suite = PointNav()
+    cfg = TrMRLConfig(
+        memory="trial", window=20, normalize_observations=True, meta_batch_size=4, epochs=1, **SMALL
+    )
+    learner = TrMRL(POINT, cfg, torch.device("cpu"))
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    learner.train_step(ctx)  # statistics are updated after the PPO update
+    assert float(learner.net.obs_norm.count) == 4 * 200
+    batch = TrialSampler(suite).run(learner.make_agent(), suite.tasks("train")[:3], episodes=2, seed=2)
+    feats = learner.net.normalize(trial_features(batch))
+    with torch.no_grad():
+        dist, value = learner.net.heads(learner.net.encode(feats), feats)
+    assert torch.allclose(value, torch.as_tensor(batch.extras["value"]), atol=1e-5)
+    log_prob = dist.log_prob(torch.as_tensor(batch.actions)).sum(-1)
+    assert torch.allclose(log_prob, torch.as_tensor(batch.extras["log_prob"]), atol=1e-4)
