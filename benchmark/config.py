@@ -27,6 +27,9 @@ class RunConfig:
     eval_every: int = 10  # periodic evaluation every N iterations (and at iteration 0)
     eval_tasks: int = 5  # test tasks in a periodic evaluation (the final one uses all)
     eval_batch: int = 20  # tasks evaluated in parallel
+    final_eval_max_tasks: int = (
+        0  # 0 = the protocol (every test / OOD task); N > 0 caps each split (smoke runs)
+    )
     checkpoint_every: int = 5  # iterations between atomic checkpoints
     num_workers: int = 2  # simulator worker processes (point-nav always runs in-process)
     torch_threads: int = 1  # intra-op threads of the learner process
@@ -135,6 +138,10 @@ def resolve(
             accepted = ", ".join(sorted(run_types) + sorted(algo_types))
             raise ConfigError(f"--set {key}: no such setting; accepted: {accepted}")
     run, algo = apply(run, run_set), apply(algo, algo_set)
+    if run.final_eval_max_tasks < 0:
+        raise ConfigError(
+            f"--set final_eval_max_tasks={run.final_eval_max_tasks}: must be >= 0 (0 = all tasks)"
+        )
     for name in ("iterations", "eval_every", "eval_tasks", "eval_batch", "checkpoint_every", "num_workers"):
         if getattr(run, name) < 1:
             raise ConfigError(f"--set {name}={getattr(run, name)}: must be >= 1")

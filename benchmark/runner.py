@@ -241,9 +241,7 @@ class Runner:
                 bar.update(1)
                 bar.set_postfix(steps=f"{ctx.env_steps:.3g}", eval=_fmt(last_eval), refresh=False)
             bar.close()
-            final_rows = self._evaluate(
-                learner, sampler, suite.final_eval_tasks(), cfg.iterations, ctx.env_steps
-            )
+            final_rows = self._evaluate(learner, sampler, self._final_tasks(), cfg.iterations, ctx.env_steps)
             eval_log.write(final_rows)
             (self.dir / DONE_MARKER).write_text(f"finished {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         finally:
@@ -277,6 +275,17 @@ class Runner:
                 batch_size=self.run_cfg.eval_batch,
             )
         return rows
+
+    def _final_tasks(self) -> dict[str, list[Task]]:
+        """The final tasks of the protocol; ``final_eval_max_tasks`` > 0 keeps that many per split."""
+        tasks, cap = self.suite.final_eval_tasks(), self.run_cfg.final_eval_max_tasks
+        if cap <= 0:
+            return tasks
+        keep = {
+            s: np.unique(np.linspace(0, len(ts) - 1, min(cap, len(ts))).round().astype(int))
+            for s, ts in tasks.items()
+        }
+        return {s: [ts[i] for i in keep[s]] for s, ts in tasks.items()}
 
     def _checkpoint(
         self, learner: MetaLearner, rng: np.random.Generator, iteration: int, env_steps: int, wall: float

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from benchmark.cli import main
@@ -118,3 +119,12 @@ def test_python_m_benchmark_and_console_script_agree():
         [sys.executable, "-m", "benchmark", "list"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and "point-nav" in out.stdout
+
+
+def test_final_eval_cap_for_smoke_runs(capsys, tmp_path):
+    code, _, _ = run_cli(capsys, *quick_run(tmp_path, "--set", "final_eval_max_tasks=3"))
+    assert code == 0
+    ev = pd.read_csv(tmp_path / "point-nav" / "rl2" / "seed0" / "eval.csv")
+    final = ev[ev.iteration == 2]
+    assert final.groupby("split")["task_id"].nunique().to_dict() == {"ood": 3, "test": 3}
+    assert run_cli(capsys, *quick_run(tmp_path, "--overwrite", "--set", "final_eval_max_tasks=-1"))[0] == 2
