@@ -108,16 +108,7 @@ class RL2(MetaLearner):
         super().__init__(spec, config, device)
         self.net = RL2Network(spec, config).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5)
-        self.ppo = PPOParams(
-            clip=config.clip,
-            epochs=config.epochs,
-            minibatches=config.minibatches,
-            value_coef=config.value_coef,
-            entropy_coef=config.entropy_coef,
-            max_grad_norm=config.max_grad_norm,
-            normalize_advantages=config.normalize_advantages,
-            target_kl=config.target_kl,
-        )
+        self.ppo = PPOParams.from_config(config)
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:

@@ -357,14 +357,7 @@ class TrMRL(MetaLearner):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [decay, decay if cfg.decay_value_lr else (lambda _: 1.0)]
         )
-        self.ppo = PPOParams(
-            clip=cfg.clip,
-            epochs=cfg.epochs,
-            value_coef=cfg.value_coef,
-            entropy_coef=cfg.entropy_coef,
-            max_grad_norm=cfg.max_grad_norm,
-            normalize_advantages=cfg.normalize_advantages,
-        )
+        self.ppo = PPOParams.from_config(config)
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ them. Minibatches are whole trials, so recurrent and attention policies re-encod
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,11 @@ class PPOParams:
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True
     target_kl: float | None = None  # stop the update once a minibatch's approximate KL exceeds this
+
+    @classmethod
+    def from_config(cls, config: Any) -> PPOParams:
+        """The fields of a method's hyperparameter dataclass that share a name with these knobs."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 
 def ppo_loss(

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -70,11 +69,6 @@ def _format_axes(ax, results: Results, suite: str) -> None:
         ax.set_ylim(-3, 103)
 
 
-def _handles(results: Results) -> dict[str, Line2D]:
-    colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
-    return {a: Line2D([], [], color=colors[a], marker=markers[a], markersize=4) for a in results.algos}
-
-
 def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -> list[Path]:
     """One panel per suite: test metric per episode of the trial at the latest evaluation."""
     suites = [s for s in results.suites if any((r.eval["split"] == "test").any() for r in results.select(s))]
@@ -97,7 +91,7 @@ def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -
             _format_axes(ax, results, suite)
             ax.set_title(f"{suite} (meta-test)")
         span = (Patch(color="0.5", alpha=0.2, linewidth=0), "headline episode(s)")
-        style.add_legends(fig, axes, labels, _handles(results), extra=[span])
+        style.add_legends(fig, axes, labels, style.legend_handles(results.algos), extra=[span])
         style.suptitle(fig, "Fast adaptation at the final evaluation: mean over seeds, 95% bootstrap CI")
         return style.save_figure(fig, out_dir, name)
 
@@ -133,7 +127,7 @@ def plot_ood_adaptation(results: Results, out_dir: Path, name: str = "ood_adapta
                 _format_axes(ax, results, suite)
                 ax.set_title(f"{suite}: {title}")
         span = (Patch(color="0.5", alpha=0.2, linewidth=0), "headline episode(s)")
-        style.add_legends(fig, axes, labels, _handles(results), extra=[span])
+        style.add_legends(fig, axes, labels, style.legend_handles(results.algos), extra=[span])
         style.suptitle(
             fig,
             "Out-of-distribution adaptation (same checkpoint for test and OOD tasks): "

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.lines import Line2D
 
 from . import style
 from .data import Results, curve
@@ -84,11 +83,6 @@ def _panel(ax, results: Results, suite: str, split: str, colors, markers) -> dic
     return labels
 
 
-def _handles(results: Results) -> dict[str, Line2D]:
-    colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
-    return {a: Line2D([], [], color=colors[a], marker=markers[a], markersize=4) for a in results.algos}
-
-
 def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_curves") -> list[Path]:
     """One panel per suite: test-split headline metric vs env steps, one line per method."""
     suites = [s for s in results.suites if any((r.eval["split"] == "test").any() for r in results.select(s))]
@@ -101,7 +95,7 @@ def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_
         for ax, suite in zip(axes, suites, strict=True):
             labels.append(_panel(ax, results, suite, "test", colors, markers))
             ax.set_title(f"{suite} (meta-test)")
-        style.add_legends(fig, axes, labels, _handles(results))
+        style.add_legends(fig, axes, labels, style.legend_handles(results.algos))
         style.suptitle(fig, "Meta-training curves: mean over seeds, 95% bootstrap CI")
         return style.save_figure(fig, out_dir, name)
 
@@ -128,6 +122,6 @@ def plot_metaworld_curves(results: Results, out_dir: Path, name: str = "metaworl
             for ax, split, title in pair:
                 labels.append(_panel(ax, results, suite, split, colors, markers))
                 ax.set_title(f"{suite} ({title})")
-        style.add_legends(fig, axes, labels, _handles(results))
+        style.add_legends(fig, axes, labels, style.legend_handles(results.algos))
         style.suptitle(fig, "Meta-World success during meta-training: mean over seeds, 95% bootstrap CI")
         return style.save_figure(fig, out_dir, name)

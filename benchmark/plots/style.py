@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from .data import KNOWN_METHODS, SuiteInfo, method_order
@@ -221,3 +222,9 @@ def add_legends(
                 ncol=1 if n < 3 else 2,
                 fontsize=8,
             )
+
+
+def legend_handles(algos: Sequence[str]) -> dict[str, Line2D]:
+    """One legend handle per method, in its fixed colour and marker."""
+    colors, markers = method_colors(algos), method_markers(algos)
+    return {a: Line2D([], [], color=colors[a], marker=markers[a], markersize=4) for a in algos}
