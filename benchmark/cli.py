@@ -218,15 +218,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.results import run_dir
     from benchmark.sweep import run_sweep
 
     _check_device(args.device)
-    for algo in args.algo:  # validate every name and setting before any run starts
+    for algo in args.algo:  # validate every name, setting and output directory before any run starts
         for suite in args.suite:
             _resolve(algo, suite, args.profile, args.overrides)
-    run_sweep(args)
+            for seed in args.seeds:
+                path = run_dir(args.out, suite, algo, seed)
+                if not (args.resume or args.overwrite) and path.exists() and any(path.iterdir()):
+                    state = "a finished" if (path / "done").exists() else "an unfinished"
+                    raise UsageError(f"{path} already holds {state} run; pass --resume or --overwrite")
+    codes = run_sweep(args)
+    failed = [c for c in codes if c != 0]
     if not args.no_figures:
         cmd_figures(argparse.Namespace(results=args.out, out=None))
+    if failed:
+        print(f"metarl-bench: error: {len(failed)} of {len(codes)} runs failed", file=sys.stderr)
+        return max(failed)
     return 0
 
 

@@ -128,3 +128,15 @@ def test_final_eval_cap_for_smoke_runs(capsys, tmp_path):
     final = ev[ev.iteration == 2]
     assert final.groupby("split")["task_id"].nunique().to_dict() == {"ood": 3, "test": 3}
     assert run_cli(capsys, *quick_run(tmp_path, "--overwrite", "--set", "final_eval_max_tasks=-1"))[0] == 2
+
+
+def test_sweep_runs_every_combination_in_subprocesses_then_figures(capsys, tmp_path):
+    argv = ["sweep", "--algo", "rl2", "--suite", "point-nav", "--seeds", "0-1", "--jobs", "2", "--out",
+            str(tmp_path / "runs"), "--set", "iterations=2", "--set", "eval_every=1", *TINY_RL2]  # fmt: skip
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / "point-nav" / "rl2" / f"seed{seed}" / "done").exists()
+    assert (tmp_path / "figures" / "adaptation.png").exists() and "wrote" in out
+    code, _, err = run_cli(capsys, *argv)  # finished runs are refused, before anything starts
+    assert code == 2 and "already holds a finished run" in err
