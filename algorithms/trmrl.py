@@ -84,6 +84,7 @@ class TrMRLConfig:
     entropy_coef: float = 0.0
     max_grad_norm: float = 1e6  # the official code does not clip
     normalize_advantages: bool = False  # official center_adv=False: raw advantages
+    target_kl: float | None = None  # early stop of the epochs (not in the official code; quick profiles)
     # -- geometric learning-rate decay between iterations ----------------------------------------------
     lr_decay_start: int = 100  # iteration where decay starts
     lr_decay_end: int = 750  # iteration where the factor reaches lr_min_factor (then stays)
