@@ -6,6 +6,8 @@ Virtual environments are reused between runs (``nox.options.reuse_venv``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.reuse_venv = "yes"
@@ -41,9 +43,12 @@ def benchmark(session: nox.Session) -> None:
 
 @nox.session
 def figures(session: nox.Session) -> None:
-    """Regenerate every figure and table from the CSVs under results/runs (or the given directory)."""
+    """Regenerate every figure and table from CSVs: the committed example and your results/runs, or the
+    results directories given after ``--``."""
     install(session)
-    session.run("metarl-bench", "figures", *(session.posargs or ["results/runs"]))
+    roots = session.posargs or [r for r in ("results/example/runs", "results/runs") if Path(r).is_dir()]
+    for root in roots:
+        session.run("metarl-bench", "figures", root)
 
 
 @nox.session

@@ -12,6 +12,7 @@ import argparse
 import itertools
 import subprocess
 import sys
+import time
 from typing import Any
 
 
@@ -55,6 +56,7 @@ def run_sweep(args: argparse.Namespace) -> list[int]:
 
 
 def _subprocesses(combos: list[tuple[str, str, int]], args: argparse.Namespace) -> list[int]:
+    """Up to ``--jobs`` runs at once; a new one starts as soon as any finishes."""
     pending = list(combos)
     running: list[tuple[tuple[str, str, int], subprocess.Popen[Any]]] = []
     codes: list[int] = []
@@ -63,9 +65,14 @@ def _subprocesses(combos: list[tuple[str, str, int]], args: argparse.Namespace) 
             combo = pending.pop(0)
             cmd = [sys.executable, "-m", "benchmark", *run_argv(*combo, args), "--no-progress"]
             running.append((combo, subprocess.Popen(cmd)))
-        combo, proc = running.pop(0)
-        codes.append(proc.wait())
-        print(f"[sweep] {'/'.join(map(str, combo))} exited {codes[-1]}", file=sys.stderr)
+        finished = [(c, p) for c, p in running if p.poll() is not None]
+        if not finished:
+            time.sleep(0.2)
+            continue
+        for combo, proc in finished:
+            running.remove((combo, proc))
+            codes.append(proc.returncode)
+            print(f"[sweep] {'/'.join(map(str, combo))} exited {proc.returncode}", file=sys.stderr)
     return codes
 
 
