@@ -385,12 +385,16 @@ class TrMRL(MetaLearner):
                     "normalize_advantages": True, "init_std": 0.5, "output_gain": 0.01, "value_fn": "shared",
                     "max_grad_norm": 1.0, "lr_decay_start": 100, "lr_decay_end": 300, "lr_min_factor": 0.1,
                     "decay_value_lr": True}  # fmt: skip
-        # locomotion: the paper's HalfCheetahVel settings are the dataclass defaults
+        # locomotion: the paper's HalfCheetahVel settings are the dataclass defaults. quick (halfcheetah-vel,
+        # seed 0, 150 iterations): a small encoder with the paper's raw advantages and clip 0.1 went from -365
+        # to -321; with RL²'s quick PPO recipe (scaled advantages, clip 0.2, 8 epochs x 5 minibatches, KL
+        # stop) it reached -226
         if profile == "paper":
             return {}
-        return {"d_model": 64, "n_heads": 8, "n_layers": 2, "d_ff": 256, "epochs": 5, "policy_lr": 3e-4,
-                "value_lr": 1e-3, "lr_decay_start": 50, "lr_decay_end": 150,
-                "normalize_observations": True}  # fmt: skip
+        return {"d_model": 64, "n_heads": 8, "n_layers": 2, "d_ff": 256, "policy_lr": 3e-4, "value_lr": 1e-3,
+                "lr_decay_start": 50, "lr_decay_end": 150, "normalize_observations": True,
+                "normalize_advantages": True, "clip": 0.2, "gae_lambda": 0.95, "epochs": 8,
+                "minibatch_steps": 1600, "target_kl": 0.03}  # fmt: skip
 
     def make_agent(self) -> TrMRLAgent:
         return TrMRLAgent(self.net, self.spec, self.device)
