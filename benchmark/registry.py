@@ -80,6 +80,8 @@ def load_suite(name: str) -> Suite:
         names = sorted(_suite_factories())
         shown = [n for n in names if not n.startswith("ml1-")]
         ml1 = [n for n in names if n.startswith("ml1-")]
+        if name.startswith("ml1-") and ml1:  # an unknown Meta-World task: list every valid ML1 suite
+            raise RegistryError(f"unknown ML1 task {name!r}; accepted: {', '.join(ml1)}")
         more = f", and {len(ml1)} ml1-<task> suites ({', '.join(ml1[:3])}, ...)" if ml1 else ""
         raise RegistryError(f"unknown suite {name!r}; accepted: {', '.join(shown)}{more}")
     suite = factories[name]()
