@@ -120,7 +120,7 @@ class RL2(MetaLearner):
             # tuned here (seed 0, quick): gamma 0.99 barely learned in 100 iterations; a large init std taught
             # the GRU to explore with action noise, which the deterministic meta-test removes; init std 0.2
             # forces exploration through the mean. 128 units, last-episode normalised return over seeds 0-2:
-            # 0.816 / 0.917 / 0.762 (~7 min, 2 cores); 64 units took 2m53s but gave 0.873 / 0.276 on seeds 0-1
+            # 0.816 / 0.917 / 0.762 (4m21s, 2 cores); 64 units took 2m53s but gave 0.873 / 0.276 on seeds 0-1
             return {
                 "hidden_size": 128,
                 "meta_batch_size": 64,
