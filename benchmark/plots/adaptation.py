@@ -71,7 +71,7 @@ def _format_axes(ax, results: Results, suite: str) -> None:
 
 def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -> list[Path]:
     """One panel per suite: test metric per episode of the trial at the latest evaluation."""
-    suites = [s for s in results.suites if any((r.eval["split"] == "test").any() for r in results.select(s))]
+    suites = results.suites_with("test")
     if not suites:
         return []
     colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
@@ -97,7 +97,7 @@ def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -
 
 
 def ood_suites(results: Results) -> list[str]:
-    return [s for s in results.suites if any((r.eval["split"] == "ood").any() for r in results.select(s))]
+    return results.suites_with("ood")
 
 
 def plot_ood_adaptation(results: Results, out_dir: Path, name: str = "ood_adaptation") -> list[Path]:

@@ -85,7 +85,7 @@ def _panel(ax, results: Results, suite: str, split: str, colors, markers) -> dic
 
 def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_curves") -> list[Path]:
     """One panel per suite: test-split headline metric vs env steps, one line per method."""
-    suites = [s for s in results.suites if any((r.eval["split"] == "test").any() for r in results.select(s))]
+    suites = results.suites_with("test")
     if not suites:
         return []
     colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
@@ -101,11 +101,7 @@ def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_
 
 
 def metaworld_suites_with_train(results: Results) -> list[str]:
-    return [
-        s
-        for s in results.suites
-        if results.info(s).is_metaworld and any((r.eval["split"] == "train").any() for r in results.select(s))
-    ]
+    return [s for s in results.suites_with("train") if results.info(s).is_metaworld]
 
 
 def plot_metaworld_curves(results: Results, out_dir: Path, name: str = "metaworld_curves") -> list[Path]:

@@ -408,6 +408,10 @@ class Results:
     def algos_for(self, suite: str) -> list[str]:
         return method_order(r.algo for r in self.runs if r.suite == suite)
 
+    def suites_with(self, split: str) -> list[str]:
+        """Suites in which some run has evaluation rows of ``split``."""
+        return [s for s in self.suites if any((r.eval["split"] == split).any() for r in self.select(s))]
+
     def info(self, suite: str) -> SuiteInfo:
         return self.select(suite)[0].info
 
