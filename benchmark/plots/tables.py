@@ -321,6 +321,12 @@ def metaworld_suites(results: Results) -> list[str]:
     return [s for s in results.suites if results.info(s).is_metaworld]
 
 
+def _published_row(suite: str, algo: str, split: str, value: float) -> dict[str, object]:
+    """A published Meta-World number (10 seeds, no CI available)."""
+    return {"suite": suite, "algo": algo, "split": split, "source": "published", "mean": value,
+            "low": np.nan, "high": np.nan, "n_seeds": 10}  # fmt: skip
+
+
 def metaworld_table(results: Results) -> pd.DataFrame:
     """Measured meta-train / meta-test success (%) per Meta-World suite and method (headline episodes,
     latest evaluation covering each split), plus the published numbers where they exist."""
@@ -341,34 +347,12 @@ def metaworld_table(results: Results) -> pd.DataFrame:
                     }
                 )
                 if pub:
-                    rows.append(
-                        {
-                            "suite": suite,
-                            "algo": algo,
-                            "split": split,
-                            "source": "published",
-                            "mean": pub[i],
-                            "low": np.nan,
-                            "high": np.nan,
-                            "n_seeds": 10,
-                        }
-                    )
+                    rows.append(_published_row(suite, algo, split, pub[i]))
     measured = {(r["suite"].lower(), r["algo"]) for r in rows}
     for (suite, algo), pub in PUBLISHED_METAWORLD.items():
         if (suite, algo) not in measured:
             for i, split in enumerate(("train", "test")):
-                rows.append(
-                    {
-                        "suite": suite,
-                        "algo": algo,
-                        "split": split,
-                        "source": "published",
-                        "mean": pub[i],
-                        "low": np.nan,
-                        "high": np.nan,
-                        "n_seeds": 10,
-                    }
-                )
+                rows.append(_published_row(suite, algo, split, pub[i]))
     return pd.DataFrame(rows, columns=["suite", "algo", "split", "source", *NUMBER_COLUMNS])
 
 
