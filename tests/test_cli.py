@@ -147,3 +147,13 @@ def test_unknown_ml1_task_lists_every_valid_one(capsys, tmp_path):
     assert code == 2 and "unknown ML1 task 'ml1-reech'" in err
     assert "ml1-reach" in err and "ml1-window-open" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_unfinished_run_refused_without_resume(capsys, tmp_path):
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    (run / "done").unlink()
+    before = (run / "eval.csv").read_text()
+    code, _, err = run_cli(capsys, *quick_run(tmp_path))
+    assert code == 2 and "already holds an unfinished run" in err and len(err.strip().splitlines()) == 1
+    assert (run / "eval.csv").read_text() == before
