@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,14 @@ def truncate_csv(path: Path, keep: Any) -> None:
         rows = [r for r in reader if keep(r)]
     if not columns:
         return
+    write_csv_atomic(path, columns, rows)
+
+
+def write_csv_atomic(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Write a whole CSV to a temporary file and rename it over ``path``: never half-written."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)

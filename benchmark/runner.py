@@ -33,6 +33,7 @@ from benchmark.results import (
     CsvLog,
     ResultsError,
     load_checkpoint,
+    run_dir,
     save_checkpoint,
     truncate_csv,
     write_json,
@@ -60,7 +61,7 @@ class RunSpec:
 
     @property
     def dir(self) -> Path:
-        return Path(self.out) / self.suite / self.algo / f"seed{self.seed}"
+        return run_dir(self.out, self.suite, self.algo, self.seed)
 
 
 class HarnessContext:

@@ -44,7 +44,6 @@ This module keeps its top-level imports light: env workers are started with ``sp
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -682,13 +681,10 @@ def _target(job: Job, row: dict[str, Any]) -> None:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    from benchmark.results import write_csv_atomic  # imported here: env workers re-import this module
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv_atomic(path, COLUMNS, rows)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

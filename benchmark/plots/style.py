@@ -69,23 +69,23 @@ def latex_name(algo: str) -> str:
     return LATEX_NAMES.get(algo, algo)
 
 
-def method_colors(algos: Iterable[str]) -> dict[str, str]:
-    """Fixed colours for the in-tree methods, then the plugin palette in alphabetical order."""
+def _assign(algos: Iterable[str], fixed: dict[str, str], palette: Sequence[str]) -> dict[str, str]:
+    """Fixed entries for the in-tree methods, then ``palette`` for plugins in alphabetical order."""
     algos = method_order(algos)
     plugins = [a for a in algos if a not in KNOWN_METHODS]
-    colors = {a: METHOD_COLORS[a] for a in algos if a in METHOD_COLORS}
+    out = {a: fixed[a] for a in algos if a in fixed}
     for i, a in enumerate(plugins):
-        colors[a] = PLUGIN_PALETTE[i % len(PLUGIN_PALETTE)]
-    return colors
+        out[a] = palette[i % len(palette)]
+    return out
+
+
+def method_colors(algos: Iterable[str]) -> dict[str, str]:
+    """Fixed colours for the in-tree methods, then the plugin palette in alphabetical order."""
+    return _assign(algos, METHOD_COLORS, PLUGIN_PALETTE)
 
 
 def method_markers(algos: Iterable[str]) -> dict[str, str]:
-    algos = method_order(algos)
-    plugins = [a for a in algos if a not in KNOWN_METHODS]
-    markers = {a: METHOD_MARKERS[a] for a in algos if a in METHOD_MARKERS}
-    for i, a in enumerate(plugins):
-        markers[a] = PLUGIN_MARKERS[i % len(PLUGIN_MARKERS)]
-    return markers
+    return _assign(algos, METHOD_MARKERS, PLUGIN_MARKERS)
 
 
 @contextmanager
