@@ -15,6 +15,7 @@ lists and dicts only, so checkpoints load with ``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -71,6 +72,15 @@ class AdaptiveAgent(abc.ABC):
 
     def end_episode(self) -> None:  # noqa: B027 - default: nothing to do
         """All B episodes ended; the next ``act`` is the first step of the next episode."""
+
+    def clone(self) -> AdaptiveAgent:
+        """An independent agent with the same parameters, for another slice of the batch.
+
+        The sampler runs one clone per group of simulators so that one group's policy call overlaps
+        the others' physics. The default shallow copy is right when ``new_trial`` rebinds (never
+        mutates in place) every piece of adaptation state; agents for which that is not so override it.
+        """
+        return copy.copy(self)
 
 
 class TrainContext(Protocol):

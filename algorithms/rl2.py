@@ -64,12 +64,16 @@ class RL2Network(nn.Module):
         self, features: torch.Tensor, hidden: torch.Tensor | None = None
     ) -> tuple[torch.distributions.Normal, torch.Tensor, torch.Tensor]:
         """features (B, T, in) -> (action distribution, value (B, T), last hidden (1, B, H))."""
+        out, hidden = self.core(features, hidden)
+        return self.policy(out), self.value(out).squeeze(-1), hidden
+
+    def core(self, features: torch.Tensor, hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, T, in) -> GRU outputs (B, T, H) and last hidden (1, B, H)."""
         if self.obs_norm is not None:
             features = torch.cat(
                 [self.obs_norm(features[..., : self.obs_dim]), features[..., self.obs_dim :]], -1
             )
-        out, hidden = self.gru(self.encoder(features), hidden)
-        return self.policy(out), self.value(out).squeeze(-1), hidden
+        return self.gru(self.encoder(features), hidden)
 
 
 class RL2Agent(AdaptiveAgent):
@@ -87,13 +91,10 @@ class RL2Agent(AdaptiveAgent):
     def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.prev is not None, "call new_trial() first"
         x = torch.as_tensor(self.prev.features(obs), device=self.device).unsqueeze(1)
-        dist, value, self.hidden = self.net(x, self.hidden)
-        action = dist.mean if deterministic else dist.sample()
-        log_prob = GaussianHead.log_prob(dist, action)
-        return action[:, 0].cpu().numpy(), {
-            "log_prob": log_prob[:, 0].cpu().numpy(),
-            "value": value[:, 0].cpu().numpy(),
-        }
+        out, self.hidden = self.net.core(x, self.hidden)
+        action, log_prob = self.net.policy.act(out[:, 0], deterministic)
+        value = self.net.value(out[:, 0]).squeeze(-1)
+        return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}
 
     def observe(self, transition: Transition) -> None:
         assert self.prev is not None

@@ -135,10 +135,8 @@ class SelfAttention(nn.Module):
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None
     ) -> torch.Tensor:
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ v  # (B, heads, Tq, d_head)
+        # softmax(q k^T / sqrt(d_head), masked) v in one fused kernel: (B, heads, Tq, d_head)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         B, _, Tq, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(B, Tq, -1))
 
@@ -280,9 +278,11 @@ class TrMRLNetwork(nn.Module):
 
     def heads(self, memory: torch.Tensor, feats: torch.Tensor) -> tuple[Normal, torch.Tensor]:
         """Action distribution and value from the episodic memory (and, for value_fn="step", the input)."""
-        dist = self.policy(self.policy_body(memory))
+        return self.policy(self.policy_body(memory)), self.value_of(memory, feats)
+
+    def value_of(self, memory: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         value_in = {"shared": memory, "detached": memory.detach(), "step": feats}[self.cfg.value_fn]
-        return dist, self.value(value_in).squeeze(-1)
+        return self.value(value_in).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,9 +312,8 @@ class TrMRLAgent(AdaptiveAgent):
                 self.cache = self.net.new_cache(self.num_envs, self.device)
             feats = self.net.normalize(torch.as_tensor(self.prev.features(obs), device=self.device))
             memory = self.net.encode_step(feats, self.position, self.cache, self.count)
-            dist, value = self.net.heads(memory, feats)
-            action = dist.mean if deterministic else dist.sample()
-            log_prob = GaussianHead.log_prob(dist, action)
+            action, log_prob = self.net.policy.act(self.net.policy_body(memory), deterministic)
+            value = self.net.value_of(memory, feats)
         self.count += 1
         self.position += 1
         return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}

@@ -31,7 +31,7 @@ class RunConfig:
         0  # 0 = the protocol (every test / OOD task); N > 0 caps each split (smoke runs)
     )
     checkpoint_every: int = 5  # iterations between atomic checkpoints
-    num_workers: int = 2  # simulator worker processes (point-nav always runs in-process)
+    num_workers: int = 2  # processes stepping simulators, the sampling one included (point-nav: in-process)
     torch_threads: int = 1  # intra-op threads of the learner process
 
 

@@ -68,7 +68,9 @@ class TrialSampler:
     """Runs trials of a suite for any ``AdaptiveAgent``; owns the batch environments.
 
     Batch environments are built once per batch size and re-targeted with ``set_tasks``. Simulator
-    suites step in ``num_workers`` processes so both cores work while the policy runs here.
+    suites step in ``num_workers`` processes (this one included), each owning one group of the batch.
+    The sampler keeps one agent clone per group and acts for one group while the others' physics runs
+    (a software pipeline), so the policy and the simulators share the cores instead of taking turns.
     """
 
     def __init__(self, suite: Suite, num_workers: int = 1) -> None:
@@ -112,40 +114,60 @@ class TrialSampler:
         succ_buf = np.zeros((B, T), bool)
         extras: dict[str, np.ndarray] = {}
         seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=(K, B))
+        # one agent per group of simulators: while group g's physics runs in its worker, the policy
+        # acts for the next group (one group, i.e. no overlap, for in-process batch envs)
+        groups = env.groups()
+        agents = [agent] + [agent.clone() for _ in groups[1:]]
+        for ag, (a, b) in zip(agents, groups, strict=True):
+            ag.new_trial(b - a)
 
-        agent.new_trial(B)
+        def act(g: int, h: int) -> None:
+            """Group g picks its actions for step h of the current episode and starts the physics."""
+            a, b, t = *groups[g], k * H + h
+            with torch.inference_mode():
+                action, extra = agents[g].act(obs[a:b], deterministic)
+            action = np.asarray(action, dtype=np.float32)
+            act_buf[a:b, t] = action
+            env_act_buf[a:b, t] = np.clip(action, -1.0, 1.0)
+            for name, value in extra.items():
+                value = np.asarray(value)
+                if name not in extras:
+                    extras[name] = np.zeros((B, T, *value.shape[1:]), value.dtype)
+                extras[name][a:b, t] = value
+            env.step_async(g, env_act_buf[a:b, t], active[a:b].copy())
+
+        def observe(g: int, h: int) -> None:
+            """Group g's step h came back: record it and show it to that group's agent."""
+            a, b, t = *groups[g], k * H + h
+            res = env.step_wait(g)
+            act_ = active[a:b]
+            reward = np.where(act_, res.reward, 0.0).astype(np.float32)
+            terminated = res.terminated & act_
+            episode_done = (terminated | (h == H - 1)) & act_
+            next_obs = np.where(act_[:, None], res.obs, obs[a:b])
+            obs_buf[a:b, t], next_obs_buf[a:b, t] = obs[a:b], next_obs
+            rew_buf[a:b, t], term_buf[a:b, t], done_buf[a:b, t] = reward, terminated, episode_done
+            valid_buf[a:b, t], succ_buf[a:b, t] = act_, res.success & act_
+            tr = Transition(
+                obs[a:b].copy(), env_act_buf[a:b, t], reward, next_obs, terminated, episode_done, act_.copy()
+            )
+            with torch.inference_mode():
+                agents[g].observe(tr)
+            active[a:b] = act_ & ~terminated
+            obs[a:b] = next_obs
+
         for k in range(K):
-            obs = env.reset(seeds[k])
+            obs = np.array(env.reset(seeds[k]), dtype=np.float32)  # own copy: rows are overwritten
             active = np.ones(B, bool)
+            for g in range(len(groups)):
+                act(g, 0)
             for h in range(H):
-                t = k * H + h
-                with torch.inference_mode():
-                    action, extra = agent.act(obs, deterministic)
-                action = np.asarray(action, dtype=np.float32)
-                clipped = np.clip(action, -1.0, 1.0)
-                res = env.step(clipped, active)
-                reward = np.where(active, res.reward, 0.0).astype(np.float32)
-                terminated = res.terminated & active
-                episode_done = terminated | (h == H - 1)
-                next_obs = np.where(active[:, None], res.obs, obs)
-                obs_buf[:, t], next_obs_buf[:, t] = obs, next_obs
-                act_buf[:, t], env_act_buf[:, t] = action, clipped
-                rew_buf[:, t], term_buf[:, t], done_buf[:, t] = reward, terminated, episode_done & active
-                valid_buf[:, t], succ_buf[:, t] = active, res.success & active
-                for name, value in extra.items():
-                    value = np.asarray(value)
-                    if name not in extras:
-                        extras[name] = np.zeros((B, T, *value.shape[1:]), value.dtype)
-                    extras[name][:, t] = value
-                with torch.inference_mode():
-                    agent.observe(
-                        Transition(
-                            obs, clipped, reward, next_obs, terminated, episode_done & active, active.copy()
-                        )
-                    )
-                active = active & ~terminated
-                obs = next_obs
-            agent.end_episode()
+                for g in range(len(groups)):
+                    observe(g, h)
+                    if h + 1 < H:
+                        act(g, h + 1)
+            for ag in agents:
+                ag.end_episode()
         return TrialBatch(
             tasks=tasks,
             obs=obs_buf,

@@ -9,8 +9,10 @@ What is measured (every number is env steps per wall-clock second unless stated,
     ratio to the gymnasium HalfCheetah row (suite wrapper / simulator cost per core).
   - ``raw/<suite>/B<n>``: the SAME batch env the sampler uses (``make_batch_env(n, num_workers=2)``),
     episodes of the suite's horizon, per-env termination handled as the sampler does; ratio to ``raw1``
-    of the suite (parallel speed-up; 2.0 would be perfect on 2 cores). ``raw/<suite>/B<n>/inproc``: the
-    same batch stepped in-process (``num_workers=1``), to see what the worker processes buy.
+    of the suite (parallel speed-up; 2.0 would be perfect on 2 cores). With ``num_workers=2`` the
+    measuring process steps one group itself and one spawned worker the other, exactly as in sampling.
+    ``raw/<suite>/B<n>/inproc``: the same batch stepped in-process (``num_workers=1``), to see what the
+    worker process buys.
 * ``sampler`` ``TrialSampler(suite, num_workers=2).run(agent, tasks, episodes, seed)`` with each registered
   method's freshly initialised agent at its quick-profile config; ratio to ``raw`` of the same suite and
   batch size (the share of the raw simulator rate that survives the policy and the sampler loop).
@@ -139,6 +141,24 @@ class PeakRSS:
 # ==================================================================================================
 # Measurements (run inside the measuring process)
 # ==================================================================================================
+PROFILER: Any = None  # a cProfile.Profile while ``--profile`` runs: it sees only the timed regions
+
+
+def _tic() -> float:
+    """Start of a timed region (and of profiling, under ``--profile``)."""
+    if PROFILER is not None:
+        PROFILER.enable()
+    return time.perf_counter()
+
+
+def _toc(t0: float) -> float:
+    """Seconds since ``_tic``; stops profiling."""
+    dt = time.perf_counter() - t0
+    if PROFILER is not None:
+        PROFILER.disable()
+    return dt
+
+
 def _pick_tasks(suite: Any, n: int) -> list[Any]:
     train = suite.tasks("train")
     return [train[i % len(train)] for i in range(n)]
@@ -179,12 +199,12 @@ def measure_gym_single(job: Job) -> dict[str, Any]:
     for a in actions[: min(n, 200)]:  # warm-up
         env.step(a)
     env.reset(seed=1)
-    t0 = time.perf_counter()
+    t0 = _tic()
     for a in actions:
         _, _, terminated, truncated, _ = env.step(a)
         if terminated or truncated:
             env.reset()
-    dt = time.perf_counter() - t0
+    dt = _toc(t0)
     env.close()
     return {
         "steps": n,
@@ -224,13 +244,17 @@ def measure_raw(job: Job) -> dict[str, Any]:
         else:
             episodes = job["episodes"]
         _raw_episodes(env, suite, batch, job["warmup_episodes"], seed=0)
-        t0 = time.perf_counter()
+        t0 = _tic()
         steps = _raw_episodes(env, suite, batch, episodes, seed=1)
-        dt = time.perf_counter() - t0
+        dt = _toc(t0)
     finally:
         env.close()
     workers = getattr(env, "num_workers", 1) if suite.family != "point-nav" else 0
-    where = f"{workers} worker processes" if workers > 1 else "in-process"
+    where = (
+        f"{workers} processes (groups {env.groups()}: this one + {workers - 1} worker)"
+        if workers > 1
+        else "in-process"
+    )
     return {"steps": steps, "seconds": dt, "notes": f"episodes={episodes} x H={suite.horizon}, {where}"}
 
 
@@ -251,9 +275,9 @@ def measure_sampler(job: Job) -> dict[str, Any]:
         sampler.env(batch)
         tasks = _pick_tasks(suite, batch)
         sampler.run(agent, tasks, job["warmup_episodes"], seed=0)
-        t0 = time.perf_counter()
+        t0 = _tic()
         out = sampler.run(agent, tasks, job["episodes"], seed=1)
-        dt = time.perf_counter() - t0
+        dt = _toc(t0)
     finally:
         sampler.close()
     return {
@@ -292,10 +316,10 @@ def measure_train(job: Job) -> dict[str, Any]:
     try:
         learner.train_step(ctx)  # warm-up: starts the env workers, allocates optimiser state
         start, ctx.sampling = ctx.env_steps, 0.0
-        t0 = time.perf_counter()
+        t0 = _tic()
         for _ in range(job["iterations"]):
             learner.train_step(ctx)
-        dt = time.perf_counter() - t0
+        dt = _toc(t0)
     finally:
         sampler.close()
     share = ctx.sampling / dt if dt > 0 else 0.0
@@ -334,9 +358,9 @@ def measure_sb3(job: Job) -> dict[str, Any]:
         )
         model.learn(rollout)  # warm-up iteration
         start = model.num_timesteps
-        t0 = time.perf_counter()
+        t0 = _tic()
         model.learn(job["iterations"] * rollout, reset_num_timesteps=False)
-        dt = time.perf_counter() - t0
+        dt = _toc(t0)
         steps = model.num_timesteps - start
     finally:
         env.close()
@@ -384,9 +408,9 @@ def measure_window(job: Job) -> dict[str, Any]:
     agent.new_trial(B)
     warm = job["warmup_steps"]  # fills the window (count >= N) before timing
     run(warm, 0)
-    t0 = time.perf_counter()
+    t0 = _tic()
     run(job["steps"], warm)
-    dt = time.perf_counter() - t0
+    dt = _toc(t0)
     return {
         "steps": job["steps"] * B,
         "seconds": dt,
@@ -714,6 +738,35 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # ==================================================================================================
 # Command line
 # ==================================================================================================
+def profile_one(jobs: list[Job], job_id: str, top: int) -> int:
+    """Profile one planned measurement with cProfile (what bounds a rate that misses its target)."""
+    import cProfile
+    import pstats
+
+    by_id = {j["id"]: j for j in jobs}
+    if job_id not in by_id:
+        print(
+            f"perf.py: error: unknown measurement {job_id!r}; accepted: {', '.join(by_id)}", file=sys.stderr
+        )
+        return 2
+    global PROFILER
+    PROFILER = profiler = cProfile.Profile()
+    out = run_one(by_id[job_id])
+    PROFILER = None
+    print(
+        f"{job_id}: {out['steps'] / max(out['seconds'], 1e-9):,.0f} steps/s under cProfile "
+        "(slower than unprofiled)"
+    )
+    stats = pstats.Stats(profiler)
+    total = max(stats.total_tt, 1e-9)  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
+    print(f"{'own time':>9} {'share':>6} {'calls':>8}  function (timed region of this process only)")
+    for (file, line, name), (_cc, calls, tottime, _cum, _callers) in rows:
+        where = name if file == "~" else f"{Path(file).name}:{line}({name})"
+        print(f"{tottime:8.3f}s {tottime / total:6.1%} {calls:8d}  {where}")
+    return 0
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -740,6 +793,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-isolate", action="store_true", help="measure in this process (peak memory accumulates)"
     )
+    p.add_argument(
+        "--profile",
+        metavar="ID",
+        help="run the one measurement ID (e.g. sampler/rl2/halfcheetah-vel/B20) in this process under "
+        "cProfile and print where the time goes (no CSV)",
+    )
+    p.add_argument("--top", type=int, default=20, help="functions printed by --profile (20)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one JSON job, result printed on stdout
     return p.parse_args(argv)
 
@@ -751,6 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     t_start = time.perf_counter()
     jobs, skips = build_plan(args)
+    if args.profile:
+        return profile_one(jobs, args.profile, args.top)
     jobs = select(jobs, args.only)
     for s in skips:
         print(f"skip {s['id']}: {s['notes']}", flush=True)

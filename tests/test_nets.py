@@ -28,3 +28,21 @@ def test_gaussian_head_log_prob_and_entropy():
     expected = torch.distributions.Normal(dist.mean, dist.stddev).log_prob(a).sum(-1)
     assert torch.allclose(GaussianHead.log_prob(dist, a), expected)
     assert mlp(3, (8, 8), 2)(torch.zeros(5, 3)).shape == (5, 2)
+
+
+def test_gaussian_head_act_equals_the_distribution_path():
+    head = GaussianHead(8, 3, init_std=0.4)
+    with torch.no_grad():
+        head.log_std.copy_(torch.tensor([-0.5, 0.1, 0.7]))
+    x = torch.randn(5, 8)
+    with torch.inference_mode():
+        torch.manual_seed(3)
+        dist = head(x)
+        ref = dist.sample()
+        torch.manual_seed(3)
+        action, log_prob = head.act(x, deterministic=False)
+        assert torch.equal(action, ref)  # the same draw from the generator
+        assert torch.allclose(log_prob, GaussianHead.log_prob(dist, ref), atol=1e-5)
+        mean, mean_log_prob = head.act(x, deterministic=True)
+        assert torch.equal(mean, dist.mean)
+        assert torch.allclose(mean_log_prob, GaussianHead.log_prob(dist, dist.mean), atol=1e-5)

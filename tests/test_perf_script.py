@@ -63,3 +63,15 @@ def test_perf_one_measurement_in_a_subprocess():
            "torch_threads": 1}  # fmt: skip
     res = perf.run_isolated(job, timeout=120)
     assert res["steps"] == 100 and res["seconds"] > 0 and res["peak_rss_mb"] > 10
+
+
+def test_perf_profile_prints_the_timed_region_only(capsys):
+    perf = _load_perf()
+    assert perf.main(["--quick", "--profile", "sampler/rl2/point-nav/B2", "--top", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert "steps/s under cProfile" in printed
+    assert "sampler.py" in printed and "rl2.py" in printed  # the sampling loop and the policy
+    assert "importlib" not in printed  # imports and set-up happen outside the timed region
+    assert perf.PROFILER is None
+    assert perf.main(["--quick", "--profile", "sampler/nope"]) == 2
+    assert "unknown measurement 'sampler/nope'" in capsys.readouterr().err

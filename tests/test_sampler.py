@@ -106,3 +106,83 @@ def test_terminated_envs_are_not_stepped_and_masked():
     assert batch.terminated.sum() == 6 and batch.episode_done.sum() == 6
     online = np.stack(agent.features, axis=1)
     assert np.allclose(online, trial_features(batch).numpy())
+
+
+class GroupedFallingEnv(FallingEnv):
+    """FallingEnv whose rows step in two groups (as two worker processes would), out of lock-step."""
+
+    def groups(self):
+        return [(0, 1), (1, self.num_envs)]
+
+    def reset(self, seeds):
+        self.tg = [0, 0]
+        self.pending = {}
+        return super().reset(seeds)
+
+    def step_async(self, group, actions, active):
+        assert group not in self.pending, "a group was stepped twice without step_wait"
+        self.pending[group] = (actions.copy(), active.copy())
+
+    def step_wait(self, group):
+        a, b = self.groups()[group]
+        actions, active = self.pending.pop(group)
+        assert actions.shape == (b - a, 1) and active.shape == (b - a,)
+        self.tg[group] += 1
+        t, n = self.tg[group], b - a
+        term = np.array([t >= 2 + i for i in range(a, b)])
+        return StepResult(np.full((n, 1), t, np.float32), np.ones(n, np.float32), term, np.zeros(n, bool))
+
+
+class MemoryAgent(AdaptiveAgent):
+    """Deterministic actions from the step input (obs, a_{t-1}, r_{t-1}, done_{t-1}) and a running sum."""
+
+    def new_trial(self, num_envs):
+        self.prev, self.total = PreviousStep(num_envs, 1), np.zeros(num_envs, np.float32)
+
+    def act(self, obs, deterministic):
+        x = self.prev.features(obs)
+        self.total = self.total + x.sum(1)  # rebinds: clones never share it
+        return np.tanh(0.1 * self.total)[:, None].astype(np.float32), {"total": self.total.copy()}
+
+    def observe(self, tr):
+        self.prev.update(tr)
+
+
+def test_pipelined_groups_record_the_same_trials_as_lock_step():
+    class GroupedSuite(FallingSuite):
+        def make_batch_env(self, num_envs, num_workers=1):
+            return GroupedFallingEnv(num_envs)
+
+    tasks = FallingSuite().tasks("train")
+    lock = TrialSampler(FallingSuite()).run(MemoryAgent(), tasks, episodes=2, seed=0)
+    piped = TrialSampler(GroupedSuite()).run(MemoryAgent(), tasks, episodes=2, seed=0)
+    fields = ("obs", "actions", "env_actions", "rewards", "next_obs", "terminated", "episode_done", "valid")
+    for name in fields:
+        assert np.array_equal(getattr(lock, name), getattr(piped, name)), name
+    assert np.array_equal(lock.extras["total"], piped.extras["total"])
+    assert len(np.unique(lock.actions[:, 3])) == 3  # the agents' memories really differ per row
+
+
+def test_process_batch_env_groups_step_like_the_whole_batch():
+    from benchmark.suites.locomotion import HalfCheetahVel
+
+    suite = HalfCheetahVel()
+    tasks = suite.tasks("train")[:3]
+    actions = np.random.default_rng(0).uniform(-1, 1, (5, 3, suite.act_dim)).astype(np.float32)
+    active = np.ones(3, bool)
+    whole, grouped = suite.make_batch_env(3, 1), suite.make_batch_env(3, 2)
+    try:
+        assert whole.groups() == [(0, 3)] and len(grouped.groups()) == 2
+        for env in (whole, grouped):
+            env.set_tasks(tasks)
+        assert np.array_equal(whole.reset([1, 2, 3]), grouped.reset([1, 2, 3]))
+        for a in actions:
+            ref = whole.step(a, active)
+            for g, (lo, hi) in enumerate(grouped.groups()):
+                grouped.step_async(g, a[lo:hi], active[lo:hi])
+            parts = [grouped.step_wait(g) for g in range(2)]
+            assert np.array_equal(ref.obs, np.concatenate([p.obs for p in parts]))
+            assert np.array_equal(ref.reward, np.concatenate([p.reward for p in parts]))
+    finally:
+        whole.close()
+        grouped.close()

@@ -49,6 +49,20 @@ class GaussianHead(nn.Module):
         mean = self.mean(features)
         return Normal(mean, log_std.exp().expand_as(mean), validate_args=False)
 
+    def act(self, features: torch.Tensor, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action, log-probability) for one acting step, without building a distribution object.
+
+        Equal to ``forward(features).sample()`` (the same draw from torch's generator) and its
+        ``log_prob`` up to float rounding; a few ops instead of dozens, because acting runs every step.
+        """
+        log_std = self.log_std.clamp(self.min_log_std, self.max_log_std)
+        mean = self.mean(features)
+        constant = log_std.sum() + 0.5 * math.log(2 * math.pi) * log_std.numel()
+        if deterministic:
+            return mean, (-constant).expand(mean.shape[:-1])
+        noise = torch.randn_like(mean)
+        return mean + noise * log_std.exp(), -0.5 * noise.square().sum(-1) - constant
+
     @staticmethod
     def log_prob(dist: Normal, actions: torch.Tensor) -> torch.Tensor:
         return dist.log_prob(actions).sum(-1)

@@ -64,6 +64,7 @@ class BatchEnv(abc.ABC):
     num_envs: int
     obs_dim: int
     act_dim: int
+    _pending: tuple[np.ndarray, np.ndarray]  # the default step_async's actions and mask
 
     @abc.abstractmethod
     def set_tasks(self, tasks: Sequence[Task]) -> None:
@@ -76,6 +77,26 @@ class BatchEnv(abc.ABC):
     @abc.abstractmethod
     def step(self, actions: np.ndarray, active: np.ndarray) -> StepResult:
         """Step every active environment with actions in [-1, 1]^act_dim (already clipped)."""
+
+    # -- pipelining: groups of environments that step independently ---------------------------
+    def groups(self) -> list[tuple[int, int]]:
+        """Contiguous ``(start, stop)`` slices that can step concurrently (one per worker process).
+
+        The sampler acts for one group while the others step, so the policy and the simulators
+        overlap. The default is one group: every step is synchronous.
+        """
+        return [(0, self.num_envs)]
+
+    def step_async(self, group: int, actions: np.ndarray, active: np.ndarray) -> None:
+        """Start stepping group ``group`` (actions and mask for its rows only); see ``step_wait``."""
+        if self.groups() != [(0, self.num_envs)]:
+            raise NotImplementedError(f"{type(self).__name__} defines groups but not step_async")
+        self._pending = (actions, active)
+
+    def step_wait(self, group: int) -> StepResult:
+        """The result of the ``step_async`` call of ``group`` (its rows only)."""
+        actions, active = self._pending
+        return self.step(actions, active)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release worker processes, if any."""
