@@ -535,7 +535,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
         )  # fmt: skip
         for algo in algos:
             _cls, _run, cfg = _quick_config(algo, suite, overrides)
-            batch = int(getattr(cfg, "meta_batch_size", 20))
+            batch = args.batch or int(getattr(cfg, "meta_batch_size", 20))
             raw = f"raw/{suite_name}/B{batch}"
             if raw not in raw_done:
                 raw_done.add(raw)
@@ -764,6 +764,18 @@ def profile_one(jobs: list[Job], job_id: str, top: int) -> int:
     for (file, line, name), (_cc, calls, tottime, _cum, _callers) in rows:
         where = name if file == "~" else f"{Path(file).name}:{line}({name})"
         print(f"{tottime:8.3f}s {tottime / total:6.1%} {calls:8d}  {where}")
+    # the same time by stage: cumulative time of this repository's functions (sampler loop, agent, envs)
+    ours = [
+        (key, st)
+        for key, st in stats.stats.items()  # type: ignore[attr-defined]
+        if str(REPO) in key[0] and "scripts" not in key[0]
+    ]
+    print(f"\n{'with callees':>12} {'share':>6} {'calls':>8}  repository function")
+    for (file, line, name), (_cc, calls, _tt, cumtime, _callers) in sorted(
+        ours, key=lambda kv: kv[1][3], reverse=True
+    )[:top]:
+        rel = Path(file).resolve().relative_to(REPO)
+        print(f"{cumtime:11.3f}s {cumtime / total:6.1%} {calls:8d}  {rel}:{line}({name})")
     return 0
 
 
@@ -787,7 +799,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--train-suite", default=TARGET_SUITE, help=f"suite of the training rows ({TARGET_SUITE})")
     p.add_argument("--episodes", type=int, help="episodes per measured trial (default 2)")
     p.add_argument("--iterations", type=int, help="measured training iterations after 1 warm-up (default 3)")
-    p.add_argument("--workers", type=int, help="env worker processes (default 2)")
+    p.add_argument("--workers", type=int, help="processes stepping simulators, this one included (default 2)")
+    p.add_argument(
+        "--batch", type=int, help="tasks per raw/sampler batch (default: each method's quick meta_batch_size)"
+    )
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads when measuring (1)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement")
     p.add_argument(
@@ -801,7 +816,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--top", type=int, default=20, help="functions printed by --profile (20)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one JSON job, result printed on stdout
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("batch", "workers", "episodes", "iterations"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
