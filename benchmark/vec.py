@@ -126,13 +126,8 @@ class ProcessBatchEnv(BatchEnv):
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.num_envs = num_envs
         self.num_workers = min(num_workers, num_envs)
-        remote = self.num_workers - 1
-        here = num_envs - remote  # at most this many, so every worker gets at least one env
-        if remote:
-            here = min(here, max(1, round(num_envs * self.LOCAL_WEIGHT / (self.LOCAL_WEIGHT + remote))))
-        bounds = (here + np.linspace(0, num_envs - here, remote + 1)).round().astype(int)
-        self._slices = [(0, here)] + [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        self._here: _Slice | None = _Slice(make_env, here)
+        self._slices = self.split(num_envs, self.num_workers)
+        self._here: _Slice | None = _Slice(make_env, self._slices[0][1])
         self.obs_dim = self._here.obs_dim
         self.act_dim = int(self._here.envs[0].action_space.shape[0])
         self._conns: list[Any] = []
@@ -146,6 +141,16 @@ class ProcessBatchEnv(BatchEnv):
             self._conns.append(parent)
             self._procs.append(proc)
         self._gather()
+
+    @classmethod
+    def split(cls, num_envs: int, num_workers: int) -> list[tuple[int, int]]:
+        """(start, stop) of each process's group: this process first, then the workers (>= 1 env each)."""
+        remote = min(num_workers, num_envs) - 1
+        here = num_envs - remote
+        if remote:
+            here = min(here, max(1, round(num_envs * cls.LOCAL_WEIGHT / (cls.LOCAL_WEIGHT + remote))))
+        bounds = (here + np.linspace(0, num_envs - here, remote + 1)).round().astype(int)
+        return [(0, here)] + [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def _local(self) -> _Slice:
         if self._here is None:

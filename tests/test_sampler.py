@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import torch
 
@@ -186,3 +188,20 @@ def test_process_batch_env_groups_step_like_the_whole_batch():
     finally:
         whole.close()
         grouped.close()
+
+
+def test_process_batch_env_split_gives_the_sampling_process_a_smaller_share():
+    from benchmark.vec import ProcessBatchEnv
+
+    split = ProcessBatchEnv.split
+    assert split(20, 1) == [(0, 20)]
+    assert split(20, 2) == [(0, 8), (8, 20)]  # 2/3 of the worker's share
+    assert split(20, 3) == [(0, 5), (5, 12), (12, 20)]
+    assert split(1, 2) == [(0, 1)]  # more processes than envs: fewer processes
+    assert split(2, 2) == [(0, 1), (1, 2)]
+    assert split(3, 8) == [(0, 1), (1, 2), (2, 3)]
+    for n in range(1, 30):
+        for w in range(1, 5):
+            groups = split(n, w)
+            assert groups[0][0] == 0 and groups[-1][1] == n and len(groups) == min(n, w)
+            assert all(b > a for a, b in groups) and all(g[1] == h[0] for g, h in itertools.pairwise(groups))
