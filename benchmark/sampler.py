@@ -148,9 +148,9 @@ class TrialSampler:
             obs_buf[a:b, t], next_obs_buf[a:b, t] = obs[a:b], next_obs
             rew_buf[a:b, t], term_buf[a:b, t], done_buf[a:b, t] = reward, terminated, episode_done
             valid_buf[a:b, t], succ_buf[a:b, t] = act_, res.success & act_
-            tr = Transition(
-                obs[a:b].copy(), env_act_buf[a:b, t], reward, next_obs, terminated, episode_done, act_.copy()
-            )
+            # the agent sees exactly the row just recorded (buffer rows are never overwritten)
+            recorded = (obs_buf, env_act_buf, rew_buf, next_obs_buf, term_buf, done_buf, valid_buf)
+            tr = Transition(*(buf[a:b, t] for buf in recorded))
             with torch.inference_mode():
                 agents[g].observe(tr)
             active[a:b] = act_ & ~terminated

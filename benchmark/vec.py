@@ -83,7 +83,7 @@ class _Slice:
 def _worker(conn: Any, make_env: Callable[[], TaskEnv], n: int) -> None:
     try:
         sl = _Slice(make_env, n)
-        conn.send(("ok", (sl.obs_dim, sl.envs[0].action_space.shape[0])))
+        conn.send(("ok", None))  # ready (the parent reads the dimensions from its own group)
     except Exception:  # pragma: no cover - reported to the parent
         conn.send(("error", traceback.format_exc()))
         return
