@@ -9,16 +9,17 @@ GAE across the episode boundaries of a trial (algorithms.common.ppo).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from algorithms.base import AdaptiveAgent, EnvSpec, MetaLearner, TrainContext, Transition
-from algorithms.common.buffers import PreviousStep, trial_features
 from algorithms.common.nets import GaussianHead, RunningNorm, mlp
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
+from algorithms.common.trial_inputs import PreviousStep, trial_features
+from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
 
 
 @dataclass
@@ -46,7 +47,7 @@ class RL2Config:
 class RL2Network(nn.Module):
     """Step embedding -> GRU -> (Gaussian policy, value)."""
 
-    def __init__(self, spec: EnvSpec, cfg: RL2Config) -> None:
+    def __init__(self, spec: SuiteSpec, cfg: RL2Config) -> None:
         super().__init__()
         in_dim = spec.obs_dim + spec.act_dim + 2
         self.obs_dim = spec.obs_dim
@@ -79,20 +80,21 @@ class RL2Network(nn.Module):
 class RL2Agent(AdaptiveAgent):
     """Acts step by step, carrying the GRU hidden state across the episodes of a trial."""
 
-    def __init__(self, net: RL2Network, spec: EnvSpec, device: torch.device) -> None:
-        self.net, self.spec, self.device = net, spec, device
+    def __init__(self, net: RL2Network, spec: SuiteSpec, device: torch.device, evaluation: bool) -> None:
+        self.net, self.spec, self.device, self.evaluation = net, spec, device, evaluation
         self.prev: PreviousStep | None = None
         self.hidden: torch.Tensor | None = None
 
-    def new_trial(self, num_envs: int) -> None:
+    def new_trial(self, task_keys: np.ndarray) -> None:
+        num_envs = len(task_keys)
         self.prev = PreviousStep(num_envs, self.spec.act_dim)
         self.hidden = None
 
-    def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.prev is not None, "call new_trial() first"
         x = torch.as_tensor(self.prev.features(obs), device=self.device).unsqueeze(1)
         out, self.hidden = self.net.core(x, self.hidden)
-        action, log_prob = self.net.policy.act(out[:, 0], deterministic)
+        action, log_prob = self.net.policy.act(out[:, 0], deterministic=self.evaluation)
         value = self.net.value(out[:, 0]).squeeze(-1)
         return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}
 
@@ -105,8 +107,10 @@ class RL2(MetaLearner):
     name = "rl2"
     Config = RL2Config
 
-    def __init__(self, spec: EnvSpec, config: RL2Config, device: torch.device) -> None:
-        super().__init__(spec, config, device)
+    def __init__(
+        self, spec: SuiteSpec, config: RL2Config, device: torch.device, storage_dir: Path | None = None
+    ) -> None:
+        super().__init__(spec, config, device, storage_dir)
         self.net = RL2Network(spec, config).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5)
         self.ppo = PPOParams.from_config(config)
@@ -155,8 +159,9 @@ class RL2(MetaLearner):
             "target_kl": 0.03,
         }
 
-    def make_agent(self) -> RL2Agent:
-        return RL2Agent(self.net, self.spec, self.device)
+    def make_agent(self, evaluation: bool = False) -> RL2Agent:
+        """Evaluation: mean actions (the GRU memory is the only thing that adapts)."""
+        return RL2Agent(self.net, self.spec, self.device, evaluation)
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
         cfg = self.config

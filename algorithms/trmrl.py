@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
 
-from algorithms.base import AdaptiveAgent, EnvSpec, MetaLearner, TrainContext, Transition
-from algorithms.common.buffers import PreviousStep, trial_features
 from algorithms.common.nets import GaussianHead, RunningNorm, mlp
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
+from algorithms.common.trial_inputs import PreviousStep, trial_features
+from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
 
 
 @dataclass
@@ -183,7 +184,7 @@ class EncoderLayer(nn.Module):
 class TrMRLNetwork(nn.Module):
     """Working memory (embedding + position) -> encoder -> episodic memory -> (Gaussian policy, value)."""
 
-    def __init__(self, spec: EnvSpec, cfg: TrMRLConfig) -> None:
+    def __init__(self, spec: SuiteSpec, cfg: TrMRLConfig) -> None:
         super().__init__()
         if cfg.memory not in ("episode", "trial"):
             raise ValueError(f"memory must be 'episode' or 'trial', not {cfg.memory!r}")
@@ -293,26 +294,29 @@ class TrMRLNetwork(nn.Module):
 class TrMRLAgent(AdaptiveAgent):
     """Acts step by step; keeps the key/value cache (cleared per episode or per trial)."""
 
-    def __init__(self, net: TrMRLNetwork, spec: EnvSpec, device: torch.device) -> None:
-        self.net, self.spec, self.device = net, spec, device
+    def __init__(self, net: TrMRLNetwork, spec: SuiteSpec, device: torch.device, evaluation: bool) -> None:
+        self.net, self.spec, self.device, self.evaluation = net, spec, device, evaluation
         self.prev: PreviousStep | None = None
         self.cache: list[KV] | None = None
         self.count = 0  # steps written since the memory was last cleared
         self.position = 0  # step index inside the current episode
 
-    def new_trial(self, num_envs: int) -> None:
+    def new_trial(self, task_keys: np.ndarray) -> None:
+        num_envs = len(task_keys)
         self.prev = PreviousStep(num_envs, self.spec.act_dim)
         self.num_envs, self.cache = num_envs, None  # allocated lazily, under the caller's grad mode
         self.count = self.position = 0
 
-    def act(self, obs: np.ndarray, deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.prev is not None, "call new_trial() first"
         with torch.no_grad():
             if self.cache is None:
                 self.cache = self.net.new_cache(self.num_envs, self.device)
             feats = self.net.normalize(torch.as_tensor(self.prev.features(obs), device=self.device))
             memory = self.net.encode_step(feats, self.position, self.cache, self.count)
-            action, log_prob = self.net.policy.act(self.net.policy_body(memory), deterministic)
+            action, log_prob = self.net.policy.act(
+                self.net.policy_body(memory), deterministic=self.evaluation
+            )
             value = self.net.value_of(memory, feats)
         self.count += 1
         self.position += 1
@@ -337,8 +341,10 @@ class TrMRL(MetaLearner):
     name = "trmrl"
     Config = TrMRLConfig
 
-    def __init__(self, spec: EnvSpec, config: TrMRLConfig, device: torch.device) -> None:
-        super().__init__(spec, config, device)
+    def __init__(
+        self, spec: SuiteSpec, config: TrMRLConfig, device: torch.device, storage_dir: Path | None = None
+    ) -> None:
+        super().__init__(spec, config, device, storage_dir)
         cfg = config
         self.net = TrMRLNetwork(spec, cfg).to(device)
         value_params = list(self.net.value.parameters())
@@ -398,8 +404,9 @@ class TrMRL(MetaLearner):
                 "normalize_advantages": True, "clip": 0.2, "gae_lambda": 0.95, "epochs": 8,
                 "minibatch_steps": 1600, "target_kl": 0.03}  # fmt: skip
 
-    def make_agent(self) -> TrMRLAgent:
-        return TrMRLAgent(self.net, self.spec, self.device)
+    def make_agent(self, evaluation: bool = False) -> TrMRLAgent:
+        """Evaluation: mean actions (the episodic memory is the only thing that adapts)."""
+        return TrMRLAgent(self.net, self.spec, self.device, evaluation)
 
     def _minibatches(self, num_trials: int, trial_steps: int) -> int:
         """``minibatch_steps`` env steps per minibatch, rounded to whole trials (at least one trial each)."""

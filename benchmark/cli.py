@@ -114,10 +114,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.settings:
         import dataclasses
 
-        from benchmark.config import RunConfig
+        from benchmark.config import HarnessConfig
 
         cls = registry.load_algorithm(args.settings)
-        for title, dc in (("harness", RunConfig), (args.settings, cls.Config)):
+        for title, dc in (("harness", HarnessConfig), (args.settings, cls.Config)):
             pairs = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(dc))
             print(f"{title} settings (--set): {pairs}")
         return 0
@@ -165,6 +165,10 @@ def _resolve(algo: str, suite_name: str, profile: str, overrides: list[str]) -> 
         learner_cls.profile(profile, suite.family),
         parse_overrides(overrides),
     )
+    try:
+        learner_cls.validate(algo_cfg, suite.spec())
+    except ValueError as exc:
+        raise ConfigError(f"{algo}: {exc}") from None
     return learner_cls, suite, run_cfg, algo_cfg
 
 
@@ -182,14 +186,14 @@ def _check_device(device: str) -> None:
 
 
 def run_one(algo: str, suite_name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from benchmark.runner import Runner, RunSpec
+    from benchmark.runner import RunId, Runner
 
     learner_cls, suite, run_cfg, algo_cfg = _resolve(algo, suite_name, args.profile, args.overrides)
-    spec = RunSpec(
+    run_id = RunId(
         algo=algo, suite=suite_name, seed=seed, profile=args.profile, out=Path(args.out), device=args.device
     )
     runner = Runner(
-        spec,
+        run_id,
         suite,
         learner_cls,
         algo_cfg,
@@ -203,7 +207,11 @@ def run_one(algo: str, suite_name: str, seed: int, args: argparse.Namespace) -> 
 
 def print_summary(algo: str, suite: str, seed: int, summary: dict[str, Any]) -> None:
     table = summary["table"]
-    print(f"\n{algo} on {suite}, seed {seed}: final evaluation ({summary['dir']})")
+    print(
+        f"\n{algo} on {suite}, seed {seed}: final evaluation at the budget of "
+        f"{summary['budget_steps']:,} env "
+        f"steps ({summary['env_steps']:,} consumed, {summary['iterations']} iterations; {summary['dir']})"
+    )
     if len(table):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for split, h in sorted(summary["headline"].items()):

@@ -20,41 +20,69 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class RunConfig:
-    """What the harness does around a method: budget, evaluation cadence, checkpoints, resources."""
+class HarnessConfig:
+    """What the harness does around a method: step budget, evaluation cadence, checkpoints, resources.
 
-    iterations: int = 100  # meta-training iterations
-    eval_every: int = 10  # periodic evaluation every N iterations (and at iteration 0)
+    Budgets and cadences count environment steps, the same for every method on a (profile, suite
+    family): a method's iterations are whatever it does between two marks. Periodic evaluations run at
+    the first iteration boundary at or past each multiple of ``eval_every_steps`` (0 included); the
+    final evaluation stands for ``budget_steps``.
+    """
+
+    budget_steps: int = 1_000_000  # environment steps of meta-training (the run stops at the first
+    # iteration boundary at or past it)
+    eval_every_steps: int = 100_000  # periodic evaluation marks, in env steps
     eval_tasks: int = 5  # test tasks in a periodic evaluation (the final one uses all)
     eval_batch: int = 20  # tasks evaluated in parallel
     final_eval_max_tasks: int = (
         0  # 0 = the protocol (every test / OOD task); N > 0 caps each split (smoke runs)
     )
-    checkpoint_every: int = 5  # iterations between atomic checkpoints
+    checkpoint_every_steps: int = 100_000  # env steps between atomic checkpoints (and at the budget)
     num_workers: int = 2  # processes stepping simulators, the sampling one included (point-nav: in-process)
     torch_threads: int = 1  # intra-op threads of the learner process
 
 
-# Harness budgets per (profile, family). quick: shows learning on 2 CPU cores (point-nav <= 5 min,
-# locomotion <= 15 min); paper: the published step budgets (e.g. TrMRL HalfCheetahVel 2,500 iterations).
+# Harness budgets per (profile, family), in environment steps, identical for every method. quick:
+# shows learning on 2 CPU cores (point-nav <= 5 min, locomotion <= 15 min per run); paper: the
+# published budgets (TrMRL HalfCheetahVel: 2,500 iterations x 8,000 steps = 20M steps).
 RUN_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
-    ("quick", "point-nav"): {"iterations": 300, "eval_every": 25, "eval_tasks": 10, "checkpoint_every": 25},
-    ("paper", "point-nav"): {"iterations": 1000, "eval_every": 50, "eval_tasks": 20, "checkpoint_every": 50},
-    ("quick", "locomotion"): {"iterations": 150, "eval_every": 25, "eval_tasks": 5, "checkpoint_every": 10},
-    ("paper", "locomotion"): {"iterations": 2500, "eval_every": 50, "eval_tasks": 10, "checkpoint_every": 25},
+    ("quick", "point-nav"): {
+        "budget_steps": 3_840_000,  # 300 iterations of 64 trials x 2 episodes x 100 steps (RL², TrMRL)
+        "eval_every_steps": 320_000,
+        "eval_tasks": 10,
+        "checkpoint_every_steps": 320_000,
+    },
+    ("paper", "point-nav"): {
+        "budget_steps": 12_800_000,
+        "eval_every_steps": 640_000,
+        "eval_tasks": 20,
+        "checkpoint_every_steps": 640_000,
+    },
+    ("quick", "locomotion"): {
+        "budget_steps": 1_200_000,  # 150 iterations of 20 tasks x 2 episodes x 200 steps
+        "eval_every_steps": 200_000,
+        "eval_tasks": 5,
+        "checkpoint_every_steps": 80_000,
+    },
+    ("paper", "locomotion"): {
+        "budget_steps": 20_000_000,  # TrMRL paper, HalfCheetahVel: 2,500 x 8,000 steps
+        "eval_every_steps": 400_000,
+        "eval_tasks": 10,
+        "checkpoint_every_steps": 200_000,
+    },
     ("quick", "metaworld"): {
-        "iterations": 30,
-        "eval_every": 10,
+        "budget_steps": 1_500_000,  # 30 iterations of 10 goals x 10 episodes x 500 steps
+        "eval_every_steps": 500_000,
         "eval_tasks": 5,
         "eval_batch": 25,
-        "checkpoint_every": 5,
+        "checkpoint_every_steps": 250_000,
     },
     ("paper", "metaworld"): {
-        "iterations": 2000,
-        "eval_every": 50,
+        "budget_steps": 250_000_000,  # 2,000 iterations of 25 goals x 10 episodes x 500 steps
+        "eval_every_steps": 6_250_000,
         "eval_tasks": 10,
         "eval_batch": 25,
-        "checkpoint_every": 25,
+        "checkpoint_every_steps": 3_125_000,
     },
 }
 
@@ -119,15 +147,15 @@ def resolve(
     algo_config_cls: type,
     algo_profile: dict[str, Any],
     overrides: dict[str, str],
-) -> tuple[RunConfig, Any]:
-    """Build (RunConfig, method config) from defaults, profile and typed ``--set`` overrides."""
+) -> tuple[HarnessConfig, Any]:
+    """Build (HarnessConfig, method config) from defaults, profile and typed ``--set`` overrides."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; accepted: {', '.join(PROFILES)}")
     run = apply(
-        RunConfig(), RUN_PROFILES.get((profile, family), RUN_PROFILES.get((profile, "locomotion"), {}))
+        HarnessConfig(), RUN_PROFILES.get((profile, family), RUN_PROFILES.get((profile, "locomotion"), {}))
     )
     algo = apply(algo_config_cls(), algo_profile)
-    run_types, algo_types = field_types(RunConfig), field_types(algo_config_cls)
+    run_types, algo_types = field_types(HarnessConfig), field_types(algo_config_cls)
     run_set, algo_set = {}, {}
     for key, raw in overrides.items():
         if key in run_types:
@@ -142,7 +170,15 @@ def resolve(
         raise ConfigError(
             f"--set final_eval_max_tasks={run.final_eval_max_tasks}: must be >= 0 (0 = all tasks)"
         )
-    for name in ("iterations", "eval_every", "eval_tasks", "eval_batch", "checkpoint_every", "num_workers"):
+    for name in (
+        "budget_steps",
+        "eval_every_steps",
+        "eval_tasks",
+        "eval_batch",
+        "checkpoint_every_steps",
+        "num_workers",
+        "torch_threads",
+    ):
         if getattr(run, name) < 1:
             raise ConfigError(f"--set {name}={getattr(run, name)}: must be >= 1")
     return run, algo

@@ -1,8 +1,11 @@
 """The one meta-test protocol: every method, same evaluator, same rows.
 
-For each task, one trial of ``suite.eval_episodes`` episodes with deterministic (mean) actions; the
-agent's adaptation state persists across the episodes of the trial and is cleared between trials.
-One eval.csv row per (task, episode): the fast-adaptation curve is return (or success) vs episode.
+For each task, one trial of ``suite.eval_episodes`` episodes played by the method's evaluation agent
+(``make_agent(evaluation=True)``: the method chooses how to act, and the returns of the episodes it
+actually played are reported, so exploration is paid for); the agent's adaptation state persists
+across the episodes of the trial and is cleared between trials. Each meta-test row gets a fresh task
+key (negative, never a training task's id, never a task parameter). One eval.csv row per
+(task, episode): the fast-adaptation curve is return (or success) vs episode.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from algorithms.base import AdaptiveAgent
 from benchmark.sampler import TrialSampler
 from benchmark.suites.base import Suite, Task
+from metarl_protocol import AdaptiveAgent
 
 
 def evaluate(
@@ -26,22 +29,31 @@ def evaluate(
     split: str,
     iteration: int,
     env_steps: int,
+    mark: int,
     seed: int,
     batch_size: int = 20,
 ) -> list[dict[str, Any]]:
-    """Run one deterministic trial per task and return eval.csv rows."""
+    """Run one meta-test trial per task with the evaluation ``agent`` and return eval.csv rows.
+
+    ``mark`` is the env-step budget mark the evaluation stands for, ``env_steps`` the steps actually
+    consumed when it ran, ``seed`` fixes the environments' reset seeds.
+    """
+    if not agent.evaluation:
+        raise ValueError("evaluate() needs the method's evaluation agent: make_agent(evaluation=True)")
     suite = sampler.suite
     rows: list[dict[str, Any]] = []
     tasks = list(tasks)
     for start in range(0, len(tasks), batch_size):
         chunk = tasks[start : start + batch_size]
-        batch = sampler.run(agent, chunk, suite.eval_episodes, seed=seed + start, deterministic=True)
+        keys = -1 - np.arange(start, start + len(chunk), dtype=np.int64)  # fresh: never a train task id
+        batch = sampler.run(agent, chunk, suite.eval_episodes, seed=seed + start, task_keys=keys)
         returns, success = batch.episode_returns(), batch.episode_success()
         for i, task in enumerate(chunk):
             for k in range(suite.eval_episodes):
                 rows.append(
                     {
                         "iteration": iteration,
+                        "mark": mark,
                         "env_steps": env_steps,
                         "split": split,
                         "task_id": task.task_id,

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
-from algorithms.base import MetaLearner
 from benchmark.suites.base import Suite
+from metarl_protocol import MetaLearner
 
 ALGORITHM_GROUP = "metarl_bench.algorithms"
 SUITE_GROUP = "metarl_bench.suites"

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from benchmark.errors import ResultsError
 
-EVAL_COLUMNS = ("iteration", "env_steps", "split", "task_id", "task", "episode", "return", "success")
+EVAL_COLUMNS = ("iteration", "mark", "env_steps", "split", "task_id", "task", "episode", "return", "success")
 PROGRESS_PREFIX = ("iteration", "env_steps", "wall_time_s")
 DONE_MARKER = "done"
 CHECKPOINT = "checkpoint.pt"
@@ -30,39 +31,101 @@ def run_dir(out: str | Path, suite: str, algo: str, seed: int) -> Path:
 
 
 class CsvLog:
-    """Append-only CSV with a fixed header; each row is flushed to disk when written."""
+    """Append-only CSV; each row is flushed to disk when written.
 
-    def __init__(self, path: Path, columns: tuple[str, ...] | None = None) -> None:
-        self.path = path
-        self.columns = columns
+    Args:
+        path: the CSV file. If it exists and is not empty, its header gives the columns; the rows
+            already there are kept and new rows are appended after them.
+        columns: a fixed schema (eval.csv's ``EVAL_COLUMNS``), or ``None`` (progress.csv) for columns
+            that grow with the rows.
+
+    With ``columns=None`` every key of every row is kept. The first row's keys, in order, make
+    the first header. When a later row brings keys not seen before, they are added as new columns
+    at the end: the whole file is rewritten atomically (:func:`write_csv_atomic`) with the
+    extended header, earlier rows get empty fields in the new columns, and appending continues.
+    A key missing from a row is written as an empty field.
+
+    With a fixed schema the columns never change. A row with a key outside them raises ValueError
+    naming the keys, and nothing of that ``write`` call is written.
+
+    Raises:
+        ResultsError: from the constructor, if ``columns`` is given and ``path`` already has a
+            different header; from :meth:`write`, if a row in the file being rewritten has more
+            fields than its header.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str] | None = None) -> None:
+        self.path = Path(path)
+        self.fixed = columns is not None
+        self.columns: tuple[str, ...] | None = tuple(columns) if columns is not None else None
         self._file = None
         self._writer: csv.DictWriter | None = None
-        if path.exists() and path.stat().st_size > 0:
-            with path.open(newline="") as f:
+        header = None
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open(newline="") as f:
                 header = next(csv.reader(f), None)
-            if header:
-                self.columns = tuple(header)
+        self._has_header = bool(header)  # False: the file is missing, empty or has no header row
+        if header:
+            if self.fixed and tuple(header) != self.columns:
+                expected = ",".join(self.columns or ())
+                raise ResultsError(f"{self.path}: header {','.join(header)} is not the expected {expected}")
+            self.columns = tuple(header)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` (dicts from column name to value; floats are written exactly, NaN as empty).
+
+        Raises:
+            ValueError: the schema is fixed and a row has keys outside it (they are named).
+        """
         if not rows:
             return
+        known = set(self.columns or ())
+        new: dict[str, None] = {}  # ordered set: the unseen keys in order of appearance
+        for row in rows:
+            for key in row:
+                if key not in known:
+                    new[key] = None
+        if new and self.fixed:
+            raise ValueError(
+                f"{self.path}: unknown column(s) {', '.join(map(str, new))}; "
+                f"this log's columns are fixed: {', '.join(self.columns or ())}"
+            )
+        if new:
+            self._add_columns(tuple(new))
         if self._writer is None:
-            if self.columns is None:
-                self.columns = tuple(rows[0])
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            self._file = self.path.open("a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=list(self.columns), extrasaction="ignore")
-            if new:
-                self._writer.writeheader()
+            self._open()
+        assert self._writer is not None and self._file is not None
         for row in rows:
             self._writer.writerow({k: _fmt(v) for k, v in row.items()})
-        assert self._file is not None
         self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         self._file, self._writer = None, None
+
+    def _open(self) -> None:
+        assert self.columns is not None
+        self._file = self.path.open("a" if self._has_header else "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=list(self.columns))
+        if not self._has_header:
+            self._writer.writeheader()
+            self._has_header = True
+
+    def _add_columns(self, new: tuple[str, ...]) -> None:
+        """Extend the header with ``new``; rows already on disk are rewritten, padded with empty fields."""
+        self.close()
+        old_columns = self.columns or ()
+        self.columns = old_columns + new
+        if not self._has_header:
+            return
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old = list(reader)
+        for i, row in enumerate(old):
+            if None in row:  # csv.DictReader's key for fields beyond the header
+                raise ResultsError(f"{self.path}: row {i + 2} has more fields than the header")
+        write_csv_atomic(self.path, self.columns, old)
 
 
 def _fmt(value: Any) -> Any:
@@ -100,13 +163,100 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+# What ``torch.load(weights_only=True)`` (torch 2.13) loads, by exact type: subclasses are pickled by
+# their class name and refused (numpy.float64 is a float, numpy.str_ a str, a namedtuple a tuple).
+_WEIGHTS_ONLY_SCALARS = (
+    type(None), bool, int, float, complex, str, bytes, bytearray,
+    torch.Size, torch.dtype, torch.device, torch.layout, torch.qscheme,
+)  # fmt: skip
+_WEIGHTS_ONLY_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_WEIGHTS_ONLY_ACCEPTS = (
+    "torch tensors and nn.Parameters, None, bool, int, float, complex, str, bytes, bytearray, "
+    "torch.Size, torch.dtype, torch.device, and list, tuple, dict, OrderedDict, Counter, set of those"
+)
+
+
+def check_weights_only(state: Any, root: str = "") -> None:
+    """Raise ``ValueError`` if ``torch.load(weights_only=True)`` would refuse something in ``state``.
+
+    A recursive walk over containers (dict keys included) and over the attributes that are pickled
+    along with tensors, parameters and OrderedDicts (a module's state_dict carries ``_metadata``).
+    It accepts exactly what torch 2.13's weights-only unpickler loads by default (see
+    ``_WEIGHTS_ONLY_SCALARS`` and the containers below; checked by experiment in tests/test_results.py).
+    The message is ``"<key path> is a <type>"``, e.g. ``"learner.buffer.rng is a numpy.ndarray"``:
+    dict keys are joined with ``.``, sequence indices written ``[i]``.
+    """
+    seen: set[int] = set()  # containers already checked: shared references and cycles are fine
+
+    def join(path: str, key: Any) -> str:
+        name = key if type(key) is str else repr(key)
+        return f"{path}.{name}" if path else name
+
+    def fail(path: str, obj: Any) -> None:
+        cls = type(obj)
+        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        raise ValueError(f"{path or 'the state itself'} is a {name}")
+
+    def walk(obj: Any, path: str) -> None:
+        cls = type(obj)
+        if cls in _WEIGHTS_ONLY_SCALARS:
+            return
+        if id(obj) in seen:
+            return
+        if cls in _WEIGHTS_ONLY_TENSORS:
+            seen.add(id(obj))
+            for attr, value in vars(obj).items():  # Python attributes set on a tensor are pickled with it
+                walk(value, join(path, attr))
+        elif cls in (dict, OrderedDict, Counter):
+            seen.add(id(obj))
+            for key, value in obj.items():
+                walk(key, f"{join(path, key)} (the key itself)")
+                walk(value, join(path, key))
+            if cls is OrderedDict:  # its attributes are pickled too (Counter's are not)
+                for attr, value in vars(obj).items():
+                    walk(value, join(path, attr))
+        elif cls in (list, tuple):
+            seen.add(id(obj))
+            for i, value in enumerate(obj):
+                walk(value, f"{path}[{i}]")
+        elif cls is set:
+            seen.add(id(obj))
+            for value in obj:
+                walk(value, f"{path}{{element}}")
+        else:
+            fail(path, obj)
+
+    walk(state, root)
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
+    """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint.
+
+    ``state`` is checked first (:func:`check_weights_only`), so what :func:`load_checkpoint` would
+    refuse at resume fails here instead, at the first checkpoint, and nothing is written.
+
+    Raises:
+        ResultsError: ``state`` holds something ``torch.load(weights_only=True)`` refuses; the message
+            names its key path (e.g. ``learner.buffer.rng``) and type, and what is accepted.
+    """
+    try:
+        check_weights_only(state)
+    except ValueError as exc:
+        raise ResultsError(
+            f"{path}: cannot checkpoint: {exc}, which torch.load(weights_only=True) refuses, so the run "
+            f"could never resume from it. A checkpoint may hold only {_WEIGHTS_ONLY_ACCEPTS} "
+            "(numpy arrays: torch.as_tensor(a); numpy scalars: .item(); other objects: their state as "
+            "plain values, e.g. json.dumps)"
+        ) from None
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -1,9 +1,19 @@
-"""One run: meta-training loop, periodic and final evaluation, CSV logs, checkpoints, resume.
+"""One run: meta-training to an env-step budget, evaluations at env-step marks, CSV logs, checkpoints.
+
+The budget and the evaluation marks count environment steps, identical for every method: the loop
+evaluates at the first iteration boundary at or past each mark (``mark`` column of eval.csv; the
+steps actually consumed are in ``env_steps``) and stops at the first boundary at or past the budget;
+the final evaluation stands for the budget.
+
+Evaluation is isolated from training: its own torch generator state (``torch.random.fork_rng``
+seeded from the run seed and the mark), its own environment reset seeds, an evaluation agent that
+never changes the learner, and fresh task keys. So a run that evaluates often trains exactly like
+one that evaluates rarely.
 
 Iteration bookkeeping (what makes resume exact): an eval row's ``iteration`` is the number of
 training iterations completed before it; a checkpoint taken after iteration ``c`` holds every RNG and
-optimiser state, so resuming truncates progress.csv to rows <= c and eval.csv to rows < c, then
-replays exactly what the uninterrupted run would have done.
+optimiser state and the next marks, so resuming truncates progress.csv to rows <= c and eval.csv to
+rows < c, then replays exactly what the uninterrupted run would have done.
 """
 
 from __future__ import annotations
@@ -23,8 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.base import AdaptiveAgent, EnvSpec, MetaLearner
-from benchmark.config import RunConfig
+from benchmark.config import HarnessConfig
 from benchmark.evaluate import evaluate, headline, summarize
 from benchmark.results import (
     CHECKPOINT,
@@ -38,8 +47,9 @@ from benchmark.results import (
     truncate_csv,
     write_json,
 )
-from benchmark.sampler import TrialBatch, TrialSampler
-from benchmark.suites.base import Suite, Task
+from benchmark.sampler import TrialSampler
+from benchmark.suites.base import Suite
+from metarl_protocol import AdaptiveAgent, MetaLearner, Task, TrialBatch
 
 PACKAGES = ("metarl-bench", "torch", "numpy", "gymnasium", "mujoco", "metaworld", "pandas")
 
@@ -49,8 +59,8 @@ class RunExistsError(ResultsError):
 
 
 @dataclass
-class RunSpec:
-    """Everything that identifies a run."""
+class RunId:
+    """What identifies a run and where it is written: method, suite, seed, profile, results root, device."""
 
     algo: str
     suite: str
@@ -82,14 +92,15 @@ class HarnessContext:
         return [train[i] for i in idx]
 
     def sample_trials(
-        self,
-        agent: AdaptiveAgent,
-        tasks: Sequence[Task],
-        episodes: int | None = None,
-        deterministic: bool = False,
+        self, agent: AdaptiveAgent, tasks: Sequence[Task], episodes: int | None = None
     ) -> TrialBatch:
+        outside = sorted({t.split for t in tasks if t.split != "train"})
+        if outside:
+            raise ValueError(f"train_step may only sample training tasks; got tasks of split {outside}")
+        if agent.evaluation:
+            raise ValueError("train_step sampled with an evaluation agent; use make_agent(evaluation=False)")
         seed = int(self.rng.integers(0, 2**31 - 1))
-        batch = self.sampler.run(agent, tasks, episodes or self.suite.episodes_per_trial, seed, deterministic)
+        batch = self.sampler.run(agent, tasks, episodes or self.suite.episodes_per_trial, seed)
         self.env_steps += batch.env_steps
         return batch
 
@@ -119,20 +130,20 @@ class Runner:
 
     def __init__(
         self,
-        spec: RunSpec,
+        run_id: RunId,
         suite: Suite,
         learner_cls: type[MetaLearner],
         algo_config: Any,
-        run: RunConfig,
+        run: HarnessConfig,
         resume: bool = False,
         overwrite: bool = False,
         progress: bool = True,
     ) -> None:
-        self.spec, self.suite, self.run_cfg = spec, suite, run
+        self.run_id, self.suite, self.run_cfg = run_id, suite, run
         self.learner_cls, self.algo_config = learner_cls, algo_config
         self.progress = progress
-        self.dir = spec.dir
-        self.device = torch.device(spec.device)
+        self.dir = run_id.dir
+        self.device = torch.device(run_id.device)
         self._prepare_dir(resume, overwrite)
 
     # -- directory ---------------------------------------------------------------------------------
@@ -153,12 +164,12 @@ class Runner:
     def config_record(self) -> dict[str, Any]:
         ref = self.suite.reference_returns()
         return {
-            "algo": self.spec.algo,
-            "suite": self.spec.suite,
-            "seed": self.spec.seed,
-            "profile": self.spec.profile,
-            "device": self.spec.device,
-            "iterations": self.run_cfg.iterations,
+            "algo": self.run_id.algo,
+            "suite": self.run_id.suite,
+            "seed": self.run_id.seed,
+            "profile": self.run_id.profile,
+            "device": self.run_id.device,
+            "budget_steps": self.run_cfg.budget_steps,
             "run": asdict(self.run_cfg),
             "algo_config": asdict(self.algo_config),
             "suite_info": {
@@ -179,30 +190,33 @@ class Runner:
 
     # -- the loop ----------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        """Train (or resume) to the end, evaluate, and return the summary."""
+        """Train (or resume) to the env-step budget, evaluate, and return the summary."""
         if self.finished:
             return self._summary_from_disk()
         torch.set_num_threads(self.run_cfg.torch_threads)
         cfg, suite = self.run_cfg, self.suite
-        espec = EnvSpec(suite.obs_dim, suite.act_dim, suite.horizon, suite.episodes_per_trial, suite.family)
-        torch.manual_seed(self.spec.seed)
-        learner = self.learner_cls(espec, self.algo_config, self.device)
-        rng = np.random.default_rng(self.spec.seed)
-        start, env_steps, wall = 0, 0, 0.0
+        torch.manual_seed(self.run_id.seed)
+        learner = self.learner_cls(suite.spec(), self.algo_config, self.device, self.dir / "storage")
+        rng = np.random.default_rng(self.run_id.seed)
+        it, env_steps, wall = 0, 0, 0.0
+        next_eval, next_ckpt = 0, cfg.checkpoint_every_steps
         ckpt_path = self.dir / CHECKPOINT
         if self.resuming and ckpt_path.exists():
             state = load_checkpoint(ckpt_path, self.device)
             learner.load_state_dict(state["learner"])
             rng.bit_generator.state = json.loads(state["numpy_rng"])
             torch.set_rng_state(state["torch_rng"])
-            start, env_steps, wall = (
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            it, env_steps, wall = (
                 int(state["iteration"]),
                 int(state["env_steps"]),
                 float(state["wall_time_s"]),
             )
+            next_eval, next_ckpt = int(state["next_eval_mark"]), int(state["next_checkpoint_mark"])
         if self.resuming:
-            truncate_csv(self.dir / "progress.csv", lambda r: int(r["iteration"]) <= start)
-            truncate_csv(self.dir / "eval.csv", lambda r: int(r["iteration"]) < start)
+            truncate_csv(self.dir / "progress.csv", lambda r: int(r["iteration"]) <= it)
+            truncate_csv(self.dir / "eval.csv", lambda r: int(r["iteration"]) < it)
         write_json(self.dir / "config.json", self.config_record())
 
         progress_log = CsvLog(self.dir / "progress.csv")
@@ -210,39 +224,45 @@ class Runner:
         sampler = TrialSampler(suite, num_workers=1 if suite.family == "point-nav" else cfg.num_workers)
         ctx = HarnessContext(suite, sampler, rng, self.device)
         ctx.env_steps = env_steps
-        bar = _progress_bar(cfg.iterations, start, self.spec, enabled=self.progress)
+        bar = _progress_bar(cfg.budget_steps, env_steps, self.run_id, enabled=self.progress)
         last_eval: float | None = None
         t0 = time.perf_counter() - wall
+        periodic = {
+            "test": suite.periodic_eval_tasks(cfg.eval_tasks),
+            "train": suite.periodic_train_eval_tasks(cfg.eval_tasks),
+        }
+        periodic = {k: v for k, v in periodic.items() if v}
         try:
-            for it in range(start, cfg.iterations):
-                if it % cfg.eval_every == 0:
-                    periodic = {
-                        "test": suite.periodic_eval_tasks(cfg.eval_tasks),
-                        "train": suite.periodic_train_eval_tasks(cfg.eval_tasks),
-                    }
-                    rows = self._evaluate(
-                        learner, sampler, {k: v for k, v in periodic.items() if v}, it, ctx.env_steps
-                    )
+            while True:
+                # every mark reached so far (several if one iteration crossed more than one)
+                while next_eval < cfg.budget_steps and next_eval <= ctx.env_steps:
+                    rows = self._evaluate(learner, sampler, periodic, it, ctx.env_steps, next_eval)
                     eval_log.write(rows)
                     last_eval = headline(rows, suite)["return"]
+                    next_eval += cfg.eval_every_steps
+                if ctx.env_steps >= cfg.budget_steps:
+                    break
+                before = ctx.env_steps
                 metrics = learner.train_step(ctx)
+                if ctx.env_steps == before:
+                    raise RuntimeError(
+                        f"{self.run_id.algo}: train_step consumed no environment steps; the budget counts "
+                        "env steps, so every iteration must sample trials through ctx.sample_trials"
+                    )
+                it += 1
                 wall = time.perf_counter() - t0
-                progress_log.write(
-                    [
-                        {
-                            "iteration": it + 1,
-                            "env_steps": ctx.env_steps,
-                            "wall_time_s": round(wall, 3),
-                            **metrics,
-                        }
-                    ]
-                )
-                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                    self._checkpoint(learner, rng, it + 1, ctx.env_steps, wall)
-                bar.update(1)
-                bar.set_postfix(steps=f"{ctx.env_steps:.3g}", eval=_fmt(last_eval), refresh=False)
+                row = {"iteration": it, "env_steps": ctx.env_steps, "wall_time_s": round(wall, 3)}
+                progress_log.write([row | metrics])
+                if ctx.env_steps >= next_ckpt or ctx.env_steps >= cfg.budget_steps:
+                    while next_ckpt <= ctx.env_steps:
+                        next_ckpt += cfg.checkpoint_every_steps
+                    self._checkpoint(learner, rng, it, ctx.env_steps, wall, next_eval, next_ckpt)
+                bar.update(ctx.env_steps - before)
+                bar.set_postfix(it=it, eval=_fmt(last_eval), refresh=False)
             bar.close()
-            final_rows = self._evaluate(learner, sampler, self._final_tasks(), cfg.iterations, ctx.env_steps)
+            final_rows = self._evaluate(
+                learner, sampler, self._final_tasks(), it, ctx.env_steps, cfg.budget_steps
+            )
             eval_log.write(final_rows)
             (self.dir / DONE_MARKER).write_text(f"finished {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         finally:
@@ -252,6 +272,10 @@ class Runner:
             sampler.close()
         return self._summary(final_rows)
 
+    def eval_seed(self, mark: int) -> int:
+        """Seed of the evaluation at env-step ``mark``: a function of (run seed, mark) only."""
+        return int(np.random.SeedSequence([self.run_id.seed, mark, 0xE7A1]).generate_state(1)[0])
+
     def _evaluate(
         self,
         learner: MetaLearner,
@@ -259,22 +283,27 @@ class Runner:
         tasks_by_split: dict[str, list[Task]],
         iteration: int,
         env_steps: int,
+        mark: int,
     ) -> list[dict[str, Any]]:
+        """Evaluate at ``mark`` in isolation: own torch RNG stream, own env seeds, an evaluation agent."""
         rows: list[dict[str, Any]] = []
-        agent = learner.make_agent()
-        for split, tasks in tasks_by_split.items():
-            # evaluation seeds depend on (run seed, iteration) only: never on the training generator
-            seed = 1_000_003 * (self.spec.seed + 1) + iteration
-            rows += evaluate(
-                agent,
-                sampler,
-                tasks,
-                split=split,
-                iteration=iteration,
-                env_steps=env_steps,
-                seed=seed,
-                batch_size=self.run_cfg.eval_batch,
-            )
+        seed = self.eval_seed(mark)
+        devices = [self.device] if self.device.type == "cuda" else []  # the CPU generator is always forked
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            torch.manual_seed(seed)
+            agent = learner.make_agent(evaluation=True)
+            for split, tasks in tasks_by_split.items():
+                rows += evaluate(
+                    agent,
+                    sampler,
+                    tasks,
+                    split=split,
+                    iteration=iteration,
+                    env_steps=env_steps,
+                    mark=mark,
+                    seed=seed,
+                    batch_size=self.run_cfg.eval_batch,
+                )
         return rows
 
     def _final_tasks(self) -> dict[str, list[Task]]:
@@ -289,24 +318,37 @@ class Runner:
         return {s: [ts[i] for i in keep[s]] for s, ts in tasks.items()}
 
     def _checkpoint(
-        self, learner: MetaLearner, rng: np.random.Generator, iteration: int, env_steps: int, wall: float
+        self,
+        learner: MetaLearner,
+        rng: np.random.Generator,
+        iteration: int,
+        env_steps: int,
+        wall: float,
+        next_eval: int,
+        next_ckpt: int,
     ) -> None:
-        save_checkpoint(
-            self.dir / CHECKPOINT,
-            {
-                "iteration": iteration,
-                "env_steps": env_steps,
-                "wall_time_s": wall,
-                "learner": learner.state_dict(),
-                "numpy_rng": json.dumps(rng.bit_generator.state),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
+        state = {
+            "iteration": iteration,
+            "env_steps": env_steps,
+            "wall_time_s": wall,
+            "next_eval_mark": next_eval,
+            "next_checkpoint_mark": next_ckpt,
+            "learner": learner.state_dict(),
+            "numpy_rng": json.dumps(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        save_checkpoint(self.dir / CHECKPOINT, state)
 
     # -- summaries ---------------------------------------------------------------------------------
     def _summary(self, final_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        last = final_rows[0] if final_rows else {}
         return {
             "dir": str(self.dir),
+            "budget_steps": self.run_cfg.budget_steps,
+            "env_steps": int(last.get("env_steps", 0)),
+            "iterations": int(last.get("iteration", 0)),
             "table": summarize(final_rows, self.suite),
             "headline": {s: headline(final_rows, self.suite, s) for s in {r["split"] for r in final_rows}},
         }
@@ -315,7 +357,7 @@ class Runner:
         import pandas as pd
 
         df = pd.read_csv(self.dir / "eval.csv", keep_default_na=False)
-        final = df[df["iteration"] == df["iteration"].max()].to_dict("records")
+        final = df[df["mark"] == df["mark"].max()].to_dict("records")
         return self._summary(final)
 
 
@@ -323,14 +365,15 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def _progress_bar(total: int, start: int, spec: RunSpec, enabled: bool) -> Any:
+def _progress_bar(total: int, start: int, spec: RunId, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(
         total=total,
         initial=start,
         desc=f"{spec.algo}/{spec.suite}/seed{spec.seed}",
-        unit="it",
+        unit="step",
+        unit_scale=True,
         disable=not enabled,
         dynamic_ncols=True,
         file=sys.stderr,

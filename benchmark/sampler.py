@@ -8,69 +8,52 @@ same length; they carry zero reward and are never sent to the simulator.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from algorithms.base import AdaptiveAgent, Transition
-from benchmark.suites.base import BatchEnv, Suite, Task
+from benchmark.suites.base import BatchEnv, StepResult, Suite
+from metarl_protocol import AdaptiveAgent, Task, Transition, TrialBatch
+
+#: The batch is split into at most this many groups of rows, each driven by its own agent clone, at
+#: task boundaries; how many does not depend on the number of processes, so neither do the results.
+AGENT_GROUPS = 2
 
 
-@dataclass
-class TrialBatch:
-    """B trials of K episodes with horizon H, laid out (B, T) with T = K * H."""
+def task_groups(task_keys: np.ndarray, max_groups: int = AGENT_GROUPS) -> list[tuple[int, int]]:
+    """Contiguous ``(start, stop)`` row groups that never split a task, as equal in size as possible.
 
-    tasks: list[Task]
-    obs: np.ndarray  # (B, T, obs_dim)
-    actions: np.ndarray  # (B, T, act_dim) as the agent returned them (pre-clip; for log-probs)
-    env_actions: np.ndarray  # (B, T, act_dim) clipped to [-1, 1], as sent to the env
-    rewards: np.ndarray  # (B, T)
-    next_obs: np.ndarray  # (B, T, obs_dim)
-    terminated: np.ndarray  # (B, T) bool
-    episode_done: np.ndarray  # (B, T) bool: last step of an episode (termination or horizon)
-    valid: np.ndarray  # (B, T) bool
-    success: np.ndarray  # (B, T) bool
-    episode_index: np.ndarray  # (T,) int
-    horizon: int
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # (B, T, ...)
-
-    @property
-    def num_trials(self) -> int:
-        return self.rewards.shape[0]
-
-    @property
-    def episodes(self) -> int:
-        return self.rewards.shape[1] // self.horizon
-
-    @property
-    def env_steps(self) -> int:
-        return int(self.valid.sum())
-
-    def episode_returns(self) -> np.ndarray:
-        """(B, K) undiscounted return of each episode."""
-        return (self.rewards * self.valid).reshape(self.num_trials, self.episodes, self.horizon).sum(-1)
-
-    def episode_success(self) -> np.ndarray:
-        """(B, K) 1.0 where ``info['success']`` was true at any step of the episode."""
-        s = (self.success & self.valid).reshape(self.num_trials, self.episodes, self.horizon)
-        return s.any(-1).astype(np.float64)
-
-    def tensor(
-        self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        """One field (or extra) as a tensor on ``device``."""
-        arr = self.extras[name] if name in self.extras else getattr(self, name)
-        return torch.as_tensor(np.asarray(arr), dtype=dtype, device=device)
+    A cut is allowed between rows i-1 and i only where no key occurs on both sides. Depends only on
+    the keys, never on the process layout. ``task_keys`` is (B,); returns at least one group.
+    """
+    keys = np.asarray(task_keys)
+    B = len(keys)
+    if B == 0:
+        return []
+    first = {k: i for i, k in reversed(list(enumerate(keys.tolist())))}
+    last = {k: i for i, k in enumerate(keys.tolist())}
+    # a cut before row i is valid iff every key seen before i has its last occurrence before i
+    reach = np.maximum.accumulate([last[k] for k in keys.tolist()])
+    valid_cuts = [i for i in range(1, B) if reach[i - 1] < i and first[keys[i].item()] >= i]
+    cuts: list[int] = []
+    for g in range(1, max_groups):
+        target = B * g / max_groups
+        options = [c for c in valid_cuts if not cuts or c > cuts[-1]]
+        if not options:
+            break
+        cuts.append(min(options, key=lambda c: (abs(c - target), c)))
+    bounds = [0, *sorted(set(cuts)), B]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 class TrialSampler:
     """Runs trials of a suite for any ``AdaptiveAgent``; owns the batch environments.
 
     Batch environments are built once per batch size and re-targeted with ``set_tasks``. Simulator
-    suites step in ``num_workers`` processes (this one included), each owning one group of the batch.
-    The sampler keeps one agent clone per group and acts for one group while the others' physics runs
-    (a software pipeline), so the policy and the simulators share the cores instead of taking turns.
+    suites step in ``num_workers`` processes (this one included). The sampler keeps one agent clone per
+    group of rows (``task_groups``: at most ``AGENT_GROUPS``, cut at task boundaries, the same for any
+    ``num_workers``) and, where the env steps in the background, acts for one group while the other's
+    physics runs (a software pipeline), so the policy and the simulators share the cores.
     """
 
     def __init__(self, suite: Suite, num_workers: int = 1) -> None:
@@ -94,10 +77,20 @@ class TrialSampler:
         tasks: Sequence[Task],
         episodes: int,
         seed: int,
-        deterministic: bool = False,
+        task_keys: Sequence[int] | np.ndarray | None = None,
     ) -> TrialBatch:
-        """One trial of ``episodes`` episodes per task; adaptation state kept across its episodes."""
+        """One trial of ``episodes`` episodes per task; adaptation state kept across its episodes.
+
+        ``task_keys`` (B,) are the opaque keys the agent receives in ``new_trial`` (default: each
+        task's id). ``seed`` fixes the environments' reset seeds. The agent's calls happen in the same
+        order whatever the process layout: ``new_trial`` per group, then per step ``act`` for group 0,
+        1, ... (each group's ``observe`` before its next ``act``), then ``end_episode`` per group.
+        ``act`` and ``observe`` run under ``torch.no_grad()``.
+        """
         tasks = list(tasks)
+        keys = np.asarray([t.task_id for t in tasks] if task_keys is None else task_keys, dtype=np.int64)
+        if keys.shape != (len(tasks),):
+            raise ValueError(f"expected {len(tasks)} task keys, got shape {keys.shape}")
         B, H, K = len(tasks), self.suite.horizon, episodes
         T = K * H
         env = self.env(B)
@@ -114,18 +107,18 @@ class TrialSampler:
         succ_buf = np.zeros((B, T), bool)
         extras: dict[str, np.ndarray] = {}
         seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=(K, B))
-        # one agent per group of simulators: while group g's physics runs in its worker, the policy
-        # acts for the next group (one group, i.e. no overlap, for in-process batch envs)
-        groups = env.groups()
+        # one agent per group of rows (groups never split a task): with a pipelined env, group g's
+        # policy call runs while the other groups' physics runs in the workers
+        groups = task_groups(keys)
         agents = [agent] + [agent.clone() for _ in groups[1:]]
         for ag, (a, b) in zip(agents, groups, strict=True):
-            ag.new_trial(b - a)
+            ag.new_trial(keys[a:b].copy())
 
         def act(g: int, h: int) -> None:
-            """Group g picks its actions for step h of the current episode and starts the physics."""
+            """Group g picks its actions for step h of the current episode."""
             a, b, t = *groups[g], k * H + h
-            with torch.inference_mode():
-                action, extra = agents[g].act(obs[a:b], deterministic)
+            with torch.no_grad():
+                action, extra = agents[g].act(obs[a:b])
             action = np.asarray(action, dtype=np.float32)
             act_buf[a:b, t] = action
             env_act_buf[a:b, t] = np.clip(action, -1.0, 1.0)
@@ -134,12 +127,10 @@ class TrialSampler:
                 if name not in extras:
                     extras[name] = np.zeros((B, T, *value.shape[1:]), value.dtype)
                 extras[name][a:b, t] = value
-            env.step_async(g, env_act_buf[a:b, t], active[a:b].copy())
 
-        def observe(g: int, h: int) -> None:
+        def observe(g: int, h: int, res: StepResult) -> None:
             """Group g's step h came back: record it and show it to that group's agent."""
             a, b, t = *groups[g], k * H + h
-            res = env.step_wait(g)
             act_ = active[a:b]
             reward = np.where(act_, res.reward, 0.0).astype(np.float32)
             terminated = res.terminated & act_
@@ -151,25 +142,43 @@ class TrialSampler:
             # the agent sees exactly the row just recorded (buffer rows are never overwritten)
             recorded = (obs_buf, env_act_buf, rew_buf, next_obs_buf, term_buf, done_buf, valid_buf)
             tr = Transition(*(buf[a:b, t] for buf in recorded))
-            with torch.inference_mode():
+            with torch.no_grad():
                 agents[g].observe(tr)
             active[a:b] = act_ & ~terminated
             obs[a:b] = next_obs
 
+        def send(g: int, h: int) -> None:
+            a, b, t = *groups[g], k * H + h
+            env.step_async(groups[g], env_act_buf[a:b, t], active[a:b].copy())
+
         for k in range(K):
             obs = np.array(env.reset(seeds[k]), dtype=np.float32)  # own copy: rows are overwritten
             active = np.ones(B, bool)
-            for g in range(len(groups)):
-                act(g, 0)
-            for h in range(H):
+            if env.pipelined:
                 for g in range(len(groups)):
-                    observe(g, h)
-                    if h + 1 < H:
-                        act(g, h + 1)
+                    act(g, 0)
+                    send(g, 0)
+                for h in range(H):
+                    for g in range(len(groups)):
+                        observe(g, h, env.step_wait(groups[g]))
+                        if h + 1 < H:
+                            act(g, h + 1)
+                            send(g, h + 1)
+            else:  # lock-step: the same agent calls in the same order, one env step per time step
+                for h in range(H):
+                    for g in range(len(groups)):
+                        act(g, h)
+                    res = env.step(env_act_buf[:, k * H + h], active.copy())
+                    for g, (a, b) in enumerate(groups):
+                        part = StepResult(
+                            res.obs[a:b], res.reward[a:b], res.terminated[a:b], res.success[a:b]
+                        )
+                        observe(g, h, part)
             for ag in agents:
                 ag.end_episode()
         return TrialBatch(
             tasks=tasks,
+            task_keys=keys,
             obs=obs_buf,
             actions=act_buf,
             env_actions=env_act_buf,

@@ -59,21 +59,25 @@ class _Slice:
             self.last_obs[i] = obs
         return self.last_obs.copy()
 
-    def step(self, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, ...]:
-        n = len(self.envs)
+    def step(
+        self, actions: np.ndarray, active: np.ndarray, start: int = 0, stop: int | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Step envs ``start:stop`` of this slice (``actions`` and ``active`` for those rows only)."""
+        stop = len(self.envs) if stop is None else stop
+        n = stop - start
         rew = np.zeros(n, dtype=np.float32)
         term = np.zeros(n, dtype=bool)
         succ = np.zeros(n, dtype=bool)
         env_actions = scale_actions(actions.astype(np.float64), self.low, self.high)
-        for i, env in enumerate(self.envs):
+        for i in range(n):
             if not active[i]:
                 continue
-            obs, r, terminated, _truncated, info = env.step(env_actions[i])
-            self.last_obs[i] = obs
+            obs, r, terminated, _truncated, info = self.envs[start + i].step(env_actions[i])
+            self.last_obs[start + i] = obs
             rew[i] = r
             term[i] = terminated
             succ[i] = bool(info.get("success", False))
-        return self.last_obs.copy(), rew, term, succ
+        return self.last_obs[start:stop].copy(), rew, term, succ
 
     def close(self) -> None:
         for env in self.envs:
@@ -187,30 +191,44 @@ class ProcessBatchEnv(BatchEnv):
         return np.concatenate([here, *self._gather()])
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> StepResult:
-        for g, (a, b) in enumerate(self._slices):
-            self.step_async(g, actions[a:b], active[a:b])
-        parts = [self.step_wait(g) for g in range(len(self._slices))]
-        return StepResult(
-            obs=np.concatenate([p.obs for p in parts]),
-            reward=np.concatenate([p.reward for p in parts]),
-            terminated=np.concatenate([p.terminated for p in parts]),
-            success=np.concatenate([p.success for p in parts]),
-        )
+        rows = (0, self.num_envs)
+        self.step_async(rows, actions, active)
+        return self.step_wait(rows)
 
-    def groups(self) -> list[tuple[int, int]]:
-        """This process's group first, then one per worker process."""
-        return list(self._slices)
+    pipelined = True
 
-    def step_async(self, group: int, actions: np.ndarray, active: np.ndarray) -> None:
-        if group == 0:
-            self._pending = (actions, active)  # stepped here, in step_wait
-        else:
-            self._conns[group - 1].send(("step", (actions, active)))
+    def _overlaps(self, rows: tuple[int, int]) -> list[tuple[int, int, int]]:
+        """(slice index, start, stop) in slice coordinates of every slice that ``rows`` touches."""
+        lo, hi = rows
+        out = []
+        for s, (a, b) in enumerate(self._slices):
+            x, y = max(a, lo), min(b, hi)
+            if x < y:
+                out.append((s, x - a, y - a))
+        return out
 
-    def step_wait(self, group: int) -> StepResult:
-        if group == 0:
-            return StepResult(*self._local().step(*self._pending))
-        return StepResult(*self._receive(self._conns[group - 1]))
+    def step_async(self, rows: tuple[int, int], actions: np.ndarray, active: np.ndarray) -> None:
+        """Send each worker its part of ``rows``; this process's part is stepped in ``step_wait``."""
+        if not hasattr(self, "_pending"):
+            self._pending = {}
+        lo = rows[0]
+        for s, x, y in self._overlaps(rows):
+            a = self._slices[s][0]
+            part = (actions[a + x - lo : a + y - lo], active[a + x - lo : a + y - lo], x, y)
+            if s == 0:
+                self._pending[rows] = part  # type: ignore[assignment]
+            else:
+                self._conns[s - 1].send(("step", part))
+
+    def step_wait(self, rows: tuple[int, int]) -> StepResult:
+        """Collect ``rows``: step this process's part now, then read each worker's reply (FIFO)."""
+        parts = []
+        for s, _x, _y in self._overlaps(rows):
+            if s == 0:
+                parts.append(self._local().step(*self._pending.pop(rows)))  # type: ignore[arg-type]
+            else:
+                parts.append(self._receive(self._conns[s - 1]))
+        return StepResult(*(np.concatenate(field) for field in zip(*parts, strict=True)))
 
     def close(self) -> None:
         if self._here is not None:

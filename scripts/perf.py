@@ -165,7 +165,7 @@ def _pick_tasks(suite: Any, n: int) -> list[Any]:
 
 
 def _quick_config(algo: str, suite: Any, overrides: dict[str, str]) -> tuple[Any, Any, Any]:
-    """(learner class, RunConfig, method config) at the quick profile, as the CLI resolves them."""
+    """(learner class, HarnessConfig, method config) at the quick profile, as the CLI resolves them."""
     from benchmark.config import resolve
     from benchmark.registry import load_algorithm
 
@@ -182,9 +182,7 @@ def _quick_config(algo: str, suite: Any, overrides: dict[str, str]) -> tuple[Any
 
 
 def _env_spec(suite: Any) -> Any:
-    from algorithms.base import EnvSpec
-
-    return EnvSpec(suite.obs_dim, suite.act_dim, suite.horizon, suite.episodes_per_trial, suite.family)
+    return suite.spec()
 
 
 def measure_gym_single(job: Job) -> dict[str, Any]:
@@ -378,8 +376,8 @@ def measure_window(job: Job) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from algorithms.base import Transition
     from benchmark.registry import load_algorithm, load_suite
+    from metarl_protocol import Transition
 
     suite = load_suite(job["suite"])
     cls = load_algorithm("trmrl")
@@ -396,16 +394,16 @@ def measure_window(job: Job) -> dict[str, Any]:
     def run(steps: int, start: int) -> None:
         for t in range(start, start + steps):
             h = t % H
-            with torch.inference_mode():
-                action, _ = agent.act(obs, False)
+            with torch.no_grad():  # as the sampler calls it
+                action, _ = agent.act(obs)
             clipped = np.clip(action, -1.0, 1.0)
             done = yes if h == H - 1 else no
-            with torch.inference_mode():
+            with torch.no_grad():
                 agent.observe(Transition(obs, clipped, reward, obs, no, done, yes))
             if h == H - 1:
                 agent.end_episode()
 
-    agent.new_trial(B)
+    agent.new_trial(np.arange(B))
     warm = job["warmup_steps"]  # fills the window (count >= N) before timing
     run(warm, 0)
     t0 = _tic()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.config import ConfigError, RunConfig, parse_value, resolve
+from benchmark.config import ConfigError, HarnessConfig, parse_value, resolve
 from tests.conftest import TINY_RL2
 
 
@@ -29,9 +29,9 @@ def quick_run(tmp_path, *extra):
         str(tmp_path),
         "--no-progress",
         "--set",
-        "iterations=2",
+        "budget_steps=1600",  # 2 iterations of 4 trials x 2 episodes x 100 steps
         "--set",
-        "eval_every=1",
+        "eval_every_steps=800",
         *TINY_RL2,
         *extra,
     ]
@@ -56,7 +56,7 @@ def test_list_shows_suites_and_algorithms(capsys):
             ["run", "--algo", "rl2", "--suite", "point-nav", "--set", "lr=fast"],
             "expected a value of type float",
         ),
-        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "iterations=2.5"], "type int"),
+        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "budget_steps=2.5"], "type int"),
         (["run", "--algo", "rl2", "--seed", "-1"], "seed must be a non-negative integer"),
         (["run", "--algo", "rl2", "--seed", "abc"], "seed must be a non-negative integer"),
         (["run", "--algo", "rl2", "--profile", "huge"], "invalid choice"),
@@ -85,7 +85,11 @@ def test_finished_run_refused_then_resume_and_overwrite(capsys, tmp_path):
     code, _, _ = run_cli(capsys, *quick_run(tmp_path, "--overwrite"))
     assert code == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["algo_config"]["hidden_size"] == 16 and config["run"]["iterations"] == 2
+    assert (
+        config["algo_config"]["hidden_size"] == 16
+        and config["run"]["budget_steps"] == 1600
+        and config["budget_steps"] == 1600
+    )
     assert config["versions"]["torch"].startswith("2.13") and config["command"]
     assert config["reference_returns"]["oracle"] > config["reference_returns"]["random"]
 
@@ -109,9 +113,14 @@ def test_set_parsing_types():
     from algorithms.rl2 import RL2Config
 
     run, algo = resolve(
-        "quick", "point-nav", RL2Config, {"hidden_size": 8}, {"lr": "1e-3", "iterations": "7"}
+        "quick", "point-nav", RL2Config, {"hidden_size": 8}, {"lr": "1e-3", "budget_steps": "7000"}
     )
-    assert isinstance(run, RunConfig) and run.iterations == 7 and algo.lr == 1e-3 and algo.hidden_size == 8
+    assert (
+        isinstance(run, HarnessConfig)
+        and run.budget_steps == 7000
+        and algo.lr == 1e-3
+        and algo.hidden_size == 8
+    )
 
 
 def test_python_m_benchmark_and_console_script_agree():
@@ -125,14 +134,15 @@ def test_final_eval_cap_for_smoke_runs(capsys, tmp_path):
     code, _, _ = run_cli(capsys, *quick_run(tmp_path, "--set", "final_eval_max_tasks=3"))
     assert code == 0
     ev = pd.read_csv(tmp_path / "point-nav" / "rl2" / "seed0" / "eval.csv")
-    final = ev[ev.iteration == 2]
+    final = ev[ev["mark"] == 1600]
     assert final.groupby("split")["task_id"].nunique().to_dict() == {"ood": 3, "test": 3}
     assert run_cli(capsys, *quick_run(tmp_path, "--overwrite", "--set", "final_eval_max_tasks=-1"))[0] == 2
 
 
 def test_sweep_runs_every_combination_in_subprocesses_then_figures(capsys, tmp_path):
     argv = ["sweep", "--algo", "rl2", "--suite", "point-nav", "--seeds", "0-1", "--jobs", "2", "--out",
-            str(tmp_path / "runs"), "--set", "iterations=2", "--set", "eval_every=1", *TINY_RL2]  # fmt: skip
+            str(tmp_path / "runs"), "--set", "budget_steps=1600", "--set", "eval_every_steps=800",
+            *TINY_RL2]  # fmt: skip
     code, out, _ = run_cli(capsys, *argv)
     assert code == 0
     for seed in (0, 1):

@@ -53,7 +53,9 @@ def test_installed_plugin_runs_through_the_cli(tmp_path):
             "--out",
             str(tmp_path / "out"),
             "--set",
-            "iterations=3",
+            "budget_steps=480",  # 3 iterations of 4 trials x 2 episodes x 20 steps
+            "--set",
+            "eval_every_steps=160",
             "--no-progress",
         ],
         env=env,
@@ -64,4 +66,8 @@ def test_installed_plugin_runs_through_the_cli(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     ev = pd.read_csv(tmp_path / "out" / "line-nav" / "uniform-random" / "seed0" / "eval.csv")
-    assert set(ev["episode"]) == {0, 1, 2} and ev["iteration"].max() == 3
+    assert (
+        set(ev["episode"]) == {0, 1, 2}
+        and ev["iteration"].max() == 3
+        and sorted(set(ev["mark"])) == [0, 160, 320, 480]
+    )

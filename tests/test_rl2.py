@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from algorithms.base import EnvSpec
-from algorithms.common.buffers import trial_features
 from algorithms.common.nets import GaussianHead
+from algorithms.common.trial_inputs import trial_features
 from algorithms.rl2 import RL2, RL2Config
 from benchmark.cli import main
 from benchmark.runner import HarnessContext
@@ -19,8 +18,7 @@ from benchmark.suites.point_nav import PointNav
 
 def make(cfg: RL2Config | None = None) -> tuple[RL2, PointNav]:
     suite = PointNav()
-    spec = EnvSpec(suite.obs_dim, suite.act_dim, suite.horizon, suite.episodes_per_trial, suite.family)
-    return RL2(spec, cfg or RL2Config(hidden_size=32, encoder_hidden=16), torch.device("cpu")), suite
+    return RL2(suite.spec(), cfg or RL2Config(hidden_size=32, encoder_hidden=16), torch.device("cpu")), suite
 
 
 def test_sampled_log_probs_and_values_equal_the_training_recomputation():
@@ -33,16 +31,14 @@ def test_sampled_log_probs_and_values_equal_the_training_recomputation():
     assert torch.allclose(value, batch.tensor("value"), atol=1e-5)
 
 
-def test_deterministic_acting_is_the_mean_and_state_resets_per_trial():
+def test_evaluation_agent_acts_with_the_mean_and_state_resets_per_trial():
     learner, suite = make()
     sampler = TrialSampler(suite)
     tasks = suite.tasks("test")[:3]
-    a = sampler.run(learner.make_agent(), tasks, episodes=2, seed=0, deterministic=True)
-    agent = learner.make_agent()
-    sampler.run(
-        agent, suite.tasks("test")[5:8], episodes=2, seed=1, deterministic=True
-    )  # another trial first
-    b = sampler.run(agent, tasks, episodes=2, seed=2, deterministic=True)
+    a = sampler.run(learner.make_agent(evaluation=True), tasks, episodes=2, seed=0)
+    agent = learner.make_agent(evaluation=True)
+    sampler.run(agent, suite.tasks("test")[5:8], episodes=2, seed=1)  # another trial first
+    b = sampler.run(agent, tasks, episodes=2, seed=2)
     assert np.array_equal(a.actions, b.actions), "new_trial must clear the memory; mean actions ignore seeds"
 
 
@@ -67,12 +63,13 @@ def test_train_step_changes_parameters_and_state_dict_round_trips(tmp_path):
 def test_rl2_adapts_on_point_nav(tmp_path):
     """A short budget: the final test evaluation beats random clearly and episode 2 beats episode 1."""
     code = main(["run", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
-                 "--set", "iterations=200", "--set", "eval_every=200"])  # fmt: skip
+                 "--set", "budget_steps=2560000",  # 200 iterations
+                 "--set", "eval_every_steps=10000000"])  # fmt: skip
     assert code == 0
     run = tmp_path / "point-nav" / "rl2" / "seed0"
     ref = json.loads((run / "config.json").read_text())["reference_returns"]
     ev = pd.read_csv(run / "eval.csv")
-    final = ev[(ev.iteration == ev.iteration.max()) & (ev.split == "test")]
+    final = ev[(ev["mark"] == ev["mark"].max()) & (ev.split == "test")]
     per_episode = final.groupby("episode")["return"].mean()
     normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
     assert normalized.iloc[1] > normalized.iloc[0], normalized.round(3).to_dict()

@@ -21,11 +21,11 @@ ARGS = [
     "3",
     "--no-progress",
     "--set",
-    "iterations=12",
+    "budget_steps=9600",  # 12 iterations of 4 trials x 2 episodes x 100 steps
     "--set",
-    "eval_every=4",
+    "eval_every_steps=3200",
     "--set",
-    "checkpoint_every=3",
+    "checkpoint_every_steps=2400",
     *TINY_RL2,
 ]
 
@@ -82,7 +82,7 @@ def test_pipelined_simulator_runs_are_reproducible(tmp_path):
     from benchmark.cli import main
 
     args = ["run", "--algo", "rl2", "--suite", "halfcheetah-vel", "--seed", "1", "--no-progress",
-            "--set", "iterations=2", "--set", "eval_every=2", "--set", "num_workers=2",
+            "--set", "budget_steps=3200", "--set", "eval_every_steps=3200", "--set", "num_workers=2",
             "--set", "final_eval_max_tasks=2", *TINY_RL2]  # fmt: skip
     frames = []
     for name in ("a", "b"):

@@ -3,37 +3,53 @@ import itertools
 import numpy as np
 import torch
 
-from algorithms.base import AdaptiveAgent, Transition
-from algorithms.common.buffers import PreviousStep, trial_features
-from benchmark.sampler import TrialSampler
-from benchmark.suites.base import BatchEnv, StepResult, Suite, Task
+from algorithms.common.trial_inputs import PreviousStep, trial_features
+from benchmark.sampler import TrialSampler, task_groups
+from benchmark.suites.base import BatchEnv, StepResult, Suite
 from benchmark.suites.point_nav import PointNav
+from metarl_protocol import AdaptiveAgent, Task, Transition
 
 
 class RecordingAgent(AdaptiveAgent):
     """Random actions; records the step inputs it would feed a memory network, and the call order."""
 
-    def __init__(self, act_dim: int, seed: int = 0) -> None:
+    def __init__(self, act_dim: int, seed: int = 0, family: list | None = None) -> None:
         self.rng = np.random.default_rng(seed)
         self.act_dim = act_dim
         self.calls: list[str] = []
         self.features: list[np.ndarray] = []
-        self.inference = []
+        self.grad_modes: dict[str, set[tuple[bool, bool]]] = {}
+        self.family = family if family is not None else []  # this agent and its clones, in order
+        self.family.append(self)
 
-    def new_trial(self, num_envs):
+    def clone(self):
+        return RecordingAgent(self.act_dim, seed=len(self.family), family=self.family)
+
+    def online_features(self) -> np.ndarray:
+        """(B, T, in): every clone's step inputs, rows in batch order."""
+        return np.concatenate([np.stack(a.features, axis=1) for a in self.family], axis=0)
+
+    def _mode(self, call):
+        mode = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        self.grad_modes.setdefault(call, set()).add(mode)
+
+    def new_trial(self, task_keys):
+        self._mode("new_trial")
         self.calls.append("new_trial")
-        self.prev = PreviousStep(num_envs, self.act_dim)
+        self.prev = PreviousStep(len(task_keys), self.act_dim)
 
-    def act(self, obs, deterministic):
-        self.inference.append(torch.is_inference_mode_enabled())
+    def act(self, obs):
+        self._mode("act")
         self.features.append(self.prev.features(obs))
         a = self.rng.uniform(-1.3, 1.3, size=(len(obs), self.act_dim)).astype(np.float32)
         return a, {"value": np.full(len(obs), 7.0, np.float32)}
 
     def observe(self, tr: Transition):
+        self._mode("observe")
         self.prev.update(tr)
 
     def end_episode(self):
+        self._mode("end_episode")
         self.calls.append("end_episode")
 
 
@@ -77,8 +93,22 @@ def test_trial_batch_layout_and_call_order():
     batch = TrialSampler(suite).run(agent, suite.tasks("train")[:5], episodes=3, seed=0)
     assert batch.obs.shape == (5, 300, 2) and batch.rewards.shape == (5, 300)
     assert batch.extras["value"].shape == (5, 300) and (batch.extras["value"] == 7).all()
-    assert agent.calls == ["new_trial", "end_episode", "end_episode", "end_episode"]
-    assert all(agent.inference), "agents must act under torch.inference_mode"
+    # two clones (groups of rows cut at task boundaries): each starts its trial and ends each episode
+    assert len(agent.family) == 2
+    for member in agent.family:
+        assert member.calls == ["new_trial", "end_episode", "end_episode", "end_episode"]
+    # act / observe under no_grad but never inference_mode (tensors they keep can enter a gradient step
+    # later); new_trial / end_episode with gradients enabled (MAML's inner step)
+    assert (
+        agent.grad_modes
+        == agent.family[1].grad_modes
+        == {
+            "new_trial": {(True, False)},
+            "act": {(False, False)},
+            "observe": {(False, False)},
+            "end_episode": {(True, False)},
+        }
+    )
     # episode boundaries: obs reset to the origin at the start of every episode
     assert np.allclose(batch.obs[:, [0, 100, 200]], 0)
     assert batch.episode_done[:, [99, 199, 299]].all() and batch.episode_done.sum() == 15
@@ -90,7 +120,7 @@ def test_previous_step_inputs_agree_between_acting_and_training():
     suite = PointNav()
     agent = RecordingAgent(2)
     batch = TrialSampler(suite).run(agent, suite.tasks("train")[:4], episodes=2, seed=3)
-    online = np.stack(agent.features, axis=1)  # (B, T, in)
+    online = agent.online_features()  # (B, T, in)
     offline = trial_features(batch).numpy()
     assert np.allclose(online, offline)
     # the first step of episode 2 sees the last step of episode 1 with done = 1
@@ -106,42 +136,49 @@ def test_terminated_envs_are_not_stepped_and_masked():
     assert (batch.rewards[~batch.valid] == 0).all()
     assert batch.episode_returns().tolist() == [[2, 2], [3, 3], [4, 4]]
     assert batch.terminated.sum() == 6 and batch.episode_done.sum() == 6
-    online = np.stack(agent.features, axis=1)
+    online = agent.online_features()
     assert np.allclose(online, trial_features(batch).numpy())
 
 
-class GroupedFallingEnv(FallingEnv):
-    """FallingEnv whose rows step in two groups (as two worker processes would), out of lock-step."""
+class PipelinedFallingEnv(FallingEnv):
+    """FallingEnv stepped by row ranges in the background (as worker processes would), out of lock-step.
 
-    def groups(self):
-        return [(0, 1), (1, self.num_envs)]
+    Each row keeps its own clock, so a row stepped twice or skipped shows up in the observations.
+    """
+
+    pipelined = True
 
     def reset(self, seeds):
-        self.tg = [0, 0]
-        self.pending = {}
+        self.tr = np.zeros(self.num_envs, int)
+        self.pending = []
         return super().reset(seeds)
 
-    def step_async(self, group, actions, active):
-        assert group not in self.pending, "a group was stepped twice without step_wait"
-        self.pending[group] = (actions.copy(), active.copy())
-
-    def step_wait(self, group):
-        a, b = self.groups()[group]
-        actions, active = self.pending.pop(group)
+    def step_async(self, rows, actions, active):
+        assert rows not in [r for r, *_ in self.pending], "rows stepped twice without step_wait"
+        a, b = rows
         assert actions.shape == (b - a, 1) and active.shape == (b - a,)
-        self.tg[group] += 1
-        t, n = self.tg[group], b - a
-        term = np.array([t >= 2 + i for i in range(a, b)])
-        return StepResult(np.full((n, 1), t, np.float32), np.ones(n, np.float32), term, np.zeros(n, bool))
+        self.pending.append((rows, actions.copy(), active.copy()))
+
+    def step_wait(self, rows):
+        got, _actions, active = self.pending.pop(0)
+        assert got == rows, "step_wait must collect row ranges in the order they were sent"
+        a, b = rows
+        self.tr[a:b] += active
+        t = self.tr[a:b]
+        term = np.array([t[i - a] >= 2 + i for i in range(a, b)])
+        return StepResult(
+            t[:, None].astype(np.float32), np.ones(b - a, np.float32), term, np.zeros(b - a, bool)
+        )
 
 
 class MemoryAgent(AdaptiveAgent):
     """Deterministic actions from the step input (obs, a_{t-1}, r_{t-1}, done_{t-1}) and a running sum."""
 
-    def new_trial(self, num_envs):
-        self.prev, self.total = PreviousStep(num_envs, 1), np.zeros(num_envs, np.float32)
+    def new_trial(self, task_keys):
+        n = len(task_keys)
+        self.prev, self.total = PreviousStep(n, 1), np.zeros(n, np.float32)
 
-    def act(self, obs, deterministic):
+    def act(self, obs):
         x = self.prev.features(obs)
         self.total = self.total + x.sum(1)  # rebinds: clones never share it
         return np.tanh(0.1 * self.total)[:, None].astype(np.float32), {"total": self.total.copy()}
@@ -151,13 +188,13 @@ class MemoryAgent(AdaptiveAgent):
 
 
 def test_pipelined_groups_record_the_same_trials_as_lock_step():
-    class GroupedSuite(FallingSuite):
+    class PipelinedSuite(FallingSuite):
         def make_batch_env(self, num_envs, num_workers=1):
-            return GroupedFallingEnv(num_envs)
+            return PipelinedFallingEnv(num_envs)
 
     tasks = FallingSuite().tasks("train")
     lock = TrialSampler(FallingSuite()).run(MemoryAgent(), tasks, episodes=2, seed=0)
-    piped = TrialSampler(GroupedSuite()).run(MemoryAgent(), tasks, episodes=2, seed=0)
+    piped = TrialSampler(PipelinedSuite()).run(MemoryAgent(), tasks, episodes=2, seed=0)
     fields = ("obs", "actions", "env_actions", "rewards", "next_obs", "terminated", "episode_done", "valid")
     for name in fields:
         assert np.array_equal(getattr(lock, name), getattr(piped, name)), name
@@ -165,29 +202,66 @@ def test_pipelined_groups_record_the_same_trials_as_lock_step():
     assert len(np.unique(lock.actions[:, 3])) == 3  # the agents' memories really differ per row
 
 
-def test_process_batch_env_groups_step_like_the_whole_batch():
+def test_task_groups_never_split_a_task_and_ignore_the_process_layout():
+    assert task_groups(np.array([5, 5, 5, 7, 7, 7])) == [(0, 3), (3, 6)]
+    assert task_groups(np.array([1, 2, 3, 4, 5])) == [(0, 2), (2, 5)]  # nearest valid cut to the middle
+    assert task_groups(np.array([1, 1, 1, 1, 2])) == [(0, 4), (4, 5)]
+    assert task_groups(np.array([1, 2, 1])) == [(0, 3)]  # key 1 on both sides of every cut: one group
+    assert task_groups(np.array([3])) == [(0, 1)]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        keys = np.sort(rng.integers(0, 6, size=rng.integers(1, 20)))
+        groups = task_groups(keys)
+        assert groups[0][0] == 0 and groups[-1][1] == len(keys) and len(groups) <= 2
+        for (_, b), (c, _) in itertools.pairwise(groups):
+            assert b == c and keys[b - 1] != keys[c]
+
+
+class KeyAgent(MemoryAgent):
+    """Records the task keys each clone receives."""
+
+    seen: list[np.ndarray] = []
+
+    def new_trial(self, task_keys):
+        KeyAgent.seen.append(np.asarray(task_keys).copy())
+        super().new_trial(task_keys)
+
+
+def test_new_trial_receives_task_keys_and_a_task_stays_in_one_clone():
+    suite = FallingSuite()
+    t = [Task(i, "train", {}, f"t{i}") for i in range(10)]
+    KeyAgent.seen = []
+    batch = TrialSampler(suite).run(KeyAgent(), [t[4], t[4], t[4], t[9], t[9]], episodes=1, seed=0)
+    assert [k.tolist() for k in KeyAgent.seen] == [[4, 4, 4], [9, 9]]
+    assert batch.task_keys.tolist() == [4, 4, 4, 9, 9]
+    KeyAgent.seen = []
+    TrialSampler(suite).run(KeyAgent(), t[:2], episodes=1, seed=0, task_keys=[-1, -2])
+    assert [k.tolist() for k in KeyAgent.seen] == [[-1], [-2]]
+
+
+def test_process_batch_env_row_ranges_step_like_the_whole_batch():
     from benchmark.suites.locomotion import HalfCheetahVel
 
     suite = HalfCheetahVel()
-    tasks = suite.tasks("train")[:3]
-    actions = np.random.default_rng(0).uniform(-1, 1, (5, 3, suite.act_dim)).astype(np.float32)
-    active = np.ones(3, bool)
-    whole, grouped = suite.make_batch_env(3, 1), suite.make_batch_env(3, 2)
+    tasks = suite.tasks("train")[:5]
+    actions = np.random.default_rng(0).uniform(-1, 1, (5, 5, suite.act_dim)).astype(np.float32)
+    active = np.ones(5, bool)
+    whole, split = suite.make_batch_env(5, 1), suite.make_batch_env(5, 3)
     try:
-        assert whole.groups() == [(0, 3)] and len(grouped.groups()) == 2
-        for env in (whole, grouped):
+        for env in (whole, split):
             env.set_tasks(tasks)
-        assert np.array_equal(whole.reset([1, 2, 3]), grouped.reset([1, 2, 3]))
+        assert np.array_equal(whole.reset([1, 2, 3, 4, 5]), split.reset([1, 2, 3, 4, 5]))
         for a in actions:
             ref = whole.step(a, active)
-            for g, (lo, hi) in enumerate(grouped.groups()):
-                grouped.step_async(g, a[lo:hi], active[lo:hi])
-            parts = [grouped.step_wait(g) for g in range(2)]
+            # row ranges that straddle the processes' slices, two outstanding at once
+            for rows in ((0, 3), (3, 5)):
+                split.step_async(rows, a[rows[0] : rows[1]], active[rows[0] : rows[1]])
+            parts = [split.step_wait(rows) for rows in ((0, 3), (3, 5))]
             assert np.array_equal(ref.obs, np.concatenate([p.obs for p in parts]))
             assert np.array_equal(ref.reward, np.concatenate([p.reward for p in parts]))
     finally:
         whole.close()
-        grouped.close()
+        split.close()
 
 
 def test_process_batch_env_split_gives_the_sampling_process_a_smaller_share():

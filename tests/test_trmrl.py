@@ -11,21 +11,23 @@ import pandas as pd
 import pytest
 import torch
 
-from algorithms.base import EnvSpec
-from algorithms.common.buffers import trial_features
+from algorithms.common.trial_inputs import trial_features
 from algorithms.trmrl import TrMRL, TrMRLConfig, TrMRLNetwork
 from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
+from metarl_protocol import SuiteSpec
 from tests.test_sampler import FallingSuite
 
-POINT = EnvSpec(obs_dim=2, act_dim=2, horizon=100, episodes_per_trial=2, family="point-nav")
+POINT = PointNav().spec()
 SMALL = {"d_model": 32, "n_heads": 4, "n_layers": 3, "d_ff": 64}
 
 
 def test_tfixup_initial_scales():
     L, d, ff = 4, 128, 512
-    net = TrMRLNetwork(EnvSpec(20, 6, 200, 2, "locomotion"), TrMRLConfig(n_layers=L, d_model=d, d_ff=ff))
+    net = TrMRLNetwork(
+        SuiteSpec(20, 6, 200, 2, 6, (5,), "locomotion"), TrMRLConfig(n_layers=L, d_model=d, d_ff=ff)
+    )
     s = 0.67 * L**-0.25
     xavier = lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out))  # std of Xavier-uniform
 
@@ -88,7 +90,7 @@ def test_encoder_is_causal_and_windowed():
 )  # fmt: skip
 def test_cached_rollout_equals_batched_reencode(memory, window, suite):
     s = PointNav() if suite == "point" else FallingSuite()
-    spec = EnvSpec(s.obs_dim, s.act_dim, s.horizon, s.episodes_per_trial, s.family)
+    spec = s.spec()
     cfg = TrMRLConfig(memory=memory, window=window, value_fn="shared", **SMALL)
     learner = TrMRL(spec, cfg, torch.device("cpu"))
     # 3 episodes: longer than a training trial, so the trial-mode ring buffer wraps around
@@ -128,7 +130,7 @@ def test_state_dict_loads_weights_only_and_resumes_exactly():
 def test_100_iterations_without_layer_norm_stay_finite():
     suite = PointNav()
     suite.horizon = 25  # short episodes keep 100 iterations fast
-    spec = EnvSpec(2, 2, suite.horizon, 2, "point-nav")
+    spec = suite.spec()
     cfg = TrMRLConfig(memory="trial", window=0, d_model=16, n_heads=2, n_layers=4, d_ff=32,
                       meta_batch_size=4, epochs=2, minibatch_steps=100, policy_lr=1e-3, value_lr=1e-3,
                       value_fn="shared")  # fmt: skip
@@ -145,13 +147,13 @@ def test_learns_point_nav(tmp_path):
     from benchmark.cli import main
 
     args = ["run", "--algo", "trmrl", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
-            "--set", "iterations=300", "--set", "meta_batch_size=32",  # half the quick budget
-            "--set", "eval_every=1000", "--set", "eval_tasks=5"]  # fmt: skip
+            "--set", "budget_steps=1920000", "--set", "meta_batch_size=32",  # half the quick budget
+            "--set", "eval_every_steps=10000000", "--set", "eval_tasks=5"]  # fmt: skip
     assert main(args) == 0
     run = tmp_path / "point-nav" / "trmrl" / "seed0"
     ref = json.loads((run / "config.json").read_text())["reference_returns"]
     df = pd.read_csv(run / "eval.csv", keep_default_na=False)
-    final = df[(df["iteration"] == df["iteration"].max()) & (df["split"] == "test")]
+    final = df[(df["mark"] == df["mark"].max()) & (df["split"] == "test")]
     per_episode = final.groupby("episode")["return"].mean()
     normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
     assert normalized.iloc[-1] > 0.6, normalized

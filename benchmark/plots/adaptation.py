@@ -23,10 +23,10 @@ def seed_episode_matrix(runs: list[Run], split: str, paired_with: str | None = N
     covers that split too (so test and OOD numbers come from the same checkpoint)."""
     rows = {}
     for run in runs:
-        it = run.latest_iteration(paired_with or split)
-        if it is None:
+        mark = run.latest_mark(paired_with or split)
+        if mark is None:
             continue
-        eps = per_episode(run, split, it)
+        eps = per_episode(run, split, mark)
         if len(eps):
             rows[run.seed] = eps
     if not rows:
@@ -81,7 +81,7 @@ def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -
         for ax, suite in zip(axes, suites, strict=True):
             panel = {}
             for algo in results.algos_for(suite):
-                runs = [r for r in results.select(suite, algo) if r.latest_iteration("test") is not None]
+                runs = [r for r in results.select(suite, algo) if r.latest_mark("test") is not None]
                 table = adaptation_table(results, suite, algo, "test")
                 if table.empty:
                     continue
@@ -115,7 +115,7 @@ def plot_ood_adaptation(results: Results, out_dir: Path, name: str = "ood_adapta
             ax_ood.sharey(ax_test)
             panel = {}
             for algo in results.algos_for(suite):
-                runs = [r for r in results.select(suite, algo) if r.latest_iteration("ood") is not None]
+                runs = [r for r in results.select(suite, algo) if r.latest_mark("ood") is not None]
                 for ax, split in ((ax_test, "test"), (ax_ood, "ood")):
                     table = adaptation_table(results, suite, algo, split, paired_with="ood")
                     if not table.empty:

@@ -37,7 +37,7 @@ def aggregate_scores(results: Results) -> pd.DataFrame:
             continue
         kind = "normalized return" if refs is not None else "success rate"
         for run in results.select(suite):
-            if run.latest_iteration("test") is None:
+            if run.latest_mark("test") is None:
                 continue
             score = headline(run, "test", normalized=True)
             rows.append(

@@ -12,7 +12,7 @@ from . import style
 from .data import Results, curve
 from .stats import bootstrap_ci
 
-CURVE_COLUMNS = ["iteration", "env_steps", "mean", "low", "high", "n_seeds"]
+CURVE_COLUMNS = ["mark", "env_steps", "mean", "low", "high", "n_seeds"]
 
 
 def curve_table(
@@ -26,9 +26,9 @@ def curve_table(
 ) -> pd.DataFrame:
     """Mean over seeds (with 95% bootstrap CI over seeds) of the headline metric at every evaluation.
 
-    Seeds are aligned by ``iteration`` (every run of a suite evaluates on the same schedule); the
-    x position is the mean ``env_steps`` over the seeds evaluated at that iteration. Runs in progress
-    contribute the iterations they have reached.
+    Seeds and methods are aligned by ``mark``, the env-step mark an evaluation stands for (the same
+    marks for every method); the x position is the mark. ``env_steps`` is the mean number of steps the
+    seeds had actually consumed at that evaluation. Runs in progress contribute the marks they reached.
     """
     frames = []
     for run in results.select(suite, algo):
@@ -39,14 +39,14 @@ def curve_table(
         return pd.DataFrame({c: [] for c in CURVE_COLUMNS})
     df = pd.concat(frames, ignore_index=True)
     rows = []
-    for it, grp in df.groupby("iteration", sort=True):
-        est = bootstrap_ci(grp["value"].to_numpy(), n_boot=n_boot, rng=int(it))
-        rows.append((int(it), float(grp["env_steps"].mean()), est.value, est.low, est.high, est.n))
+    for mark, grp in df.groupby("mark", sort=True):
+        est = bootstrap_ci(grp["value"].to_numpy(), n_boot=n_boot, rng=int(mark) % 2**32)
+        rows.append((int(mark), float(grp["env_steps"].mean()), est.value, est.low, est.high, est.n))
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
 def _draw(ax, table: pd.DataFrame, color: str, marker: str) -> None:
-    x = table["env_steps"].to_numpy()
+    x = table["mark"].to_numpy()
     few = len(table) <= 25
     ax.plot(
         x,

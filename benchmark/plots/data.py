@@ -39,7 +39,8 @@ SUITE_INFO_KEYS = (
     "has_success",
     "headline_episodes",
 )
-CONFIG_KEYS = ("suite", "algo", "seed", "profile", "iterations", "suite_info")
+CONFIG_KEYS = ("suite", "algo", "seed", "profile", "suite_info")
+BUDGET_KEYS = ("budget_steps", "iterations")  # env-step budget; ``iterations`` in runs written before it
 
 # Display order of the in-tree methods; plugins follow alphabetically.
 KNOWN_METHODS = ("trmrl", "rl2", "maml", "pearl", "varibad")
@@ -122,7 +123,9 @@ def parse_config(path: Path) -> tuple[dict[str, Any], SuiteInfo, References | No
     for key in ("suite", "algo", "profile"):
         if not isinstance(config[key], str) or not config[key]:
             raise _fail(path, f"key {key!r} must be a non-empty string, got {config[key]!r}")
-    for key in ("seed", "iterations"):
+    if not any(k in config for k in BUDGET_KEYS):
+        raise _fail(path, f"missing key 'budget_steps' (expected: {', '.join(CONFIG_KEYS)}, budget_steps)")
+    for key in ("seed", *(k for k in BUDGET_KEYS if k in config)):
         if _as_int(config[key]) is None:
             raise _fail(path, f"key {key!r} must be an integer, got {config[key]!r}")
     raw = config["suite_info"]
@@ -270,6 +273,16 @@ def read_eval(path: Path, has_success: bool, in_progress: bool = False) -> pd.Da
         raise _fail(path, f"success must be 0 or 1, got {succ[i]:g} (line {i + 2})")
     df["episode"] = df["episode"].astype(int)
     df["iteration"] = df["iteration"].astype(int)
+    # ``mark``: the env-step mark an evaluation stands for. eval.csv files written before the column
+    # existed evaluated at iteration boundaries of equal-sized iterations: their mark is env_steps.
+    if "mark" in df.columns:
+        marks = pd.to_numeric(df["mark"].replace("", None), errors="coerce")
+        if marks.isna().any():
+            i = int(np.flatnonzero(marks.isna().to_numpy())[0])
+            raise _fail(path, f"column 'mark' must hold an integer in every row (line {i + 2})")
+        df["mark"] = marks.astype(int)
+    else:
+        df["mark"] = df["env_steps"].astype(int)
     return df
 
 
@@ -301,8 +314,11 @@ class Run:
         return str(self.config["profile"])
 
     @property
-    def planned_iterations(self) -> int:
-        return int(self.config["iterations"])
+    def budget_text(self) -> str:
+        """Progress against the plan: env steps / budget (or iterations / iterations for old runs)."""
+        if "budget_steps" in self.config:
+            return f"{self.env_steps:,}/{int(self.config['budget_steps']):,} steps"
+        return f"{self.iterations_logged}/{int(self.config['iterations'])} it"
 
     @property
     def iterations_logged(self) -> int:
@@ -316,13 +332,13 @@ class Run:
         return int(max(values)) if values else 0
 
     @property
-    def eval_iterations(self) -> list[int]:
-        return sorted(self.eval["iteration"].unique().tolist())
+    def eval_marks(self) -> list[int]:
+        return sorted(self.eval["mark"].unique().tolist())
 
-    def latest_iteration(self, split: str = "test") -> int | None:
-        """Iteration of the latest evaluation that covered ``split`` (the final one for finished runs)."""
-        it = self.eval.loc[self.eval["split"] == split, "iteration"]
-        return int(it.max()) if len(it) else None
+    def latest_mark(self, split: str = "test") -> int | None:
+        """Env-step mark of the latest evaluation that covered ``split`` (the budget for finished runs)."""
+        marks = self.eval.loc[self.eval["split"] == split, "mark"]
+        return int(marks.max()) if len(marks) else None
 
     @property
     def git_commit(self) -> str | None:
@@ -467,35 +483,39 @@ def _task_means(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def curve(run: Run, split: str = "test", normalized: bool = False) -> pd.DataFrame:
-    """Headline metric at every evaluation of ``split``: columns ``iteration, env_steps, value``."""
+    """Headline metric at every evaluation of ``split``: columns ``mark, env_steps, value``.
+
+    ``mark`` is the env-step mark the evaluation stands for (the same for every method);
+    ``env_steps`` the steps the run had actually consumed when it evaluated.
+    """
     df = episode_values(run, normalized)
     rows = df[(df["split"] == split) & df["episode"].isin(run.info.headline_episodes)]
     if rows.empty:
-        return pd.DataFrame({"iteration": [], "env_steps": [], "value": []})
-    per_task = _task_means(rows, ["iteration"])
-    out = per_task.groupby("iteration", as_index=False)["value"].mean()
-    steps = rows.groupby("iteration")["env_steps"].max()
-    out["env_steps"] = out["iteration"].map(steps)
-    return out[["iteration", "env_steps", "value"]]
+        return pd.DataFrame({"mark": [], "env_steps": [], "value": []})
+    per_task = _task_means(rows, ["mark"])
+    out = per_task.groupby("mark", as_index=False)["value"].mean()
+    steps = rows.groupby("mark")["env_steps"].max()
+    out["env_steps"] = out["mark"].map(steps)
+    return out[["mark", "env_steps", "value"]]
 
 
 def per_episode(
-    run: Run, split: str = "test", iteration: int | None = None, normalized: bool = False
+    run: Run, split: str = "test", mark: int | None = None, normalized: bool = False
 ) -> pd.Series:
-    """Mean metric over tasks per episode index at one evaluation (default: the latest covering ``split``)."""
-    if iteration is None:
-        iteration = run.latest_iteration(split)
-        if iteration is None:
+    """Mean metric over tasks per episode index at one evaluation mark (default: the latest on ``split``)."""
+    if mark is None:
+        mark = run.latest_mark(split)
+        if mark is None:
             return pd.Series(dtype=float, name="value")
     df = episode_values(run, normalized)
-    rows = df[(df["split"] == split) & (df["iteration"] == iteration)]
+    rows = df[(df["split"] == split) & (df["mark"] == mark)]
     per_task = _task_means(rows, ["episode"])
     return per_task.groupby("episode")["value"].mean()
 
 
-def headline(run: Run, split: str = "test", iteration: int | None = None, normalized: bool = False) -> float:
+def headline(run: Run, split: str = "test", mark: int | None = None, normalized: bool = False) -> float:
     """One number per run: mean over tasks and headline episodes at one evaluation (default: latest)."""
-    eps = per_episode(run, split, iteration, normalized)
+    eps = per_episode(run, split, mark, normalized)
     eps = eps[eps.index.isin(run.info.headline_episodes)]
     return float(eps.mean()) if len(eps) else float("nan")
 

@@ -25,7 +25,7 @@ class Artifact:
     make: Callable[[Results, Path], list[Path]]
     description: str
     suites: Callable[[Results], list[str]]
-    uses: Callable[[Run], bool] = lambda run: run.latest_iteration("test") is not None
+    uses: Callable[[Run], bool] = lambda run: run.latest_mark("test") is not None
     left_out_why: str = "no evaluation yet"
 
 
@@ -70,7 +70,7 @@ ARTIFACTS = (
         "Out-of-distribution adaptation: return per episode on OOD tasks (dashed) next to test tasks "
         "(solid), same checkpoint.",
         ood_suites,
-        lambda run: run.latest_iteration("ood") is not None,
+        lambda run: run.latest_mark("ood") is not None,
         "no OOD evaluation yet",
     ),
     Artifact(
@@ -94,7 +94,7 @@ ARTIFACTS = (
         write_ood_table,
         "OOD vs in-distribution test return per episode index, with 95% CIs and the drop.",
         ood_suites,
-        lambda run: run.latest_iteration("ood") is not None,
+        lambda run: run.latest_mark("ood") is not None,
         "no OOD evaluation yet",
     ),
     Artifact(
@@ -173,7 +173,7 @@ def _group_line(runs: Sequence[Run]) -> str:
         if done == 0
         else f"{done} finished, {len(runs) - done} in progress"
     )
-    its = sorted({f"{r.iterations_logged}/{r.planned_iterations}" for r in runs})
+    its = sorted({r.budget_text for r in runs})
     steps = sorted({r.env_steps for r in runs})
     step_text = (
         style._fmt_steps(steps[0])
@@ -184,7 +184,7 @@ def _group_line(runs: Sequence[Run]) -> str:
     seeds = f"seed{'s' if len(runs) > 1 else ''} {_seeds(runs)}"
     return (
         f"`{r0.suite}` / {style.display_name(r0.algo)}: {seeds}, profile {profile_text}, "
-        f"iterations {', '.join(its)}, {step_text} env steps, {status}"
+        f"progress {', '.join(its)}, {step_text} env steps, {status}"
     )
 
 
@@ -241,15 +241,15 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
     lines += [f"- {_group_line(results.select(s, a))}" for s in results.suites for a in results.algos_for(s)]
     lines += [
         "",
-        "| Suite | Method | Seed | Profile | Iterations (logged/planned) | Env steps | "
-        "Latest eval iteration | Status | Commit |",
+        "| Suite | Method | Seed | Profile | Progress (done/budget) | Env steps | "
+        "Latest eval mark (env steps) | Status | Commit |",
         "|:---|:---|---:|:---|---:|---:|---:|:---|:---|",
     ]
     for run in sorted(results.runs, key=lambda r: (r.suite, results.algos.index(r.algo), r.seed)):
-        latest = run.eval["iteration"].max() if len(run.eval) else None
+        latest = run.eval["mark"].max() if len(run.eval) else None
         lines.append(
             f"| {run.suite} | {style.display_name(run.algo)} | {run.seed} | {run.profile} | "
-            f"{run.iterations_logged}/{run.planned_iterations} | {run.env_steps:,} | "
+            f"{run.budget_text} | {run.env_steps:,} | "
             f"{'—' if latest is None else int(latest)} | {'finished' if run.done else 'in progress'} | "
             f"{(run.git_commit or '—')[:10]} |"
         )

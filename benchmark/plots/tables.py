@@ -162,7 +162,7 @@ def _seeds_text(runs) -> str:
 
 def _left_out(results: Results, suites, split: str, why: str) -> list[str]:
     """A note naming the runs of ``suites`` with no evaluation of ``split`` (runs in progress)."""
-    runs = [r.name for s in suites for r in results.select(s) if r.latest_iteration(split) is None]
+    runs = [r.name for s in suites for r in results.select(s) if r.latest_mark(split) is None]
     return [f"Left out ({why}): {', '.join(runs)}."] if runs else []
 
 
@@ -180,7 +180,7 @@ def final_table(results: Results) -> pd.DataFrame:
     for suite in results.suites:
         refs = results.references(suite)
         for algo in results.algos_for(suite):
-            runs = [r for r in results.select(suite, algo) if r.latest_iteration("test") is not None]
+            runs = [r for r in results.select(suite, algo) if r.latest_mark("test") is not None]
             if not runs:
                 continue
             kinds = [("raw", False)] + ([("normalized", True)] if refs is not None else [])
@@ -212,7 +212,7 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
         dec = decimals_for(raw["mean"].tolist())
         for _, r in raw.iterrows():
             norm = grp[(grp["metric"] == "normalized") & (grp["algo"] == r["algo"])]
-            runs = [x for x in results.select(suite, r["algo"]) if x.latest_iteration("test") is not None]
+            runs = [x for x in results.select(suite, r["algo"]) if x.latest_mark("test") is not None]
             rows.append(
                 [
                     suite,
@@ -282,7 +282,7 @@ def write_ood_table(results: Results, out_dir: Path, name: str = "ood") -> list[
         dec = decimals_for(grp.loc[grp["split"] != "drop", "mean"].tolist())
         for algo in [a for a in results.algos if a in set(grp["algo"])]:
             breaks.append(len(rows))
-            runs = [r for r in results.select(suite, algo) if r.latest_iteration("ood") is not None]
+            runs = [r for r in results.select(suite, algo) if r.latest_mark("ood") is not None]
             for split in ("test", "ood", "drop"):
                 sub = grp[(grp["algo"] == algo) & (grp["split"] == split)].set_index("episode")
                 cells = [fmt_estimate(sub.loc[k], dec) if k in sub.index else "—" for k in range(n_eps)]
@@ -336,7 +336,7 @@ def metaworld_table(results: Results) -> pd.DataFrame:
             runs = results.select(suite, algo)
             pub = PUBLISHED_METAWORLD.get((suite.lower(), algo))
             for i, split in enumerate(("train", "test")):
-                vals = [headline(r, split) for r in runs if r.latest_iteration(split) is not None]
+                vals = [headline(r, split) for r in runs if r.latest_mark(split) is not None]
                 rows.append(
                     {
                         "suite": suite,
@@ -377,7 +377,7 @@ def write_metaworld_table(results: Results, out_dir: Path, name: str = "metaworl
                         cell[src, split] = f"{sub.iloc[0]['mean']:.1f}"
                     else:
                         cell[src, split] = fmt_estimate(sub.iloc[0], 1)
-            runs = [r for r in results.select(suite, algo) if r.latest_iteration("test") is not None]
+            runs = [r for r in results.select(suite, algo) if r.latest_mark("test") is not None]
             rows.append(
                 [
                     suite,

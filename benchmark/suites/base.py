@@ -16,17 +16,9 @@ from typing import Any
 
 import numpy as np
 
-SPLITS = ("train", "test", "ood")
+from metarl_protocol import SPLITS, SuiteSpec, Task
 
-
-@dataclass(frozen=True)
-class Task:
-    """One task of a suite. ``params`` is JSON-serialisable; ``description`` goes into eval.csv."""
-
-    task_id: int
-    split: str
-    params: dict[str, Any]
-    description: str
+__all__ = ["SPLITS", "Task", "BatchEnv", "ReferenceReturns", "StepResult", "Suite", "scale_actions"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +56,7 @@ class BatchEnv(abc.ABC):
     num_envs: int
     obs_dim: int
     act_dim: int
-    _pending: tuple[np.ndarray, np.ndarray]  # the default step_async's actions and mask
+    _pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]  # the default step_async's rows
 
     @abc.abstractmethod
     def set_tasks(self, tasks: Sequence[Task]) -> None:
@@ -78,25 +70,31 @@ class BatchEnv(abc.ABC):
     def step(self, actions: np.ndarray, active: np.ndarray) -> StepResult:
         """Step every active environment with actions in [-1, 1]^act_dim (already clipped)."""
 
-    # -- pipelining: groups of environments that step independently ---------------------------
-    def groups(self) -> list[tuple[int, int]]:
-        """Contiguous ``(start, stop)`` slices that can step concurrently (one per worker process).
+    # -- pipelining: rows that step while the policy acts for other rows --------------------------
+    #: True where ``step_async`` really runs in the background (worker processes); the sampler then
+    #: overlaps one group's policy call with another group's physics. False: the sampler acts for
+    #: every group, then calls ``step`` once for the whole batch.
+    pipelined: bool = False
 
-        The sampler acts for one group while the others step, so the policy and the simulators
-        overlap. The default is one group: every step is synchronous.
+    def step_async(self, rows: tuple[int, int], actions: np.ndarray, active: np.ndarray) -> None:
+        """Start stepping rows ``rows = (start, stop)`` (actions and mask for those rows only).
+
+        Calls for several row ranges may be outstanding; ``step_wait`` collects them in the same
+        order. The default runs nothing until ``step_wait``.
         """
-        return [(0, self.num_envs)]
+        if not hasattr(self, "_pending"):
+            self._pending = {}
+        self._pending[rows] = (actions, active)
 
-    def step_async(self, group: int, actions: np.ndarray, active: np.ndarray) -> None:
-        """Start stepping group ``group`` (actions and mask for its rows only); see ``step_wait``."""
-        if self.groups() != [(0, self.num_envs)]:
-            raise NotImplementedError(f"{type(self).__name__} defines groups but not step_async")
-        self._pending = (actions, active)
-
-    def step_wait(self, group: int) -> StepResult:
-        """The result of the ``step_async`` call of ``group`` (its rows only)."""
-        actions, active = self._pending
-        return self.step(actions, active)
+    def step_wait(self, rows: tuple[int, int]) -> StepResult:
+        """The result of the ``step_async`` call for ``rows`` (those rows only)."""
+        actions, active = self._pending.pop(rows)
+        start, stop = rows
+        full_actions = np.zeros((self.num_envs, actions.shape[1]), actions.dtype)
+        full_active = np.zeros(self.num_envs, bool)
+        full_actions[start:stop], full_active[start:stop] = actions, active
+        res = self.step(full_actions, full_active)
+        return StepResult(*(x[start:stop] for x in (res.obs, res.reward, res.terminated, res.success)))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release worker processes, if any."""
@@ -150,6 +148,18 @@ class Suite(abc.ABC):
     @abc.abstractmethod
     def make_batch_env(self, num_envs: int, num_workers: int = 1) -> BatchEnv:
         """A batch environment of ``num_envs`` environments (``num_workers`` processes for simulators)."""
+
+    def spec(self) -> SuiteSpec:
+        """What a method may know about this suite (dimensions, horizon, trial lengths, scored episodes)."""
+        return SuiteSpec(
+            obs_dim=self.obs_dim,
+            act_dim=self.act_dim,
+            horizon=self.horizon,
+            episodes_per_trial=self.episodes_per_trial,
+            eval_episodes=self.eval_episodes,
+            scored_episodes=tuple(self.headline_episodes()),
+            family=self.family,
+        )
 
     # -- evaluation protocol -------------------------------------------------------------------
     def headline_episodes(self) -> list[int]:

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from algorithms.base import AdaptiveAgent, MetaLearner
-from benchmark.suites.base import BatchEnv, StepResult, Suite, Task
+from benchmark.suites.base import BatchEnv, StepResult, Suite
+from metarl_protocol import AdaptiveAgent, MetaLearner, Task
 
 
 @dataclass
@@ -17,14 +18,16 @@ class UniformRandomConfig:
 
 
 class _RandomAgent(AdaptiveAgent):
-    def __init__(self, act_dim: int, rng: np.random.Generator) -> None:
-        self.act_dim, self.rng = act_dim, rng
+    """Uniform actions from torch's generator (the harness forks it around evaluations)."""
 
-    def new_trial(self, num_envs: int) -> None:
-        self.n = num_envs
+    def __init__(self, act_dim: int, evaluation: bool) -> None:
+        self.act_dim, self.evaluation = act_dim, evaluation
 
-    def act(self, obs, deterministic):
-        return self.rng.uniform(-1, 1, size=(len(obs), self.act_dim)), {}
+    def new_trial(self, task_keys) -> None:
+        self.n = len(task_keys)
+
+    def act(self, obs):
+        return (torch.rand(len(obs), self.act_dim) * 2 - 1).numpy(), {}
 
     def observe(self, transition) -> None:
         pass
@@ -36,19 +39,15 @@ class UniformRandom(MetaLearner):
     name = "uniform-random"
     Config = UniformRandomConfig
 
-    def __init__(self, spec, config, device):
-        super().__init__(spec, config, device)
-        self.rng = np.random.default_rng(0)
-
     def train_step(self, ctx) -> dict[str, float]:
         batch = ctx.sample_trials(self.make_agent(), ctx.sample_tasks(self.config.trials_per_iteration))
         return {"train_return": float(batch.episode_returns().mean())}
 
-    def make_agent(self) -> AdaptiveAgent:
-        return _RandomAgent(self.spec.act_dim, self.rng)
+    def make_agent(self, evaluation: bool = False) -> AdaptiveAgent:
+        return _RandomAgent(self.spec.act_dim, evaluation)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": str(self.rng.bit_generator.state)}
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass

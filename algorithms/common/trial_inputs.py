@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.base import Transition
+from metarl_protocol import Transition
 
 
 class PreviousStep:

@@ -1,0 +1,26 @@
+"""The contract between the metarl-bench harness and meta-RL methods (see ``contract.py``).
+
+Method authors import from here: ``from metarl_protocol import MetaLearner, AdaptiveAgent, ...``.
+"""
+
+from metarl_protocol.contract import (
+    SPLITS,
+    AdaptiveAgent,
+    MetaLearner,
+    SuiteSpec,
+    Task,
+    TrainContext,
+    Transition,
+    TrialBatch,
+)
+
+__all__ = [
+    "SPLITS",
+    "AdaptiveAgent",
+    "MetaLearner",
+    "SuiteSpec",
+    "Task",
+    "TrainContext",
+    "TrialBatch",
+    "Transition",
+]

@@ -1,0 +1,126 @@
+"""``check_learner`` passes the in-tree methods and the plugin example, and names each broken rule."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms.rl2 import RL2, RL2Agent, RL2Config
+from algorithms.trmrl import TrMRL, TrMRLConfig
+from benchmark.check import ContractError, check_learner
+from benchmark.suites.point_nav import PointNav
+
+TINY_RL2 = RL2Config(hidden_size=16, encoder_hidden=8, meta_batch_size=4, epochs=1, minibatches=2)
+
+
+@pytest.mark.parametrize(
+    "cls,config",
+    [
+        (RL2, TINY_RL2),
+        (TrMRL, TrMRLConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, meta_batch_size=4, epochs=1)),
+        (
+            TrMRL,
+            TrMRLConfig(
+                memory="trial",
+                window=0,
+                d_model=16,
+                n_heads=2,
+                n_layers=2,
+                d_ff=32,
+                meta_batch_size=4,
+                epochs=1,
+                normalize_observations=True,
+            ),
+        ),  # fmt: skip
+    ],
+)
+def test_in_tree_methods_pass(cls, config):
+    check_learner(cls, PointNav(), config)
+
+
+def test_plugin_example_passes():
+    sys.path.insert(0, str(Path(__file__).parent / "plugin_example"))
+    try:
+        from metarl_bench_example import LineNav, UniformRandom, UniformRandomConfig
+    finally:
+        sys.path.pop(0)
+    check_learner(UniformRandom, LineNav(), UniformRandomConfig())
+
+
+# -- broken methods: each breaks one rule --------------------------------------------------------------
+class SharedMemoryAgent(RL2Agent):
+    """Keeps a running sum that it mutates in place: shallow clones share it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = np.zeros(1, np.float32)
+
+    def new_trial(self, task_keys):
+        super().new_trial(task_keys)
+        self.seen[:] = 0  # cleared in place, never rebound
+
+    def act(self, obs):
+        self.seen += obs.sum()  # in place: every clone writes the same array
+        actions, extras = super().act(obs)
+        return actions + 0.01 * self.seen, extras
+
+
+class SharedMemory(RL2):
+    def make_agent(self, evaluation=False):
+        return SharedMemoryAgent(self.net, self.spec, self.device, evaluation)
+
+
+class NoisyObserveAgent(RL2Agent):
+    def observe(self, transition):
+        torch.rand(1)  # randomness outside act / end_episode depends on the call order
+        super().observe(transition)
+
+
+class NoisyObserve(RL2):
+    def make_agent(self, evaluation=False):
+        return NoisyObserveAgent(self.net, self.spec, self.device, evaluation)
+
+
+class EvaluationTrains(RL2):
+    """Its evaluation agent nudges the live network (as a method that adapts its learner's weights would)."""
+
+    def make_agent(self, evaluation=False):
+        if evaluation:
+            with torch.no_grad():
+                self.net.value.bias.add_(1.0)
+        return super().make_agent(evaluation)
+
+
+class ForgetsOptimizer(RL2):
+    def load_state_dict(self, state):
+        self.net.load_state_dict(state["net"])
+
+
+class NumpyState(RL2):
+    def state_dict(self):
+        return super().state_dict() | {"extra": np.zeros(2)}
+
+
+class WrongEvaluationFlag(RL2):
+    def make_agent(self, evaluation=False):
+        return super().make_agent(False)
+
+
+@pytest.mark.parametrize(
+    "cls,message",
+    [
+        (SharedMemory, "clones must be independent"),
+        (NoisyObserve, "observe drew from torch's global generator"),
+        (EvaluationTrains, "an evaluation changed the learner's state_dict"),
+        (ForgetsOptimizer, "load_state_dict"),
+        (NumpyState, "weights_only"),
+        (WrongEvaluationFlag, "make_agent\\(evaluation=True\\)"),
+    ],
+)
+def test_each_broken_rule_is_named(cls, message):
+    with pytest.raises(ContractError, match=message):
+        check_learner(cls, PointNav(), TINY_RL2)

@@ -1,0 +1,301 @@
+"""The harness contract (``metarl_protocol``): budgets, evaluation mode, gradients during adaptation,
+task keys, isolated evaluation, process-layout independence, large learner state, every metric kept."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from algorithms.rl2 import RL2, RL2Config
+from algorithms.trmrl import TrMRL, TrMRLConfig
+from benchmark.config import HarnessConfig
+from benchmark.evaluate import evaluate
+from benchmark.results import ResultsError
+from benchmark.runner import HarnessContext, RunId, Runner
+from benchmark.sampler import TrialSampler
+from benchmark.suites.point_nav import PointNav
+from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, Transition
+from metarl_protocol.storage import AppendOnlyArrays
+
+TINY_RL2 = RL2Config(hidden_size=16, encoder_hidden=8, meta_batch_size=4, epochs=1, minibatches=2)
+TINY_TRMRL = TrMRLConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, meta_batch_size=3, epochs=1)
+
+
+def run(tmp: Path, cls: type[MetaLearner], config: Any, suite=None, seed: int = 0, **harness: Any) -> Path:
+    """One programmatic run (no CLI) into ``tmp``; returns its directory."""
+    suite = suite or PointNav()
+    settings = {"budget_steps": 4000, "eval_every_steps": 1500, "checkpoint_every_steps": 1000,
+                "eval_tasks": 2, "final_eval_max_tasks": 2} | harness  # fmt: skip
+    rid = RunId(algo=cls.name or "toy", suite=suite.name, seed=seed, profile="quick", out=tmp)
+    Runner(rid, suite, cls, config, HarnessConfig(**settings), progress=False, resume=True).execute()
+    return rid.dir
+
+
+def read(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    progress = pd.read_csv(path / "progress.csv").drop(columns="wall_time_s")
+    return progress, pd.read_csv(path / "eval.csv", keep_default_na=False)
+
+
+# -- 1. budgets in environment steps -----------------------------------------------------------------
+def test_methods_with_different_iteration_sizes_stop_at_one_budget_and_share_eval_marks(tmp_path):
+    rl2 = run(tmp_path, RL2, TINY_RL2)  # 800 env steps per iteration
+    trmrl = run(tmp_path, TrMRL, TINY_TRMRL)  # 600 env steps per iteration
+    marks = {}
+    for path, per_iteration in ((rl2, 800), (trmrl, 600)):
+        progress, ev = read(path)
+        config = json.loads((path / "config.json").read_text())
+        assert config["budget_steps"] == 4000
+        # stops at the first iteration boundary at or past the budget
+        assert 4000 <= progress["env_steps"].iloc[-1] < 4000 + per_iteration
+        assert progress["env_steps"].iloc[-2] < 4000
+        # each evaluation runs at the first boundary at or past its mark
+        for mark, rows in ev.groupby("mark"):
+            steps = rows["env_steps"].iloc[0]
+            assert steps >= mark and (mark == 4000 or steps - per_iteration < mark), (mark, steps)
+        marks[path] = sorted(ev["mark"].unique())
+    assert marks[rl2] == marks[trmrl] == [0, 1500, 3000, 4000]
+
+
+def test_several_marks_crossed_in_one_iteration_are_each_evaluated(tmp_path):
+    path = run(tmp_path, RL2, TINY_RL2, budget_steps=1600, eval_every_steps=300)  # 800-step iterations
+    _, ev = read(path)
+    assert sorted(ev["mark"].unique()) == [0, 300, 600, 900, 1200, 1500, 1600]
+    assert ev.groupby("mark")["env_steps"].first().to_dict() == {
+        0: 0, 300: 800, 600: 800, 900: 1600, 1200: 1600, 1500: 1600, 1600: 1600}  # fmt: skip
+
+
+# -- 2. evaluation mode ------------------------------------------------------------------------------
+def test_suite_spec_states_the_meta_test_trial_and_scored_episodes():
+    from benchmark.registry import load_suite
+
+    point = PointNav().spec()
+    assert (point.eval_episodes, point.scored_episodes, point.episodes_per_trial) == (6, (5,), 2)
+    ml1 = load_suite("ml1-reach").spec()
+    assert (ml1.eval_episodes, ml1.scored_episodes, ml1.episodes_per_trial) == (13, (10, 11, 12), 10)
+
+
+def test_evaluator_drives_the_evaluation_agent_and_refuses_a_training_agent():
+    suite = PointNav()
+    learner = RL2(suite.spec(), TINY_RL2, torch.device("cpu"))
+    sampler = TrialSampler(suite)
+    with pytest.raises(ValueError, match="evaluation agent"):
+        evaluate(learner.make_agent(), sampler, suite.tasks("test")[:2], split="test", iteration=0,
+                 env_steps=0, mark=0, seed=0)  # fmt: skip
+    rows = evaluate(learner.make_agent(evaluation=True), sampler, suite.tasks("test")[:2], split="test",
+                    iteration=0, env_steps=0, mark=0, seed=0)  # fmt: skip
+    assert len(rows) == 2 * 6 and {r["mark"] for r in rows} == {0}
+
+
+# -- 3. gradient steps on what an agent observed inside a trial ---------------------------------------
+class InnerStepAgent(AdaptiveAgent):
+    """A linear policy that takes one gradient step on the log-probabilities of the episode it played."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+    def new_trial(self, task_keys):
+        self.params = self.weight.clone().requires_grad_(True)
+        self.log_probs: list[torch.Tensor] = []
+        self.rewards: list[np.ndarray] = []
+        self.steps_taken = 0
+
+    def act(self, obs):
+        mean = torch.as_tensor(obs) @ self.params.detach()
+        action = mean + 0.1 * torch.randn_like(mean)
+        self.actions = action
+        self.obs = torch.as_tensor(obs)
+        return action.numpy(), {}
+
+    def observe(self, tr: Transition):
+        self.log_probs.append((self.obs, self.actions))  # tensors made here must survive to end_episode
+        self.rewards.append(tr.reward)
+
+    def end_episode(self):
+        # each step's tensors enter the graph as they are (an inference tensor would raise here)
+        log_prob = -sum((((a - o @ self.params) / 0.1) ** 2).sum() for o, a in self.log_probs)
+        (grad,) = torch.autograd.grad(log_prob * float(np.sum(self.rewards)), self.params)
+        self.params = (self.params + 1e-4 * grad).detach().requires_grad_(True)
+        self.log_probs, self.rewards = [], []
+        self.steps_taken += 1
+
+
+def test_an_agent_can_take_gradient_steps_on_what_it_observed():
+    suite = PointNav()
+    agent = InnerStepAgent(torch.zeros(2, 2))
+    TrialSampler(suite).run(agent, suite.tasks("train")[:4], episodes=2, seed=0)
+    assert agent.steps_taken == 2 and not torch.equal(agent.params.detach(), torch.zeros(2, 2))
+
+
+# -- 4. task identity ----------------------------------------------------------------------------------
+def test_meta_test_rows_get_fresh_keys_never_task_ids():
+    from algorithms.rl2 import RL2Agent
+
+    seen: list[np.ndarray] = []
+
+    class KeyedAgent(RL2Agent):
+        def new_trial(self, task_keys):
+            seen.append(np.asarray(task_keys).copy())
+            super().new_trial(task_keys)
+
+    suite = PointNav()
+    learner = RL2(suite.spec(), TINY_RL2, torch.device("cpu"))
+    agent = KeyedAgent(learner.net, suite.spec(), torch.device("cpu"), evaluation=True)
+    evaluate(agent, TrialSampler(suite), suite.tasks("test")[:3], split="test", iteration=0, env_steps=0,
+             mark=0, seed=0)  # fmt: skip
+    keys = np.concatenate(seen)
+    assert len(set(keys.tolist())) == 3 and (keys < 0).all()  # distinct, and never a task id (ids >= 0)
+
+
+# -- 5. evaluation cannot touch training ----------------------------------------------------------------
+@pytest.mark.parametrize("method", ["rl2", "noisy-eval"])
+def test_frequent_evaluations_train_exactly_like_rare_ones(tmp_path, method):
+    cls, cfg = (RL2, TINY_RL2) if method == "rl2" else (NoisyEvalReplay, ReplayConfig())
+    rare = run(tmp_path / "rare", cls, cfg, eval_every_steps=10_000)
+    often = run(tmp_path / "often", cls, cfg, eval_every_steps=400)
+    (p_rare, e_rare), (p_often, e_often) = read(rare), read(often)
+    pd.testing.assert_frame_equal(p_rare, p_often)
+    assert e_often["mark"].nunique() > e_rare["mark"].nunique() == 2
+    final = lambda e: e[e["mark"] == 4000].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(final(e_rare), final(e_often))
+
+
+def test_train_step_cannot_sample_test_tasks():
+    suite = PointNav()
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    learner = RL2(suite.spec(), TINY_RL2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="training tasks"):
+        ctx.sample_trials(learner.make_agent(), suite.tasks("test")[:2])
+    with pytest.raises(ValueError, match="evaluation agent"):
+        ctx.sample_trials(learner.make_agent(evaluation=True), suite.tasks("train")[:2])
+
+
+# -- 6. numbers independent of the process layout -----------------------------------------------------
+def test_num_workers_1_2_3_give_identical_csvs_on_halfcheetah_vel(tmp_path):
+    from benchmark.suites.locomotion import HalfCheetahVel
+
+    cfg = RL2Config(hidden_size=8, encoder_hidden=8, meta_batch_size=7, epochs=1, minibatches=2)
+    frames = []
+    for workers in (1, 2, 3):
+        path = run(tmp_path / str(workers), RL2, cfg, suite=HalfCheetahVel(), budget_steps=2800,
+                   eval_every_steps=2800, eval_tasks=3, final_eval_max_tasks=3,
+                   num_workers=workers)  # fmt: skip
+        frames.append(read(path))
+    for progress, ev in frames[1:]:
+        pd.testing.assert_frame_equal(frames[0][0], progress)
+        pd.testing.assert_frame_equal(frames[0][1], ev)
+
+
+# -- 7. large learner state on disk, and state that would not load -----------------------------------------
+@dataclass
+class ReplayConfig:
+    trials: int = 2
+
+
+class ReplayLearner(MetaLearner):
+    """Keeps every transition in an on-disk replay and fits a mean action to it (a toy with big state)."""
+
+    name = "replay-toy"
+    Config = ReplayConfig
+
+    def __init__(self, spec: SuiteSpec, config: ReplayConfig, device, storage_dir=None) -> None:
+        super().__init__(spec, config, device, storage_dir)
+        self.replay = AppendOnlyArrays(
+            storage_dir and storage_dir / "replay",
+            {"obs": ((spec.obs_dim,), np.float32), "reward": ((), np.float32)},
+        )
+        self.bias = torch.zeros(spec.act_dim)
+
+    def make_agent(self, evaluation: bool = False) -> AdaptiveAgent:
+        learner = self
+
+        class Agent(AdaptiveAgent):
+            def new_trial(self, task_keys):
+                self.n = len(task_keys)
+
+            def act(self, obs):
+                noise = 0.0 if self.evaluation else 0.3 * torch.randn(self.n, learner.spec.act_dim)
+                return (learner.bias + noise).numpy(), {}
+
+            def observe(self, tr):
+                pass
+
+        agent = Agent()
+        agent.evaluation = evaluation
+        return agent
+
+    def train_step(self, ctx) -> dict[str, float]:
+        batch = ctx.sample_trials(self.make_agent(), ctx.sample_tasks(self.config.trials))
+        self.replay.append(obs=batch.obs[batch.valid], reward=batch.rewards[batch.valid])
+        sample = self.replay.get("obs", ctx.rng.integers(0, len(self.replay), 64))
+        self.bias = torch.as_tensor(sample.mean(0)).clamp(-1, 1)
+        metrics = {"replay_rows": float(len(self.replay))}
+        if len(self.replay) > 800:
+            metrics["late_metric"] = float(self.bias.sum())  # a metric that first appears later
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bias": self.bias.clone(), "replay": self.replay.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bias = state["bias"].clone()
+        self.replay.restore(int(state["replay"]))
+
+
+class NoisyEvalReplay(ReplayLearner):
+    """Its evaluation agent explores with torch's generator too (as PEARL's posterior sampling does)."""
+
+    name = "noisy-eval-toy"
+
+    def make_agent(self, evaluation: bool = False) -> AdaptiveAgent:
+        agent = super().make_agent(False)
+        agent.evaluation = evaluation
+        return agent
+
+
+class CrashingReplay(ReplayLearner):
+    """Dies in its 6th iteration: after the checkpoint at 1,600 steps, with 400 more rows on disk."""
+
+    def train_step(self, ctx):
+        if ctx.env_steps >= 2000:
+            self.replay.state()  # the rows appended since the checkpoint reach the files
+            raise KeyboardInterrupt("killed")
+        return super().train_step(ctx)
+
+
+def test_replay_on_disk_checkpoint_writes_lengths_and_resume_is_exact(tmp_path):
+    whole = run(tmp_path / "whole", ReplayLearner, ReplayConfig(), checkpoint_every_steps=800)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", CrashingReplay, ReplayConfig(), checkpoint_every_steps=800)
+    killed = tmp_path / "killed" / "point-nav" / "replay-toy" / "seed0"
+    ckpt = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert ckpt["learner"]["replay"] == ckpt["env_steps"] == 1600  # the replay enters only as its length
+    assert (killed / "storage" / "replay" / "obs.bin").stat().st_size > 1600 * 2 * 4  # rows after it
+    resumed = run(tmp_path / "killed", ReplayLearner, ReplayConfig(), checkpoint_every_steps=800)
+    (p_whole, e_whole), (p_res, e_res) = read(whole), read(resumed)
+    pd.testing.assert_frame_equal(p_whole, p_res)
+    pd.testing.assert_frame_equal(e_whole, e_res)
+    assert (resumed / "storage" / "replay" / "obs.bin").stat().st_size == 4000 * 2 * 4
+
+
+def test_progress_csv_keeps_a_metric_that_first_appears_later(tmp_path):
+    progress, _ = read(run(tmp_path, ReplayLearner, ReplayConfig()))
+    assert "late_metric" in progress.columns
+    # 400 steps per iteration: the replay passes 800 rows in the 3rd of 10 iterations
+    assert progress["late_metric"].isna().sum() == 2 and progress["late_metric"].notna().sum() == 8
+
+
+def test_state_that_would_not_load_fails_at_the_first_checkpoint_naming_the_key(tmp_path):
+    class NumpyState(ReplayLearner):
+        def state_dict(self):
+            return super().state_dict() | {"stats": {"running": np.zeros(3)}}
+
+    with pytest.raises(ResultsError, match=r"learner\.stats\.running"):
+        run(tmp_path, NumpyState, ReplayConfig())
+    assert not (tmp_path / "point-nav" / "replay-toy" / "seed0" / "checkpoint.pt").exists()
