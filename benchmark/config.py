@@ -38,6 +38,8 @@ class HarnessConfig:
         0  # 0 = the protocol (every test / OOD task); N > 0 caps each split (smoke runs)
     )
     checkpoint_every_steps: int = 100_000  # env steps between atomic checkpoints (and at the budget)
+    validation_tasks: int = 0  # > 0: a tuning run; hold out this many training tasks as a validation
+    # split, train on the rest, evaluate only on them (split "validation"; never test or OOD tasks)
     num_workers: int = 2  # processes stepping simulators, the sampling one included (point-nav: in-process)
     torch_threads: int = 1  # intra-op threads of the learner process
 
@@ -166,6 +168,10 @@ def resolve(
             accepted = ", ".join(sorted(run_types) + sorted(algo_types))
             raise ConfigError(f"--set {key}: no such setting; accepted: {accepted}")
     run, algo = apply(run, run_set), apply(algo, algo_set)
+    if run.validation_tasks < 0:
+        raise ConfigError(
+            f"--set validation_tasks={run.validation_tasks}: must be >= 0 (0 = no tuning split)"
+        )
     if run.final_eval_max_tasks < 0:
         raise ConfigError(
             f"--set final_eval_max_tasks={run.final_eval_max_tasks}: must be >= 0 (0 = all tasks)"

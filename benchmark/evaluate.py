@@ -77,7 +77,10 @@ def summarize(rows: list[dict[str, Any]] | pd.DataFrame, suite: Suite) -> pd.Dat
         tasks=("task_id", "nunique"), mean_return=("return", "mean")
     )
     if ref is not None:
-        out["normalized"] = ref.normalise(out["mean_return"].to_numpy())
+        normalized = ref.normalise(out["mean_return"].to_numpy())
+        # a tuning run's validation split has no references of its own: reported raw
+        raw = out.index.get_level_values("split") == "validation"
+        out["normalized"] = np.where(raw, np.nan, normalized)
     if suite.has_success:
         df["success"] = pd.to_numeric(df["success"], errors="coerce")
         out["success_rate"] = df.groupby(["split", "episode"], sort=True)["success"].mean()
@@ -92,7 +95,7 @@ def headline(
     df = df[(df["split"] == split) & df["episode"].isin(suite.headline_episodes())]
     out = {"return": float(df["return"].astype(float).mean())}
     ref = suite.reference_returns()
-    if ref is not None:
+    if ref is not None and split != "validation":
         out["normalized"] = float(np.mean(ref.normalise(df["return"].astype(float).to_numpy())))
     if suite.has_success:
         out["success_rate"] = float(pd.to_numeric(df["success"], errors="coerce").mean())

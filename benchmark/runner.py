@@ -74,22 +74,50 @@ class RunId:
         return run_dir(self.out, self.suite, self.algo, self.seed)
 
 
+def validation_split(suite: Suite, n: int) -> tuple[list[Task], list[Task]]:
+    """(training tasks kept for meta-training, ``n`` held-out validation tasks), both from the train split.
+
+    The validation tasks are evenly spaced over the training list (deterministic); hyperparameters
+    are chosen on them, never on test or OOD tasks. Raises ``ValueError`` when fewer than ``n + 1``
+    training tasks exist.
+    """
+    train = list(suite.tasks("train"))
+    if n <= 0:
+        return train, []
+    if n >= len(train):
+        raise ValueError(f"validation_tasks={n}: the suite has only {len(train)} training tasks")
+    held = set(np.linspace(0, len(train) - 1, n).round().astype(int).tolist())
+    if len(held) < n:
+        held = set(range(0, len(train), max(1, len(train) // n))[:n])
+    return [t for i, t in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+
+
 class HarnessContext:
-    """The ``TrainContext`` a method sees: training tasks, trial sampling, the run's generator."""
+    """The ``TrainContext`` a method sees: training tasks, trial sampling, the run's generator.
+
+    ``train_pool`` (default: the suite's whole train split) is what ``train_step`` may sample; a
+    tuning run passes the training tasks minus its validation tasks.
+    """
 
     def __init__(
-        self, suite: Suite, sampler: TrialSampler, rng: np.random.Generator, device: torch.device
+        self,
+        suite: Suite,
+        sampler: TrialSampler,
+        rng: np.random.Generator,
+        device: torch.device,
+        train_pool: Sequence[Task] | None = None,
     ) -> None:
         self.suite, self.sampler, self.rng, self.device = suite, sampler, rng, device
+        self.pool = list(suite.tasks("train") if train_pool is None else train_pool)
+        self._pool_ids = {t.task_id for t in self.pool}
         self.env_steps = 0
 
     def train_tasks(self) -> Sequence[Task]:
-        return self.suite.tasks("train")
+        return self.pool
 
     def sample_tasks(self, n: int) -> list[Task]:
-        train = self.suite.tasks("train")
-        idx = self.rng.choice(len(train), size=n, replace=n > len(train))
-        return [train[i] for i in idx]
+        idx = self.rng.choice(len(self.pool), size=n, replace=n > len(self.pool))
+        return [self.pool[i] for i in idx]
 
     def sample_trials(
         self, agent: AdaptiveAgent, tasks: Sequence[Task], episodes: int | None = None
@@ -97,6 +125,9 @@ class HarnessContext:
         outside = sorted({t.split for t in tasks if t.split != "train"})
         if outside:
             raise ValueError(f"train_step may only sample training tasks; got tasks of split {outside}")
+        held = sorted({t.task_id for t in tasks} - self._pool_ids)
+        if held:
+            raise ValueError(f"train_step may only sample training tasks; tasks {held[:5]} are held out")
         if agent.evaluation:
             raise ValueError("train_step sampled with an evaluation agent; use make_agent(evaluation=False)")
         seed = int(self.rng.integers(0, 2**31 - 1))
@@ -222,7 +253,8 @@ class Runner:
         progress_log = CsvLog(self.dir / "progress.csv")
         eval_log = CsvLog(self.dir / "eval.csv", EVAL_COLUMNS)
         sampler = TrialSampler(suite, num_workers=1 if suite.family == "point-nav" else cfg.num_workers)
-        ctx = HarnessContext(suite, sampler, rng, self.device)
+        train_pool, validation = validation_split(suite, cfg.validation_tasks)
+        ctx = HarnessContext(suite, sampler, rng, self.device, train_pool)
         ctx.env_steps = env_steps
         bar = _progress_bar(cfg.budget_steps, env_steps, self.run_id, enabled=self.progress)
         last_eval: float | None = None
@@ -232,13 +264,15 @@ class Runner:
             "train": suite.periodic_train_eval_tasks(cfg.eval_tasks),
         }
         periodic = {k: v for k, v in periodic.items() if v}
+        if validation:  # a tuning run: evaluations only on the held-out training tasks
+            periodic = {"validation": validation[: cfg.eval_tasks]}
         try:
             while True:
                 # every mark reached so far (several if one iteration crossed more than one)
                 while next_eval < cfg.budget_steps and next_eval <= ctx.env_steps:
                     rows = self._evaluate(learner, sampler, periodic, it, ctx.env_steps, next_eval)
                     eval_log.write(rows)
-                    last_eval = headline(rows, suite)["return"]
+                    last_eval = headline(rows, suite, rows[0]["split"])["return"] if rows else None
                     next_eval += cfg.eval_every_steps
                 if ctx.env_steps >= cfg.budget_steps:
                     break
@@ -261,7 +295,7 @@ class Runner:
                 bar.set_postfix(it=it, eval=_fmt(last_eval), refresh=False)
             bar.close()
             final_rows = self._evaluate(
-                learner, sampler, self._final_tasks(), it, ctx.env_steps, cfg.budget_steps
+                learner, sampler, self._final_tasks(validation), it, ctx.env_steps, cfg.budget_steps
             )
             eval_log.write(final_rows)
             (self.dir / DONE_MARKER).write_text(f"finished {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
@@ -306,9 +340,11 @@ class Runner:
                 )
         return rows
 
-    def _final_tasks(self) -> dict[str, list[Task]]:
-        """The final tasks of the protocol; ``final_eval_max_tasks`` > 0 keeps that many per split."""
-        tasks, cap = self.suite.final_eval_tasks(), self.run_cfg.final_eval_max_tasks
+    def _final_tasks(self, validation: list[Task]) -> dict[str, list[Task]]:
+        """The final tasks of the protocol (a tuning run: its validation tasks only);
+        ``final_eval_max_tasks`` > 0 keeps that many per split."""
+        tasks = {"validation": validation} if validation else self.suite.final_eval_tasks()
+        cap = self.run_cfg.final_eval_max_tasks
         if cap <= 0:
             return tasks
         keep = {

@@ -299,3 +299,23 @@ def test_state_that_would_not_load_fails_at_the_first_checkpoint_naming_the_key(
     with pytest.raises(ResultsError, match=r"learner\.stats\.running"):
         run(tmp_path, NumpyState, ReplayConfig())
     assert not (tmp_path / "point-nav" / "replay-toy" / "seed0" / "checkpoint.pt").exists()
+
+
+# -- tuning hygiene: a validation split of the training tasks --------------------------------------------
+def test_validation_run_holds_out_training_tasks_and_never_touches_test_or_ood(tmp_path):
+    from benchmark.runner import validation_split
+
+    suite = PointNav()
+    pool, held = validation_split(suite, 20)
+    assert len(held) == 20 and len(pool) == len(suite.tasks("train")) - 20
+    assert not {t.task_id for t in held} & {t.task_id for t in pool}
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"), pool)
+    learner = RL2(suite.spec(), TINY_RL2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="held out"):
+        ctx.sample_trials(learner.make_agent(), held[:2])
+    sampled = {t.task_id for _ in range(50) for t in ctx.sample_tasks(8)}
+    assert sampled and not sampled & {t.task_id for t in held}
+
+    _, ev = read(run(tmp_path, RL2, TINY_RL2, validation_tasks=20, final_eval_max_tasks=0))
+    assert set(ev["split"]) == {"validation"}
+    assert set(ev["task_id"]) <= {t.task_id for t in held} and ev["task_id"].nunique() == 20

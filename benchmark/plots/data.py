@@ -30,7 +30,7 @@ from benchmark.errors import ResultsError  # noqa: F401 - re-exported
 
 PROGRESS_COLUMNS = ("iteration", "env_steps", "wall_time_s")
 EVAL_COLUMNS = ("iteration", "env_steps", "split", "task_id", "task", "episode", "return", "success")
-SPLITS = ("train", "test", "ood")
+SPLITS = ("train", "test", "ood", "validation")
 SUITE_INFO_KEYS = (
     "family",
     "horizon",
