@@ -92,10 +92,12 @@ class RL2Agent(AdaptiveAgent):
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.prev is not None, "call new_trial() first"
-        x = torch.as_tensor(self.prev.features(obs), device=self.device).unsqueeze(1)
-        out, self.hidden = self.net.core(x, self.hidden)
-        action, log_prob = self.net.policy.act(out[:, 0], deterministic=self.evaluation)
-        value = self.net.value(out[:, 0]).squeeze(-1)
+        # nothing here enters a gradient later: inference mode is cheaper than the sampler's no_grad
+        with torch.inference_mode():
+            x = torch.as_tensor(self.prev.features(obs), device=self.device).unsqueeze(1)
+            out, self.hidden = self.net.core(x, self.hidden)
+            action, log_prob = self.net.policy.act(out[:, 0], deterministic=self.evaluation)
+            value = self.net.value(out[:, 0]).squeeze(-1)
         return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}
 
     def observe(self, transition: Transition) -> None:
@@ -118,7 +120,7 @@ class RL2(MetaLearner):
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
         if family == "metaworld":
-            # Meta-World reference (SPEC.md): GRU 256, gamma 0.99, lambda 1, clip 0.2, 10 episodes per trial
+            # Meta-World reference (Meta-World paper, RL² baseline): GRU 256, gamma 0.99, lambda 1, clip 0.2, 10 episodes per trial
             base = {"hidden_size": 256, "gamma": 0.99, "gae_lambda": 1.0, "clip": 0.2, "lr": 5e-4}
             return base | {"meta_batch_size": 25 if profile == "paper" else 10}
         if family == "point-nav":

@@ -9,16 +9,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from benchmark.config import PROFILES, ConfigError
+from benchmark.errors import UsageError
+from benchmark.launch import print_summary, resolve_run, run_one
 
 DEFAULT_SUITE = "halfcheetah-vel"
 DEFAULT_OUT = "results/runs"
-
-
-class UsageError(ValueError):
-    """Bad command-line input."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,26 +150,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(algo: str, suite_name: str, profile: str, overrides: list[str]) -> tuple[Any, Any, Any, Any]:
-    from benchmark import registry
-    from benchmark.config import parse_overrides, resolve
-
-    learner_cls = registry.load_algorithm(algo)
-    suite = registry.load_suite(suite_name)
-    run_cfg, algo_cfg = resolve(
-        profile,
-        suite.family,
-        learner_cls.Config,
-        learner_cls.profile(profile, suite.family),
-        parse_overrides(overrides),
-    )
-    try:
-        learner_cls.validate(algo_cfg, suite.spec())
-    except ValueError as exc:
-        raise ConfigError(f"{algo}: {exc}") from None
-    return learner_cls, suite, run_cfg, algo_cfg
-
-
 def _check_device(device: str) -> None:
     import torch
 
@@ -183,39 +161,6 @@ def _check_device(device: str) -> None:
         raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {device!r}: expected cpu or cuda[:N]")
-
-
-def run_one(algo: str, suite_name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from benchmark.runner import RunId, Runner
-
-    learner_cls, suite, run_cfg, algo_cfg = _resolve(algo, suite_name, args.profile, args.overrides)
-    run_id = RunId(
-        algo=algo, suite=suite_name, seed=seed, profile=args.profile, out=Path(args.out), device=args.device
-    )
-    runner = Runner(
-        run_id,
-        suite,
-        learner_cls,
-        algo_cfg,
-        run_cfg,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    return runner.execute()
-
-
-def print_summary(algo: str, suite: str, seed: int, summary: dict[str, Any]) -> None:
-    table = summary["table"]
-    print(
-        f"\n{algo} on {suite}, seed {seed}: final evaluation at the budget of "
-        f"{summary['budget_steps']:,} env "
-        f"steps ({summary['env_steps']:,} consumed, {summary['iterations']} iterations; {summary['dir']})"
-    )
-    if len(table):
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    for split, h in sorted(summary["headline"].items()):
-        print(f"  headline [{split}]: " + ", ".join(f"{k}={v:.3f}" for k, v in h.items()))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -232,7 +177,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_device(args.device)
     for algo in args.algo:  # validate every name, setting and output directory before any run starts
         for suite in args.suite:
-            _resolve(algo, suite, args.profile, args.overrides)
+            resolve_run(algo, suite, args.profile, args.overrides)
             for seed in args.seeds:
                 path = run_dir(args.out, suite, algo, seed)
                 if not (args.resume or args.overwrite) and path.exists() and any(path.iterdir()):

@@ -6,3 +6,7 @@ class ResultsError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""

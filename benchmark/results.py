@@ -1,4 +1,4 @@
-"""The results layout and CSV schema (SPEC.md), atomic checkpoints, and truncation on resume.
+"""The results layout and CSV schema (docs/protocol.md), atomic checkpoints, and truncation on resume.
 
 ``<out>/<suite>/<algo>/seed<N>/`` holds config.json, progress.csv, eval.csv, checkpoint.pt and, once
 the run finished, a ``done`` marker. CSV rows are flushed as soon as they are written.

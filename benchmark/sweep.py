@@ -46,7 +46,7 @@ def run_sweep(args: argparse.Namespace) -> list[int]:
     if args.backend == "ray":
         return _ray(combos, args)
     if args.jobs <= 1:
-        from benchmark.cli import print_summary, run_one
+        from benchmark.launch import print_summary, run_one
 
         for algo, suite, seed in combos:
             summary = run_one(algo, suite, seed, args)
@@ -80,7 +80,7 @@ def _ray(combos: list[tuple[str, str, int]], args: argparse.Namespace) -> list[i
     try:
         import ray  # type: ignore[import-not-found]
     except ImportError:
-        from benchmark.cli import UsageError
+        from benchmark.errors import UsageError
 
         raise UsageError(
             "--backend ray needs the ray package (pip install 'ray==2.*'); or use --backend local"
@@ -88,9 +88,8 @@ def _ray(combos: list[tuple[str, str, int]], args: argparse.Namespace) -> list[i
 
     @ray.remote(num_cpus=2)
     def one(argv: list[str]) -> int:
-        from benchmark.cli import main
-
-        return main([*argv, "--no-progress"])
+        """One run as its own ``python -m benchmark run`` process on the node; its exit code."""
+        return subprocess.run([sys.executable, "-m", "benchmark", *argv, "--no-progress"]).returncode
 
     ray.init(ignore_reinit_error=True)
     return ray.get([one.remote(run_argv(*combo, args)) for combo in combos])

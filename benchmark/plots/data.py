@@ -2,7 +2,7 @@
 
 Pure functions of the results files: nothing here imports training code, torch or gymnasium.
 
-Layout (SPEC.md, "Results layout and CSV schema")::
+Layout (docs/protocol.md, "Results layout and CSV schema")::
 
     <root>/<suite>/<algo>/seed<N>/config.json
                                  /progress.csv

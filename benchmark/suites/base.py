@@ -107,7 +107,7 @@ class BatchEnv(abc.ABC):
 
 
 class Suite(abc.ABC):
-    """A task distribution under the one evaluation protocol (see SPEC.md).
+    """A task distribution under the one evaluation protocol (docs/protocol.md).
 
     Subclasses set the class attributes and implement ``_make_tasks`` and ``make_batch_env``.
     """
@@ -132,7 +132,7 @@ class Suite(abc.ABC):
         """Build the task list of one split deterministically from ``task_seed``."""
 
     def splits(self) -> tuple[str, ...]:
-        """The splits this suite defines (``ood`` only where SPEC.md gives one)."""
+        """The splits this suite defines (``ood`` only where the suite defines one)."""
         return ("train", "test")
 
     def tasks(self, split: str) -> list[Task]:

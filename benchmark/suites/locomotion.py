@@ -1,6 +1,6 @@
 """Locomotion suites on the gymnasium MuJoCo v5 models: HalfCheetah, Ant and Humanoid.
 
-Every suite is one task distribution from SPEC.md ("Task suites"), with horizon 200, training trials
+Every suite is one task distribution of the README ("Task suites"), with horizon 200, training trials
 of 2 episodes, 6-episode evaluation trials and no success notion. Splits are drawn from one generator
 seeded with ``task_seed`` (1337) in a fixed order (train, test, then ood), so every split is
 deterministic and the continuous suites' splits never share a task.
@@ -17,7 +17,7 @@ here from the MuJoCo state:
 - the alive bonus (+1 ant-dir / ant-fwd-back, +5 humanoid-dir) is paid on the steps that end healthy,
   so not on the step that terminates the episode, as gymnasium v5 does (the PEARL / VariBAD code also
   paid it on that last step: a difference of one bonus per fallen episode);
-- termination only where SPEC.md names one (ant-dir, ant-fwd-back: torso z outside [0.2, 1.0];
+- termination only where the task definition names one (ant-dir, ant-fwd-back: torso z outside [0.2, 1.0];
   humanoid-dir: torso z outside [1, 2]); the env never truncates: the sampler enforces the horizon
   and never steps an env after its termination.
 
@@ -393,7 +393,7 @@ class AntGoal(LocomotionSuite):
     """ant-goal: walk to goal = r (cos a, sin a), a ~ U[0, 2 pi), r = 3 sqrt(U) (uniform on the disc).
 
     reward -||xy - goal||_1 - 0.1 ||a||^2 - 5e-4 ||clip(cfrc_ext, -1, 1)||^2 with xy the torso position
-    after the step; no termination (SPEC names none). Observation qpos + qvel (29): the torso x-y stays
+    after the step; no termination (the definition names none). Observation qpos + qvel (29): the torso x-y stays
     in, the agent cannot find a place otherwise. OOD: 20 goals uniform on the annulus 3 < r <= 4.
 
     Reference returns: None. No published oracle or random return exists for this definition.

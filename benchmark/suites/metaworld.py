@@ -1,6 +1,6 @@
 """Meta-World ML1 / ML10 / ML45 (metaworld 3.1.1): the official goal sets under the one protocol.
 
-Definition (SPEC.md): ``ml1-<task>`` is one Meta-World v3 task class with the official ML1 split, 50
+Definition: ``ml1-<task>`` is one Meta-World v3 task class with the official ML1 split, 50
 train goals and 50 disjoint test goals; ``ml10`` / ``ml45`` are the official class splits (ML10 holds
 out drawer-open, door-close, shelf-place, sweep-into and lever-pull; ML45 holds out bin-picking,
 box-close, hand-insert, door-lock and door-unlock), 50 goals per class. Horizon 500, trials of 10
