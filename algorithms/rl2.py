@@ -120,7 +120,8 @@ class RL2(MetaLearner):
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
         if family == "metaworld":
-            # Meta-World reference (Meta-World paper, RL² baseline): GRU 256, gamma 0.99, lambda 1, clip 0.2, 10 episodes per trial
+            # Meta-World reference (Meta-World paper, RL² baseline): GRU 256, gamma 0.99, lambda 1,
+            # clip 0.2, 10 episodes per trial
             base = {"hidden_size": 256, "gamma": 0.99, "gae_lambda": 1.0, "clip": 0.2, "lr": 5e-4}
             return base | {"meta_batch_size": 25 if profile == "paper" else 10}
         if family == "point-nav":

@@ -4,7 +4,8 @@ What is measured (every number is env steps per wall-clock second unless stated,
 
 * ``raw``     random actions through the simulators, no policy.
   - ``raw/HalfCheetah-v5/single``: ``gymnasium.make("HalfCheetah-v5")`` on one core, the absolute reference
-    (its ratio is to 16.5k steps/s, measured on a quiet 2-core machine of the project: it tells how busy the machine was).
+    (its ratio is to 16.5k steps/s, measured on a quiet 2-core machine of the project: it tells how
+    busy the machine was).
   - ``raw1/<suite>``: one task env of the suite in-process (``make_batch_env(1, num_workers=1)``);
     ratio to the gymnasium HalfCheetah row (suite wrapper / simulator cost per core).
   - ``raw/<suite>/B<n>``: the SAME batch env the sampler uses (``make_batch_env(n, num_workers=2)``),

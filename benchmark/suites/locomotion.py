@@ -393,8 +393,8 @@ class AntGoal(LocomotionSuite):
     """ant-goal: walk to goal = r (cos a, sin a), a ~ U[0, 2 pi), r = 3 sqrt(U) (uniform on the disc).
 
     reward -||xy - goal||_1 - 0.1 ||a||^2 - 5e-4 ||clip(cfrc_ext, -1, 1)||^2 with xy the torso position
-    after the step; no termination (the definition names none). Observation qpos + qvel (29): the torso x-y stays
-    in, the agent cannot find a place otherwise. OOD: 20 goals uniform on the annulus 3 < r <= 4.
+    after the step; no termination (the definition names none). Observation qpos + qvel (29): the torso
+    x-y stays in, the agent cannot find a place otherwise. OOD: 20 goals uniform on the annulus 3 < r <= 4.
 
     Reference returns: None. No published oracle or random return exists for this definition.
     """
