@@ -1,7 +1,8 @@
 """point-nav: MAML's 2D navigation, vectorised over tasks in pure numpy (the fast test bed).
 
 Definition (MAML 2-D navigation): the point starts at (0, 0); the goal g ~ U[-0.5, 0.5]^2; the
-environment action is clipped to [-0.1, 0.1]^2 and p' = p + clip(a); reward -||p' - g||_2; horizon 100; observation p.
+environment action is clipped to [-0.1, 0.1]^2 and p' = p + clip(a); reward -||p' - g||_2; horizon 100;
+observation p.
 Agents act in [-1, 1]^2, mapped linearly onto [-0.1, 0.1]^2. OOD goals have max-norm in (0.5, 1.0].
 """
 
