@@ -58,6 +58,15 @@ class RunExistsError(ResultsError):
     """The output directory already holds a run and neither --resume nor --overwrite was given."""
 
 
+class ResumeMismatchError(ResultsError):
+    """``--resume`` with settings that differ from the ones the run was started with."""
+
+
+#: Settings that may change on resume: a longer budget, and the number of simulator processes
+#: (results do not depend on it: tested). Everything else must equal the run's config.json.
+RESUMABLE_CHANGES = ("budget_steps", "num_workers")
+
+
 @dataclass
 class RunId:
     """What identifies a run and where it is written: method, suite, seed, profile, results root, device."""
@@ -190,7 +199,44 @@ class Runner:
                 f"{self.dir} already holds {state}; pass --resume to continue it or --overwrite"
             )
         self.resuming = exists and resume
+        if self.resuming and (self.dir / "config.json").exists():
+            self._check_resume_config()
         self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _check_resume_config(self) -> None:
+        """Refuse to resume with settings that differ from the run's (nothing is written before this).
+
+        A longer ``budget_steps`` continues the run (a finished one too: its final evaluation is
+        replaced by the one at the new budget); a shorter one is refused.
+        """
+        path = self.dir / "config.json"
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ResultsError(f"{path}: unreadable config of the run to resume ({exc})") from None
+        new = json.loads(json.dumps(self.config_record(), default=str))
+        diffs = []
+        for key in ("profile", "device"):
+            if old.get(key) != new[key]:
+                diffs.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+        for section in ("run", "algo_config"):
+            before, after = old.get(section, {}), new[section]
+            for key in sorted(set(before) | set(after)):
+                if key in RESUMABLE_CHANGES and section == "run":
+                    continue
+                if before.get(key) != after.get(key):
+                    diffs.append(f"{key} {before.get(key)!r} -> {after.get(key)!r}")
+        old_budget, new_budget = old.get("run", {}).get("budget_steps"), self.run_cfg.budget_steps
+        if old_budget is not None and new_budget < old_budget:
+            diffs.append(f"budget_steps {old_budget} -> {new_budget} (only a longer budget can resume)")
+        if diffs:
+            raise ResumeMismatchError(
+                f"{self.dir}: --resume with settings that differ from the run's: {'; '.join(diffs)}; "
+                "resume with the original settings (a longer budget_steps is accepted) or --overwrite"
+            )
+        if self.finished and old_budget is not None and new_budget > old_budget:
+            (self.dir / DONE_MARKER).unlink()  # continue to the new budget
+            self.finished = False
 
     def config_record(self) -> dict[str, Any]:
         ref = self.suite.reference_returns()

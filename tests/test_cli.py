@@ -167,3 +167,43 @@ def test_unfinished_run_refused_without_resume(capsys, tmp_path):
     code, _, err = run_cli(capsys, *quick_run(tmp_path))
     assert code == 2 and "already holds an unfinished run" in err and len(err.strip().splitlines()) == 1
     assert (run / "eval.csv").read_text() == before
+
+
+def _snapshot(run):
+    return {name: (run / name).read_bytes() for name in ("config.json", "eval.csv", "progress.csv")}
+
+
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (["--set", "lr=0.5"], "lr 0.001 -> 0.5"),
+        (["--set", "hidden_size=32"], "hidden_size 16 -> 32"),  # architecture: was a 26-line traceback
+        (["--set", "eval_every_steps=400"], "eval_every_steps 800 -> 400"),
+        (["--set", "budget_steps=800"], "only a longer budget"),
+        (["--profile", "paper"], "profile 'quick' -> 'paper'"),
+    ],
+)
+def test_resume_refuses_changed_settings_naming_them_and_writes_nothing(capsys, tmp_path, change, named):
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    (run / "done").unlink()  # as if killed before the end
+    before = _snapshot(run)
+    code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume", *change))
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert _snapshot(run) == before
+
+
+def test_resume_with_a_longer_budget_equals_a_fresh_run_with_that_budget(capsys, tmp_path):
+    short, fresh = tmp_path / "short", tmp_path / "fresh"
+    assert run_cli(capsys, *quick_run(short))[0] == 0  # finished at 1,600 steps
+    longer = ["--set", "budget_steps=3200"]
+    assert run_cli(capsys, *quick_run(short, "--resume", *longer))[0] == 0
+    assert run_cli(capsys, *quick_run(fresh, *longer))[0] == 0
+    a, b = (p / "point-nav" / "rl2" / "seed0" for p in (short, fresh))
+    for name in ("progress.csv", "eval.csv"):
+        fa, fb = pd.read_csv(a / name), pd.read_csv(b / name)
+        if name == "progress.csv":
+            fa, fb = fa.drop(columns="wall_time_s"), fb.drop(columns="wall_time_s")
+        pd.testing.assert_frame_equal(fa, fb)
+    assert json.loads((a / "config.json").read_text())["budget_steps"] == 3200
+    assert (a / "done").exists()
