@@ -175,6 +175,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from benchmark.sweep import run_sweep
 
     _check_device(args.device)
+    for flag, values in (("--algo", args.algo), ("--suite", args.suite), ("--seeds", args.seeds)):
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:  # two processes would write one run directory at once
+            raise UsageError(
+                f"{flag} repeats {', '.join(map(str, repeated))}: each (algo, suite, seed) may run once"
+            )
     for algo in args.algo:  # validate every name, setting and output directory before any run starts
         for suite in args.suite:
             resolve_run(algo, suite, args.profile, args.overrides)

@@ -207,3 +207,22 @@ def test_resume_with_a_longer_budget_equals_a_fresh_run_with_that_budget(capsys,
         pd.testing.assert_frame_equal(fa, fb)
     assert json.loads((a / "config.json").read_text())["budget_steps"] == 3200
     assert (a / "done").exists()
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "0-2,1"], ["--algo", "rl2", "rl2"]])
+def test_sweep_refuses_repeated_combinations_before_any_run(capsys, tmp_path, flags):
+    argv = ["sweep", "--suite", "point-nav", "--out", str(tmp_path / "runs"), "--no-figures", *TINY_RL2]
+    if "--algo" not in flags:
+        argv += ["--algo", "rl2"]
+    code, _, err = run_cli(capsys, *argv, *flags)
+    assert code == 2 and "may run once" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_figures_refuse_duplicated_eval_rows_naming_the_file(capsys, tmp_path):
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    ev = tmp_path / "point-nav" / "rl2" / "seed0" / "eval.csv"
+    lines = ev.read_text().splitlines(keepends=True)
+    ev.write_text("".join(lines + lines[1:3]))  # what two processes in one directory wrote
+    code, _, err = run_cli(capsys, "figures", str(tmp_path))
+    assert code == 2 and "duplicated evaluation row" in err and str(ev) in err

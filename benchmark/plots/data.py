@@ -283,6 +283,16 @@ def read_eval(path: Path, has_success: bool, in_progress: bool = False) -> pd.Da
         df["mark"] = marks.astype(int)
     else:
         df["mark"] = df["env_steps"].astype(int)
+    key = ["mark", "split", "task_id", "episode"]
+    dup = df.duplicated(key, keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        r = df.iloc[i]
+        raise _fail(
+            path,
+            f"duplicated evaluation row (line {i + 2}: mark {r['mark']}, split {r['split']}, task_id "
+            f"{r['task_id']}, episode {r['episode']}); two writers shared this run directory",
+        )
     return df
 
 
