@@ -7,6 +7,7 @@ the run finished, a ``done`` marker. CSV rows are flushed as soon as they are wr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import pickle
@@ -58,8 +59,6 @@ class CsvLog:
         self.path = Path(path)
         self.fixed = columns is not None
         self.columns: tuple[str, ...] | None = tuple(columns) if columns is not None else None
-        self._file = None
-        self._writer: csv.DictWriter | None = None
         header = None
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open(newline="") as f:
@@ -92,36 +91,37 @@ class CsvLog:
             )
         if new:
             self._add_columns(tuple(new))
-        if self._writer is None:
-            self._open()
-        assert self._writer is not None and self._file is not None
+        assert self.columns is not None
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(self.columns))
+        if not self._has_header:
+            writer.writeheader()
         for row in rows:
-            self._writer.writerow({k: _fmt(v) for k, v in row.items()})
-        self._file.flush()
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        # one write call for the whole batch, appended at the end of the file: a kill cuts at most the
+        # last line, which readers and resume drop (see ``complete_lines``)
+        data = text.getvalue().encode()
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (0 if self._has_header else os.O_TRUNC)
+        )
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+        self._has_header = True
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file, self._writer = None, None
-
-    def _open(self) -> None:
-        assert self.columns is not None
-        self._file = self.path.open("a" if self._has_header else "w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=list(self.columns))
-        if not self._has_header:
-            self._writer.writeheader()
-            self._has_header = True
+        """Nothing stays open between writes (kept for callers that close their logs)."""
 
     def _add_columns(self, new: tuple[str, ...]) -> None:
         """Extend the header with ``new``; rows already on disk are rewritten, padded with empty fields."""
-        self.close()
         old_columns = self.columns or ()
         self.columns = old_columns + new
         if not self._has_header:
             return
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            old = list(reader)
+        reader = csv.DictReader(io.StringIO(complete_lines(self.path.read_bytes()).decode()))
+        old = list(reader)
         for i, row in enumerate(old):
             if None in row:  # csv.DictReader's key for fields beyond the header
                 raise ResultsError(f"{self.path}: row {i + 2} has more fields than the header")
@@ -134,14 +134,25 @@ def _fmt(value: Any) -> Any:
     return value
 
 
+def complete_lines(raw: bytes) -> bytes:
+    """``raw`` without a last line cut off mid-write (no final newline), wherever it was cut.
+
+    A kill can cut the last row anywhere, even inside a quoted field; everything up to the last
+    newline was written whole, because rows are appended in one write call per batch.
+    """
+    if not raw or raw.endswith(b"\n"):
+        return raw
+    end = raw.rfind(b"\n")
+    return raw[: end + 1] if end >= 0 else b""
+
+
 def truncate_csv(path: Path, keep: Any) -> None:
-    """Rewrite ``path`` keeping only rows where ``keep(row)`` is true (atomically)."""
+    """Rewrite ``path`` keeping only whole rows where ``keep(row)`` is true (atomically)."""
     if not path.exists():
         return
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames
-        rows = [r for r in reader if keep(r)]
+    reader = csv.DictReader(io.StringIO(complete_lines(path.read_bytes()).decode(), newline=""))
+    columns = reader.fieldnames
+    rows = [r for r in reader if keep(r)]
     if not columns:
         return
     write_csv_atomic(path, columns, rows)

@@ -226,3 +226,25 @@ def test_figures_refuse_duplicated_eval_rows_naming_the_file(capsys, tmp_path):
     ev.write_text("".join(lines + lines[1:3]))  # what two processes in one directory wrote
     code, _, err = run_cli(capsys, "figures", str(tmp_path))
     assert code == 2 and "duplicated evaluation row" in err and str(ev) in err
+
+
+def test_a_write_cut_at_any_byte_is_dropped_by_readers_and_by_resume(capsys, tmp_path):
+    """A kill leaves a prefix of the file: readers and resume keep exactly the whole rows before the cut."""
+    from benchmark.plots.data import read_eval
+    from benchmark.results import truncate_csv
+
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    ev = tmp_path / "point-nav" / "rl2" / "seed0" / "eval.csv"
+    raw = ev.read_bytes()
+    whole = raw.splitlines(keepends=True)
+    header = len(whole[0])
+    quoted = [i for i in range(header, len(raw)) if raw[i : i + 1] == b","][:40:7]  # inside "goal=(x,y)"
+    rng = __import__("numpy").random.default_rng(0)
+    offsets = sorted({*quoted, *rng.integers(header + 1, len(raw) - 1, 40).tolist()})
+    for cut in offsets:
+        ev.write_bytes(raw[:cut])
+        kept_rows = raw[:cut].count(b"\n") - 1  # whole rows before the cut
+        df = read_eval(ev, has_success=False, in_progress=True)
+        assert len(df) == kept_rows, cut
+        truncate_csv(ev, lambda r: True)
+        assert ev.read_bytes() == b"".join(whole[: kept_rows + 1]), cut

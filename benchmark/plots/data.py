@@ -15,6 +15,7 @@ file and what is wrong; ``python -m benchmark.plots`` turns it into exit code 2.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -199,16 +200,17 @@ def read_csv_checked(
     raw = path.read_bytes()
     if not raw.strip():
         raise _fail(path, f"empty file (expected a header row: {expected})")
-    partial = in_progress and not raw.endswith(b"\n") and raw.count(b"\n") >= 1
+    if in_progress and not raw.endswith(b"\n") and raw.count(b"\n") >= 1:
+        # a run in progress may have been killed mid-row: drop the cut last line wherever it was cut
+        # (even inside a quoted field) before parsing; everything before it was written whole
+        raw = raw[: raw.rfind(b"\n") + 1]
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, skipinitialspace=True)
     except UnicodeDecodeError:
         raise _fail(path, "not UTF-8 text") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise _fail(path, f"cannot parse CSV ({first})") from None
-    if partial and len(df):
-        df = df.iloc[:-1]
     df = df.fillna("")
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
