@@ -71,16 +71,17 @@ def summarize(rows: list[dict[str, Any]] | pd.DataFrame, suite: Suite) -> pd.Dat
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    ref = suite.reference_returns()
     df["return"] = df["return"].astype(float)
     out = df.groupby(["split", "episode"], sort=True).agg(
         tasks=("task_id", "nunique"), mean_return=("return", "mean")
     )
-    if ref is not None:
-        normalized = ref.normalise(out["mean_return"].to_numpy())
-        # a tuning run's validation split has no references of its own: reported raw
-        raw = out.index.get_level_values("split") == "validation"
-        out["normalized"] = np.where(raw, np.nan, normalized)
+    refs = {s: suite.reference_returns(s) for s in out.index.get_level_values("split").unique()}
+    if any(r is not None for r in refs.values()):
+        # each split on its own references; a split without any (OOD on most suites) stays raw
+        out["normalized"] = [
+            float(refs[s].normalise(m)) if refs[s] is not None else np.nan
+            for s, m in zip(out.index.get_level_values("split"), out["mean_return"], strict=True)
+        ]
     if suite.has_success:
         df["success"] = pd.to_numeric(df["success"], errors="coerce")
         out["success_rate"] = df.groupby(["split", "episode"], sort=True)["success"].mean()
@@ -94,8 +95,8 @@ def headline(
     df = pd.DataFrame(rows)
     df = df[(df["split"] == split) & df["episode"].isin(suite.headline_episodes())]
     out = {"return": float(df["return"].astype(float).mean())}
-    ref = suite.reference_returns()
-    if ref is not None and split != "validation":
+    ref = suite.reference_returns(split)
+    if ref is not None:
         out["normalized"] = float(np.mean(ref.normalise(df["return"].astype(float).to_numpy())))
     if suite.has_success:
         out["success_rate"] = float(pd.to_numeric(df["success"], errors="coerce").mean())

@@ -239,7 +239,7 @@ class Runner:
             self.finished = False
 
     def config_record(self) -> dict[str, Any]:
-        ref = self.suite.reference_returns()
+        refs = {s: self.suite.reference_returns(s) for s in (*self.suite.splits(), "validation")}
         return {
             "algo": self.run_id.algo,
             "suite": self.run_id.suite,
@@ -259,7 +259,7 @@ class Runner:
                 "description": self.suite.description,
                 "splits": {s: len(self.suite.tasks(s)) for s in self.suite.splits()},
             },
-            "reference_returns": asdict(ref) if ref is not None else None,
+            "reference_returns": {s: asdict(r) for s, r in refs.items() if r is not None},
             "versions": package_versions(),
             "git_commit": git_commit(),
             "command": sys.argv,

@@ -37,10 +37,12 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: listing suites must stay cheap
+    import torch
 
 SPLITS = ("train", "test", "ood")
 
@@ -133,11 +135,13 @@ class TrialBatch:
         return s.any(-1).astype(np.float64)
 
     def tensor(
-        self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> torch.Tensor:
         """One field (or extra) as a tensor on ``device``."""
+        import torch
+
         arr = self.extras[name] if name in self.extras else getattr(self, name)
-        return torch.as_tensor(np.asarray(arr), dtype=dtype, device=device)
+        return torch.as_tensor(np.asarray(arr), dtype=dtype or torch.float32, device=device)
 
 
 class AdaptiveAgent(abc.ABC):

@@ -1,4 +1,6 @@
 import numpy as np
+import pandas as pd
+import pytest
 from gymnasium.utils.env_checker import check_env
 
 from benchmark.suites.point_nav import PointNav, PointNavEnv
@@ -49,3 +51,34 @@ def test_reference_returns_oracle_beats_random():
     assert ref.oracle > ref.random
     assert -10 < ref.oracle < 0 and ref.random < -30
     assert np.isclose(ref.normalise(ref.oracle), 1.0) and np.isclose(ref.normalise(ref.random), 0.0)
+
+
+def test_each_split_is_normalised_on_its_own_references():
+    """A goal-seeking policy played on the OOD goals scores 1 on the OOD scale (not ~0.96 on the test
+    scale); a suite without OOD references reports OOD raw."""
+    from benchmark.evaluate import headline, summarize
+    from benchmark.suites.locomotion import HalfCheetahVel
+
+    suite = PointNav()
+    rows = []
+    for split in ("test", "ood"):
+        tasks = suite.tasks(split)
+        env = suite.make_batch_env(len(tasks))
+        env.set_tasks(tasks)
+        pos = env.reset([0] * len(tasks))
+        goals = np.array([[t.params["goal_x"], t.params["goal_y"]] for t in tasks])
+        ret = np.zeros(len(tasks))
+        for _ in range(suite.horizon):
+            res = env.step(np.clip((goals - pos) / 0.1, -1, 1), np.ones(len(tasks), bool))
+            pos, ret = res.obs, ret + res.reward
+        rows += [{"split": split, "task_id": i, "episode": 5, "return": r} for i, r in enumerate(ret)]
+    table = summarize(rows, suite).set_index("split")["normalized"]
+    assert table["ood"] == pytest.approx(1.0, abs=0.01) and table["test"] == pytest.approx(1.0, abs=0.01)
+    ood_on_test_scale = suite.reference_returns("test").normalise(np.mean(ret))
+    assert abs(ood_on_test_scale - 1.0) > 0.02  # the defect this replaces
+    assert headline(rows, suite, "ood")["normalized"] == pytest.approx(1.0, abs=0.01)
+    cheetah = HalfCheetahVel()
+    assert cheetah.reference_returns("ood") is None and cheetah.reference_returns("test") is not None
+    raw = summarize([{**r, "split": "ood"} for r in rows[:3]], cheetah)
+    assert raw.get("normalized", pd.Series([np.nan])).isna().all()
+    assert "normalized" not in headline(rows, cheetah, "ood")

@@ -151,7 +151,7 @@ def test_learns_point_nav(tmp_path):
             "--set", "eval_every_steps=10000000", "--set", "eval_tasks=5"]  # fmt: skip
     assert main(args) == 0
     run = tmp_path / "point-nav" / "trmrl" / "seed0"
-    ref = json.loads((run / "config.json").read_text())["reference_returns"]
+    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
     df = pd.read_csv(run / "eval.csv", keep_default_na=False)
     final = df[(df["mark"] == df["mark"].max()) & (df["split"] == "test")]
     per_episode = final.groupby("episode")["return"].mean()

@@ -79,7 +79,10 @@ class SuiteInfo:
 
 @dataclass(frozen=True)
 class References:
-    """Per-episode reference returns used for normalisation: (R - random) / (oracle - random)."""
+    """The test split's per-episode reference returns: normalised = (R - random) / (oracle - random).
+
+    Figures normalise only test-split numbers; other splits are plotted raw.
+    """
 
     random: float
     oracle: float
@@ -160,17 +163,24 @@ def parse_config(path: Path) -> tuple[dict[str, Any], SuiteInfo, References | No
         headline_episodes=tuple(sorted({int(h) for h in headline})),
         **ints,
     )
+    # ``reference_returns``: {split: {random, oracle, source}}; runs written before references were kept
+    # per split hold one object, which was computed for (and is used only on) the test split
     refs = None
     ref_raw = config.get("reference_returns")
-    if ref_raw is not None:
-        if not isinstance(ref_raw, dict) or "random" not in ref_raw or "oracle" not in ref_raw:
-            raise _fail(path, "key 'reference_returns' must be null or an object with 'random' and 'oracle'")
-        rand, oracle = _as_float(ref_raw["random"]), _as_float(ref_raw["oracle"])
+    if isinstance(ref_raw, dict) and "random" in ref_raw:
+        ref_raw = {"test": ref_raw}
+    if ref_raw is not None and not isinstance(ref_raw, dict):
+        raise _fail(path, "key 'reference_returns' must be null or an object {split: {random, oracle}}")
+    test_raw = (ref_raw or {}).get("test")
+    if test_raw is not None:
+        if not isinstance(test_raw, dict) or "random" not in test_raw or "oracle" not in test_raw:
+            raise _fail(path, "key 'reference_returns.test' must be an object with 'random' and 'oracle'")
+        rand, oracle = _as_float(test_raw["random"]), _as_float(test_raw["oracle"])
         if rand is None or oracle is None:
-            raise _fail(path, f"reference returns must be finite numbers, got {ref_raw!r}")
+            raise _fail(path, f"reference returns must be finite numbers, got {test_raw!r}")
         if oracle == rand:
             raise _fail(path, f"reference returns have oracle == random ({oracle}); cannot normalise")
-        refs = References(random=rand, oracle=oracle, source=str(ref_raw.get("source", "")))
+        refs = References(random=rand, oracle=oracle, source=str(test_raw.get("source", "")))
     return config, info, refs
 
 

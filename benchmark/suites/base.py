@@ -181,8 +181,12 @@ class Suite(abc.ABC):
         return {s: self.tasks(s) for s in self.splits() if s != "train"}
 
     # -- normalisation -------------------------------------------------------------------------
-    def reference_returns(self) -> ReferenceReturns | None:
-        """Per-episode random / oracle returns, or None where no reference exists."""
+    def reference_returns(self, split: str = "test") -> ReferenceReturns | None:
+        """Per-episode random / oracle returns of ``split``, or None where that split has none.
+
+        References belong to a split: a split without its own (e.g. OOD on most suites, a tuning
+        run's validation split) is reported raw, never on another split's scale.
+        """
         return None
 
     def task_counts(self) -> dict[str, int]:

@@ -312,7 +312,10 @@ class HalfCheetahVel(LocomotionSuite):
     def _describe(self, params: Params) -> str:
         return f"v_goal={params['v_goal']:.3f}"
 
-    def reference_returns(self) -> ReferenceReturns:
+    def reference_returns(self, split: str = "test") -> ReferenceReturns | None:
+        """The published in-distribution (v_goal ~ U[0, 3]) values for the test split; OOD is raw."""
+        if split != "test":
+            return None
         return ReferenceReturns(
             random=-646.3391 / 2,
             oracle=-79.692 / 2,

@@ -288,7 +288,7 @@ class MetaWorldSuite(Suite):
         train = [t for goals in self._per_class("train").values() for t in _spread(goals, k)]
         return {"test": list(self.tasks("test")), "train": train}
 
-    def reference_returns(self) -> ReferenceReturns | None:
+    def reference_returns(self, split: str = "test") -> ReferenceReturns | None:
         return None  # Meta-World is reported as success rate
 
     def task_counts(self) -> dict[str, int]:

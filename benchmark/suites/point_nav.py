@@ -113,15 +113,17 @@ class PointNav(Suite):
     def make_batch_env(self, num_envs: int, num_workers: int = 1) -> BatchEnv:
         return PointNavBatchEnv(num_envs)
 
-    def reference_returns(self) -> ReferenceReturns:
-        rand, oracle = _point_nav_references(
-            tuple((t.params["goal_x"], t.params["goal_y"]) for t in self.tasks("test"))
-        )
+    def reference_returns(self, split: str = "test") -> ReferenceReturns | None:
+        """Computed on the goals of ``split`` itself (test and OOD each have their own); else None."""
+        if split not in ("test", "ood"):
+            return None
+        goals = self.tasks(split)
+        rand, oracle = _point_nav_references(tuple((t.params["goal_x"], t.params["goal_y"]) for t in goals))
         return ReferenceReturns(
             random=rand,
             oracle=oracle,
-            source="computed by the harness on the 20 test goals: uniform-random actions (100 seeds) "
-            "and a scripted policy stepping straight at the goal",
+            source=f"computed by the harness on the {len(goals)} {split} goals: uniform-random actions "
+            "(100 seeds) and a scripted policy stepping straight at the goal",
         )
 
 
