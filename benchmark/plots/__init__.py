@@ -16,6 +16,7 @@ from .stats import (
     probability_of_improvement,
     probability_of_improvement_ci,
     stratified_bootstrap_ci,
+    t_interval,
 )
 from .style import method_colors
 from .tables import (
@@ -55,6 +56,7 @@ __all__ = [
     "probability_of_improvement",
     "probability_of_improvement_ci",
     "stratified_bootstrap_ci",
+    "t_interval",
     "write_aggregate_table",
     "write_final_table",
     "write_metaworld_table",

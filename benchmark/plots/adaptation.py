@@ -1,5 +1,5 @@
 """Fast adaptation: metric per episode index within the trial at the final (latest) evaluation,
-mean over seeds with 95% bootstrap CI; and the same for OOD tasks next to test tasks."""
+mean over seeds with a 95% Student-t CI over seeds; and the same for OOD tasks next to test tasks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import style
 from .data import Results, Run, per_episode
-from .stats import bootstrap_ci
+from .stats import t_interval
 
 ADAPT_COLUMNS = ["episode", "mean", "low", "high", "n_seeds"]
 
@@ -34,11 +34,11 @@ def seed_episode_matrix(runs: list[Run], split: str, paired_with: str | None = N
     return pd.DataFrame(rows).T.sort_index(axis=0).sort_index(axis=1)
 
 
-def summarize_matrix(matrix: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """Mean and 95% bootstrap CI over seeds (rows), per episode (column)."""
+def summarize_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% Student-t CI over seeds (rows), per episode (column)."""
     out = []
     for ep in matrix.columns:
-        est = bootstrap_ci(matrix[ep].to_numpy(), n_boot=n_boot, rng=int(ep))
+        est = t_interval(matrix[ep].to_numpy())
         out.append((int(ep), est.value, est.low, est.high, est.n))
     return pd.DataFrame(out, columns=ADAPT_COLUMNS)
 
@@ -92,7 +92,9 @@ def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -
             ax.set_title(f"{suite} (meta-test)")
         span = (Patch(color="0.5", alpha=0.2, linewidth=0), "headline episode(s)")
         style.add_legends(fig, axes, labels, style.legend_handles(results.algos), extra=[span])
-        style.suptitle(fig, "Fast adaptation at the final evaluation: mean over seeds, 95% bootstrap CI")
+        style.suptitle(
+            fig, "Fast adaptation at the final evaluation: mean over seeds, 95% Student-t CI over seeds"
+        )
         return style.save_figure(fig, out_dir, name)
 
 
@@ -131,6 +133,6 @@ def plot_ood_adaptation(results: Results, out_dir: Path, name: str = "ood_adapta
         style.suptitle(
             fig,
             "Out-of-distribution adaptation (same checkpoint for test and OOD tasks): "
-            "mean over seeds, 95% bootstrap CI",
+            "mean over seeds, 95% Student-t CI over seeds",
         )
         return style.save_figure(fig, out_dir, name)

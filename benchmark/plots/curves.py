@@ -1,5 +1,5 @@
 """Meta-training curves: headline test metric against environment steps, mean over seeds with 95 %
-bootstrap confidence bands; for Meta-World suites also meta-train next to meta-test."""
+Student-t confidence bands over seeds; for Meta-World suites also meta-train next to meta-test."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import style
 from .data import Results, curve
-from .stats import bootstrap_ci
+from .stats import t_interval
 
 CURVE_COLUMNS = ["mark", "env_steps", "mean", "low", "high", "n_seeds"]
 
@@ -22,9 +22,8 @@ def curve_table(
     split: str = "test",
     *,
     normalized: bool = False,
-    n_boot: int = 2000,
 ) -> pd.DataFrame:
-    """Mean over seeds (with 95% bootstrap CI over seeds) of the headline metric at every evaluation.
+    """Mean over seeds (with a 95% Student-t CI over seeds) of the headline metric at every evaluation.
 
     Seeds and methods are aligned by ``mark``, the env-step mark an evaluation stands for (the same
     marks for every method); the x position is the mark. ``env_steps`` is the mean number of steps the
@@ -40,7 +39,7 @@ def curve_table(
     df = pd.concat(frames, ignore_index=True)
     rows = []
     for mark, grp in df.groupby("mark", sort=True):
-        est = bootstrap_ci(grp["value"].to_numpy(), n_boot=n_boot, rng=int(mark) % 2**32)
+        est = t_interval(grp["value"].to_numpy())
         rows.append((int(mark), float(grp["env_steps"].mean()), est.value, est.low, est.high, est.n))
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
@@ -96,7 +95,7 @@ def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_
             labels.append(_panel(ax, results, suite, "test", colors, markers))
             ax.set_title(f"{suite} (meta-test)")
         style.add_legends(fig, axes, labels, style.legend_handles(results.algos))
-        style.suptitle(fig, "Meta-training curves: mean over seeds, 95% bootstrap CI")
+        style.suptitle(fig, "Meta-training curves: mean over seeds, 95% Student-t CI over seeds")
         return style.save_figure(fig, out_dir, name)
 
 
@@ -119,5 +118,7 @@ def plot_metaworld_curves(results: Results, out_dir: Path, name: str = "metaworl
                 labels.append(_panel(ax, results, suite, split, colors, markers))
                 ax.set_title(f"{suite} ({title})")
         style.add_legends(fig, axes, labels, style.legend_handles(results.algos))
-        style.suptitle(fig, "Meta-World success during meta-training: mean over seeds, 95% bootstrap CI")
+        style.suptitle(
+            fig, "Meta-World success during meta-training: mean over seeds, 95% Student-t CI over seeds"
+        )
         return style.save_figure(fig, out_dir, name)

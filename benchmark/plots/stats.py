@@ -1,4 +1,9 @@
-"""Bootstrap confidence intervals, IQM and probability of improvement (rliable methodology).
+"""Confidence intervals over seeds, IQM and probability of improvement (rliable methodology).
+
+Intervals over seeds (curves, adaptation, tables) are Student-t intervals: with the 3-10 seeds a
+benchmark run has, a percentile bootstrap covers far less than its nominal 95% (about 75% at n = 3,
+83% at n = 5, measured in the tests), while the t interval is exact for normal data. Aggregates over
+suites keep rliable's stratified bootstrap over runs within suites.
 
 Implemented with numpy / scipy only (rliable 1.2 imports ``arch``, which breaks with pandas 3).
 References: Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021.
@@ -50,6 +55,24 @@ def _percentile_ci(boot: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(boot, [alpha, 1.0 - alpha], axis=-1)
     return float(lo), float(hi)
+
+
+def t_interval(samples: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean and Student-t confidence interval over ``samples`` (seeds): mean +- t_{n-1} s / sqrt(n).
+
+    NaN samples are dropped; with fewer than two samples the CI is (NaN, NaN). Coverage is exact for
+    normally distributed per-seed values at any n >= 2 (tested by simulation at n = 3 and 5).
+    """
+    x = np.asarray(samples, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    mean = float(x.mean())
+    if n < 2:
+        return Estimate(mean, float("nan"), float("nan"), n)
+    half = float(_st.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
+    return Estimate(mean, mean - half, mean + half, n)
 
 
 def bootstrap_ci(

@@ -2,7 +2,7 @@
 published numbers.
 
 Every table has a numeric builder (``*_table(results) -> DataFrame``, one row per number, with the
-mean over seeds and its 95 % bootstrap CI over seeds) and a writer (``write_*_table``).
+mean over seeds and its 95 % Student-t CI over seeds) and a writer (``write_*_table``).
 Per-seed numbers are means over tasks (each task weighted once) at the run's latest evaluation.
 """
 
@@ -20,7 +20,7 @@ import pandas as pd
 from . import style
 from .adaptation import ood_suites, seed_episode_matrix
 from .data import Results, headline, method_order
-from .stats import Estimate, bootstrap_ci, bootstrap_diff_ci
+from .stats import Estimate, t_interval
 
 # Meta-World paper (Yu et al., CoRL 2019; updated manuscript), 10 seeds, "average max success" in %.
 PUBLISHED_METAWORLD = {
@@ -185,7 +185,7 @@ def final_table(results: Results) -> pd.DataFrame:
                 continue
             kinds = [("raw", False)] + ([("normalized", True)] if refs is not None else [])
             for kind, norm in kinds:
-                est = bootstrap_ci([headline(r, "test", normalized=norm) for r in runs])
+                est = t_interval([headline(r, "test", normalized=norm) for r in runs])
                 rows.append(
                     {
                         "suite": suite,
@@ -231,8 +231,8 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
         n_text=4,
         label="tab:final",
         notes=[
-            "Mean over seeds of the per-seed mean over test tasks; 95% percentile bootstrap CI over seeds "
-            "(2000 resamples); '(1 seed)' = no CI.",
+            "Mean over seeds of the per-seed mean over test tasks; 95% Student-t CI over seeds "
+            "(the Seeds column gives n); '(1 seed)' = no CI.",
             "Normalized return = (R - R_random) / (R_oracle - R_random) per episode, with the suite's "
             "reference returns from config.json; '—' where the suite has none.",
             "Runs in progress contribute their latest periodic evaluation (a subset of test tasks).",
@@ -247,8 +247,8 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
 # ------------------------------------------------------------------------------------------------
 def ood_table(results: Results) -> pd.DataFrame:
     """Per suite with an OOD split, method and episode index: test, OOD and drop (test - OOD) means
-    over seeds with 95 % bootstrap CIs. Test and OOD come from the same (latest OOD-covering)
-    evaluation of each run; the drop is bootstrapped over paired seeds."""
+    over seeds with 95 % Student-t CIs over seeds. Test and OOD come from the same (latest OOD-covering)
+    evaluation of each run; the drop's CI is over paired seeds."""
     rows = []
     for suite in ood_suites(results):
         for algo in results.algos_for(suite):
@@ -262,9 +262,9 @@ def ood_table(results: Results) -> pd.DataFrame:
                 base = {"suite": suite, "algo": algo, "episode": int(ep)}
                 t = test.loc[seeds, ep].to_numpy() if ep in test.columns else np.array([])
                 o = ood.loc[seeds, ep].to_numpy()
-                rows.append({**base, "split": "test", **_est_row(bootstrap_ci(t, rng=int(ep)))})
-                rows.append({**base, "split": "ood", **_est_row(bootstrap_ci(o, rng=int(ep)))})
-                drop = bootstrap_diff_ci(t, o, rng=int(ep)) if t.size == o.size else bootstrap_ci([])
+                rows.append({**base, "split": "test", **_est_row(t_interval(t))})
+                rows.append({**base, "split": "ood", **_est_row(t_interval(o))})
+                drop = t_interval(t - o) if t.size == o.size else t_interval([])
                 rows.append({**base, "split": "drop", **_est_row(drop)})
     return pd.DataFrame(rows, columns=["suite", "algo", "episode", "split", *NUMBER_COLUMNS])
 
@@ -305,7 +305,7 @@ def write_ood_table(results: Results, out_dir: Path, name: str = "ood") -> list[
         label="tab:ood",
         notes=[
             "Mean over seeds of the per-seed mean return over tasks, at the final evaluation (the latest "
-            "one covering OOD tasks); 95% percentile bootstrap CI over seeds; '(1 seed)' = no CI.",
+            "one covering OOD tasks); 95% Student-t CI over seeds; '(1 seed)' = no CI.",
             "Drop = test - OOD, paired by seed (positive = worse on OOD tasks). Episodes are numbered "
             "from 1 within the trial; adaptation state persists across the episodes of a trial.",
             *_left_out(results, numbers["suite"].unique(), "ood", "no OOD evaluation yet"),
@@ -343,7 +343,7 @@ def metaworld_table(results: Results) -> pd.DataFrame:
                         "algo": algo,
                         "split": split,
                         "source": "measured",
-                        **_est_row(bootstrap_ci(vals)),
+                        **_est_row(t_interval(vals)),
                     }
                 )
                 if pub:
@@ -407,7 +407,7 @@ def write_metaworld_table(results: Results, out_dir: Path, name: str = "metaworl
         notes=[
             "Measured here: success rate on the headline (evaluation) episodes of each trial, mean over "
             "goals at the final evaluation (runs in progress: latest evaluation), mean over seeds with 95% "
-            "percentile bootstrap CI over seeds; meta-train = the train-split tasks the harness evaluates at "
+            "Student-t CI over seeds; meta-train = the train-split tasks the harness evaluates at "
             "the end (for ML suites a fixed subset of train goals per class), meta-test = all test goals.",
             f"Published: {PUBLISHED_SOURCE}. Published numbers are maxima over training and come from "
             "different implementations and protocols; they are context, not a like-for-like comparison.",
