@@ -213,7 +213,8 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
         "",
         "Conventions: mean over seeds, 95% Student-t confidence intervals over seeds (exact coverage "
         "for normal per-seed values at any seed count; the seed count is stated with each method); "
-        "aggregates over suites use a stratified bootstrap; a method with one seed has no CI. Episodes are numbered from 1 within a trial. "
+        "aggregates over suites use a stratified bootstrap; a method with one seed has no CI. "
+        "Episodes are numbered from 1 within a trial. "
         "Runs in progress have no final evaluation yet: their latest periodic evaluation (a subset of "
         "the test tasks) stands in for it.",
         "",
