@@ -279,9 +279,12 @@ def test_aggregate_matches_direct_computation(results):
     scores = plots.aggregate_scores(results)
     assert set(scores["suite"]) == {"point-nav", "ml1-reach"}
     stats_df, poi_df = plots.aggregate_table(results, n_boot=300)
-    trm = scores.loc[scores["algo"] == "trmrl", "score"].to_numpy()
+    trm = scores[scores["algo"] == "trmrl"]
+    weights = 1.0 / trm.groupby("suite")["score"].transform("size").to_numpy()  # each suite weighs the same
     got = stats_df[(stats_df["algo"] == "trmrl") & (stats_df["statistic"] == "IQM")]
-    assert got["value"].item() == pytest.approx(st.trim_mean(trm, 0.25))
+    assert got["value"].item() == pytest.approx(stats.weighted_iqm(trm["score"].to_numpy(), weights))
+    mean = stats_df[(stats_df["algo"] == "trmrl") & (stats_df["statistic"] == "Mean")]
+    assert mean["value"].item() == pytest.approx(trm.groupby("suite")["score"].mean().mean())
     assert got["low"].item() <= got["value"].item() <= got["high"].item()
     maml = stats_df[stats_df["algo"] == "maml"].iloc[0]
     assert maml["suites_missing"] == "ml1-reach"
@@ -337,10 +340,25 @@ def test_probability_of_improvement():
 
 def test_stratified_bootstrap_ci_brackets_iqm():
     rng = np.random.default_rng(1)
-    strata = [rng.normal(loc=m, size=5) for m in (0.0, 1.0, 2.0)]
-    est = stats.stratified_bootstrap_ci(strata, stats.iqm, n_boot=500)
+    strata = [rng.normal(loc=m, size=4) for m in (0.0, 1.0, 2.0, 3.0)]
+    est = stats.stratified_bootstrap_ci(strata, n_boot=500)  # equal seeds: the plain IQM
     assert est.value == pytest.approx(st.trim_mean(np.concatenate(strata), 0.25))
-    assert est.low <= est.value <= est.high and est.n == 15
+    assert est.low <= est.value <= est.high and est.n == 16
+
+
+def test_weighted_iqm_equals_trim_mean_with_equal_weights_and_vectorises():
+    x = np.random.default_rng(2).normal(size=(7, 12))
+    assert stats.weighted_iqm(x, np.ones(12)) == pytest.approx(st.trim_mean(x, 0.25, axis=-1))
+
+
+def test_aggregate_gives_every_suite_the_same_weight_whatever_its_seed_count():
+    """Suite A: 9 seeds scoring 0; suite B: 1 seed scoring 1. Pooling runs gave B a weight of 1/10."""
+    strata = [np.zeros(9), np.ones(1)]
+    mean = stats.stratified_bootstrap_ci(strata, stats.weighted_mean, n_boot=200)
+    assert mean.value == pytest.approx(0.5)
+    iqm = stats.stratified_bootstrap_ci(strata, n_boot=200)
+    assert iqm.value == pytest.approx(0.5)  # middle half of the mass: a quarter at 0, a quarter at 1
+    assert stats.iqm(np.concatenate(strata)) == 0.0  # the pooled IQM this replaces
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,3 +464,15 @@ def test_cli_exits_2_without_traceback(tmp_path, capsys):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert "eval.csv" in proc.stderr
+
+
+def test_every_curve_point_averages_the_same_tasks(tmp_path):
+    """The final evaluation covers 4 test tasks, the periodic ones 2: the curve's last point uses the 2."""
+    path = write_run(tmp_path, "point-nav", "rl2", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+    run = plots.load_results(tmp_path).select("point-nav", "rl2")[0]
+    c = plots.data.curve(run)
+    ev = pd.read_csv(path / "eval.csv", keep_default_na=False)
+    last = ev[(ev["iteration"] == ev["iteration"].max()) & (ev["split"] == "test") & (ev["episode"] == 5)]
+    assert last["task_id"].nunique() == 4
+    assert c["value"].iloc[-1] == pytest.approx(last.loc[last["task_id"] < 2, "return"].mean())
+    assert c["value"].iloc[-1] != pytest.approx(last["return"].mean())

@@ -4,8 +4,9 @@ Score of one run = its headline number on the test split at the latest evaluatio
 (R - R_random) / (R_oracle - R_random) per episode where the suite has reference returns; success
 suites without references (Meta-World) contribute their success rate as a fraction in [0, 1].
 Suites with neither are left out. Interquartile mean (IQM) and mean over all runs of all suites a
-method ran, and the probability of improvement P(X > Y) over the suites both methods ran, each with a
-stratified bootstrap 95% CI (runs resampled within each suite).
+method ran, each suite weighing the same whatever its number of seeds (each run weighs
+1 / seeds of its suite), and the probability of improvement P(X > Y) over the suites both methods
+ran, each with a stratified bootstrap 95% CI (runs resampled within each suite).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from . import style
 from .data import Results, headline, method_order
 from .stats import (
     DEFAULT_BOOT,
-    iqm,
     probability_of_improvement_ci,
     stratified_bootstrap_ci,
+    weighted_iqm,
+    weighted_mean,
 )
 from .tables import TextTable, _write, fmt_estimate
 
-STATISTICS = {"IQM": iqm, "Mean": np.mean}
+STATISTICS = {"IQM": weighted_iqm, "Mean": weighted_mean}  # every suite weighs the same
 
 
 def aggregate_scores(results: Results) -> pd.DataFrame:

@@ -508,12 +508,19 @@ def curve(run: Run, split: str = "test", normalized: bool = False) -> pd.DataFra
     """Headline metric at every evaluation of ``split``: columns ``mark, env_steps, value``.
 
     ``mark`` is the env-step mark the evaluation stands for (the same for every method);
-    ``env_steps`` the steps the run had actually consumed when it evaluated.
+    ``env_steps`` the steps the run had actually consumed when it evaluated. Every point averages the
+    same tasks (the periodic evaluations' subset, also at the final mark).
     """
     df = episode_values(run, normalized)
     rows = df[(df["split"] == split) & df["episode"].isin(run.info.headline_episodes)]
     if rows.empty:
         return pd.DataFrame({"mark": [], "env_steps": [], "value": []})
+    if run.done and rows["mark"].nunique() > 1:
+        # every point on the same tasks: the final evaluation covers more tasks than the periodic
+        # ones, so the curve's last point keeps only the periodic evaluations' tasks
+        final = rows["mark"].max()
+        periodic = set(rows.loc[rows["mark"] != final, "task_id"])
+        rows = rows[rows["task_id"].isin(periodic)]
     per_task = _task_means(rows, ["mark"])
     out = per_task.groupby("mark", as_index=False)["value"].mean()
     steps = rows.groupby("mark")["env_steps"].max()

@@ -112,27 +112,55 @@ def bootstrap_diff_ci(
     return bootstrap_ci(a - b, np.mean, n_boot, confidence, rng)
 
 
+def weighted_mean(x: np.ndarray, w: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Weighted mean along ``axis`` (weights broadcast against ``x``)."""
+    x, w = np.asarray(x, dtype=float), np.broadcast_to(np.asarray(w, dtype=float), np.shape(x))
+    return (x * w).sum(axis) / w.sum(axis)
+
+
+def weighted_iqm(x: np.ndarray, w: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean with weights: the weighted mean of the middle 50% of the weight mass.
+
+    Samples are sorted; sample i covers the weight interval [c_{i-1}, c_i] of the normalised
+    cumulative weight, and counts with the part of it inside [0.25, 0.75] (fractional at the edges).
+    With equal weights and n divisible by 4 this is scipy's ``trim_mean(x, 0.25)``.
+    """
+    x = np.moveaxis(np.asarray(x, dtype=float), axis, -1)
+    w = np.moveaxis(np.broadcast_to(np.asarray(w, dtype=float), np.shape(np.moveaxis(x, -1, axis))), axis, -1)
+    order = np.argsort(x, axis=-1)
+    xs, ws = np.take_along_axis(x, order, -1), np.take_along_axis(w, order, -1)
+    c = np.cumsum(ws, -1) / ws.sum(-1, keepdims=True)
+    lo = np.concatenate([np.zeros_like(c[..., :1]), c[..., :-1]], -1)
+    kept = np.clip(np.minimum(c, 0.75) - np.maximum(lo, 0.25), 0.0, None)
+    return (xs * kept).sum(-1) / kept.sum(-1)
+
+
 def stratified_bootstrap_ci(
     strata: Sequence[Sequence[float] | np.ndarray],
-    statistic: Callable[..., np.ndarray] = iqm,
+    statistic: Callable[..., np.ndarray] = weighted_iqm,
     n_boot: int = DEFAULT_BOOT,
     confidence: float = CONFIDENCE,
     rng: np.random.Generator | int | None = None,
 ) -> Estimate:
-    """Stratified bootstrap: resample runs with replacement within each stratum (task), pool, apply
-    ``statistic`` (with ``axis=-1``) to the pooled scores. The CI is NaN if no stratum has two runs."""
+    """Stratified bootstrap with every stratum (suite) weighing the same.
+
+    Runs are resampled with replacement within each stratum, pooled, and ``statistic(x, w, axis=-1)``
+    is applied with weight 1 / (runs in its stratum) per run, so a suite with more seeds does not
+    weigh more. The CI is NaN if no stratum has two runs.
+    """
     arrays = [np.asarray(s, dtype=float).ravel() for s in strata]
     arrays = [a[np.isfinite(a)] for a in arrays]
     arrays = [a for a in arrays if a.size]
     if not arrays:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
     pooled = np.concatenate(arrays)
-    point = float(statistic(pooled, axis=-1))
+    weights = np.concatenate([np.full(a.size, 1.0 / a.size) for a in arrays])
+    point = float(statistic(pooled, weights, axis=-1))
     if all(a.size < 2 for a in arrays):
         return Estimate(point, float("nan"), float("nan"), pooled.size)
     gen = _rng(rng)
     boot = np.concatenate([a[gen.integers(0, a.size, size=(n_boot, a.size))] for a in arrays], axis=1)
-    lo, hi = _percentile_ci(statistic(boot, axis=-1), confidence)
+    lo, hi = _percentile_ci(statistic(boot, weights, axis=-1), confidence)
     return Estimate(point, lo, hi, pooled.size)
 
 
