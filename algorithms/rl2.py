@@ -20,28 +20,31 @@ from algorithms.common.nets import GaussianHead, RunningNorm, mlp
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from algorithms.common.trial_inputs import PreviousStep, trial_features
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
+from metarl_protocol.settings import setting
 
 
 @dataclass
 class RL2Config:
     """Hyperparameters (Meta-World reference: GRU 256, gamma 0.99, lambda 1, clip 0.2)."""
 
-    hidden_size: int = 256
+    hidden_size: int = setting(256, low=1)
     encoder_hidden: int = 64  # an MLP embeds the step input before the GRU (0 = none)
-    meta_batch_size: int = 20  # trials (tasks) per iteration
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip: float = 0.2
-    lr: float = 3e-4
-    epochs: int = 4
-    minibatches: int = 4
+    meta_batch_size: int = setting(20, low=1)  # trials (tasks) per iteration
+    gamma: float = setting(0.99, low=0.0, high=1.0)
+    gae_lambda: float = setting(0.95, low=0.0, high=1.0)
+    clip: float = setting(0.2, low=0.0, low_open=True)
+    lr: float = setting(3e-4, low=0.0, low_open=True)
+    epochs: int = setting(4, low=1)
+    minibatches: int = setting(4, low=1)
     value_coef: float = 0.5
     entropy_coef: float = 0.0
-    max_grad_norm: float = 0.5
-    init_std: float = 1.0
+    max_grad_norm: float = setting(0.5, low=0.0, low_open=True)
+    init_std: float = setting(1.0, low=0.0, low_open=True)
     normalize_advantages: bool = True
     normalize_observations: bool = True  # running mean/std of observations (updated after each PPO update)
-    target_kl: float | None = 0.02  # early stop of the epochs (CleanRL-style); none = always all epochs
+    target_kl: float | None = setting(
+        0.02, low=0.0, low_open=True
+    )  # early stop of the epochs (CleanRL-style); none = always all epochs
 
 
 class RL2Network(nn.Module):

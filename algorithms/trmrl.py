@@ -43,6 +43,7 @@ from algorithms.common.nets import GaussianHead, RunningNorm, mlp
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from algorithms.common.trial_inputs import PreviousStep, trial_features
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
+from metarl_protocol.settings import setting
 
 
 @dataclass
@@ -50,46 +51,56 @@ class TrMRLConfig:
     """Hyperparameters; defaults are the paper's HalfCheetahVel settings (official README command)."""
 
     # -- memory and encoder ---------------------------------------------------------------------------
-    memory: str = "episode"  # "episode": cleared at each episode start | "trial": spans the trial
+    memory: str = setting(
+        "episode", choices=("episode", "trial")
+    )  # "episode": cleared at each episode start | "trial": spans the trial
     window: int = 5  # N working memories per layer; 0 = the whole training trial (trial mode)
-    d_model: int = 128
-    n_heads: int = 16
-    n_layers: int = 4
-    d_ff: int = 512
+    d_model: int = setting(128, low=1)
+    n_heads: int = setting(16, low=1)
+    n_layers: int = setting(4, low=1)
+    d_ff: int = setting(512, low=1)
     normalize_observations: bool = False  # running mean/std of observations (quick locomotion, as RL²)
     tfixup: bool = True  # False: post-LN encoder layers with default initialisation (ablation)
     # working memory = embed_scale * embedding + position (Vaswani et al.: sqrt(d_model); the official
     # code has that line commented out, i.e. 1). At T-Fixup's small embedding scale the positions dominate.
-    embed_scale: float = 1.0
+    embed_scale: float = setting(1.0, low=0.0, low_open=True)
     # -- heads ----------------------------------------------------------------------------------------
-    policy_hidden: tuple[int, ...] = (64, 64)
-    init_std: float = 0.2
-    output_gain: float = 1.0  # Xavier gain of the policy mean layer (official AntDir / Meta-World: 0.01)
+    policy_hidden: tuple[int, ...] = setting((64, 64), low=1)
+    init_std: float = setting(0.2, low=0.0, low_open=True)
+    output_gain: float = setting(
+        1.0, low=0.0, low_open=True
+    )  # Xavier gain of the policy mean layer (official AntDir / Meta-World: 0.01)
     # value function: "shared" = MLP on the memory, its loss also trains the encoder;
     # "detached" = separate MLP on the memory (no gradient into the encoder);
     # "step" = separate MLP on the step input (official HalfCheetahVel / Meta-World: no --share_network)
-    value_fn: str = "step"
-    value_hidden: tuple[int, ...] = (64, 64)
+    value_fn: str = setting("step", choices=("shared", "detached", "step"))
+    value_hidden: tuple[int, ...] = setting((64, 64), low=1)
     # -- PPO over trials ------------------------------------------------------------------------------
-    meta_batch_size: int = 20  # trials (tasks) per iteration
-    gamma: float = 0.9
-    gae_lambda: float = 0.8
-    value_lambda: float = 1.0  # lambda of the value targets; 1 = discounted Monte-Carlo returns (official)
-    clip: float = 0.1
-    policy_lr: float = 3e-5
-    value_lr: float = 2.5e-4
+    meta_batch_size: int = setting(20, low=1)  # trials (tasks) per iteration
+    gamma: float = setting(0.9, low=0.0, high=1.0)
+    gae_lambda: float = setting(0.8, low=0.0, high=1.0)
+    value_lambda: float = setting(
+        1.0, low=0.0, high=1.0
+    )  # lambda of the value targets; 1 = discounted Monte-Carlo returns (official)
+    clip: float = setting(0.1, low=0.0, low_open=True)
+    policy_lr: float = setting(3e-5, low=0.0, low_open=True)
+    value_lr: float = setting(2.5e-4, low=0.0, low_open=True)
     weight_decay: float = 0.01  # AdamW's default, as in the official code
-    epochs: int = 10
-    minibatch_steps: int = 256  # env steps per minibatch; rounded to whole trials (see _minibatches)
+    epochs: int = setting(10, low=1)
+    minibatch_steps: int = setting(
+        256, low=1
+    )  # env steps per minibatch; rounded to whole trials (see _minibatches)
     value_coef: float = 0.5
     entropy_coef: float = 0.0
-    max_grad_norm: float = 1e6  # the official code does not clip
+    max_grad_norm: float = setting(1e6, low=0.0, low_open=True)  # the official code does not clip
     normalize_advantages: bool = False  # official center_adv=False: raw advantages
-    target_kl: float | None = None  # early stop of the epochs (not in the official code; quick profiles)
+    target_kl: float | None = setting(
+        None, low=0.0, low_open=True
+    )  # early stop of the epochs (not in the official code; quick profiles)
     # -- geometric learning-rate decay between iterations ----------------------------------------------
     lr_decay_start: int = 100  # iteration where decay starts
     lr_decay_end: int = 750  # iteration where the factor reaches lr_min_factor (then stays)
-    lr_min_factor: float = 0.1  # 1.0 = constant learning rates
+    lr_min_factor: float = setting(0.1, low=0.0, high=1.0, low_open=True)  # 1.0 = constant learning rates
     decay_value_lr: bool = False  # HalfCheetahVel decays the policy lr only
 
 
@@ -365,6 +376,12 @@ class TrMRL(MetaLearner):
             self.optimizer, [decay, decay if cfg.decay_value_lr else (lambda _: 1.0)]
         )
         self.ppo = PPOParams.from_config(config)
+
+    @classmethod
+    def validate(cls, config: TrMRLConfig, spec: SuiteSpec | None = None) -> None:
+        """Settings that only make sense together (single settings are checked by their ranges)."""
+        if config.d_model % config.n_heads:
+            raise ValueError(f"--set n_heads={config.n_heads}: must divide d_model={config.d_model}")
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:

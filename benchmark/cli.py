@@ -115,9 +115,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         from benchmark.config import HarnessConfig
 
         cls = registry.load_algorithm(args.settings)
+        from metarl_protocol.settings import setting_range
+
         for title, dc in (("harness", HarnessConfig), (args.settings, cls.Config)):
-            pairs = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(dc))
-            print(f"{title} settings (--set): {pairs}")
+            print(f"{title} settings (--set key=value; default, accepted values):")
+            for f in dataclasses.fields(dc):
+                accepted = "true or false" if isinstance(f.default, bool) else setting_range(f).describe()
+                print(f"  {f.name}={f.default!r}  ({accepted})")
         return 0
     print("algorithms:")
     for name in registry.algorithm_names():

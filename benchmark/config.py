@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
+from metarl_protocol.settings import check_settings, setting
+
 PROFILES = ("quick", "paper")
 
 
@@ -29,19 +31,25 @@ class HarnessConfig:
     final evaluation stands for ``budget_steps``.
     """
 
-    budget_steps: int = 1_000_000  # environment steps of meta-training (the run stops at the first
+    budget_steps: int = setting(
+        1_000_000, low=1
+    )  # environment steps of meta-training (the run stops at the first
     # iteration boundary at or past it)
-    eval_every_steps: int = 100_000  # periodic evaluation marks, in env steps
-    eval_tasks: int = 5  # test tasks in a periodic evaluation (the final one uses all)
-    eval_batch: int = 20  # tasks evaluated in parallel
+    eval_every_steps: int = setting(100_000, low=1)  # periodic evaluation marks, in env steps
+    eval_tasks: int = setting(5, low=1)  # test tasks in a periodic evaluation (the final one uses all)
+    eval_batch: int = setting(20, low=1)  # tasks evaluated in parallel
     final_eval_max_tasks: int = (
         0  # 0 = the protocol (every test / OOD task); N > 0 caps each split (smoke runs)
     )
-    checkpoint_every_steps: int = 100_000  # env steps between atomic checkpoints (and at the budget)
+    checkpoint_every_steps: int = setting(
+        100_000, low=1
+    )  # env steps between atomic checkpoints (and at the budget)
     validation_tasks: int = 0  # > 0: a tuning run; hold out this many training tasks as a validation
     # split, train on the rest, evaluate only on them (split "validation"; never test or OOD tasks)
-    num_workers: int = 2  # processes stepping simulators, the sampling one included (point-nav: in-process)
-    torch_threads: int = 1  # intra-op threads of the learner process
+    num_workers: int = setting(
+        2, low=1
+    )  # processes stepping simulators, the sampling one included (point-nav: in-process)
+    torch_threads: int = setting(1, low=1)  # intra-op threads of the learner process
 
 
 # Harness budgets per (profile, family), in environment steps, identical for every method. quick:
@@ -168,23 +176,9 @@ def resolve(
             accepted = ", ".join(sorted(run_types) + sorted(algo_types))
             raise ConfigError(f"--set {key}: no such setting; accepted: {accepted}")
     run, algo = apply(run, run_set), apply(algo, algo_set)
-    if run.validation_tasks < 0:
-        raise ConfigError(
-            f"--set validation_tasks={run.validation_tasks}: must be >= 0 (0 = no tuning split)"
-        )
-    if run.final_eval_max_tasks < 0:
-        raise ConfigError(
-            f"--set final_eval_max_tasks={run.final_eval_max_tasks}: must be >= 0 (0 = all tasks)"
-        )
-    for name in (
-        "budget_steps",
-        "eval_every_steps",
-        "eval_tasks",
-        "eval_batch",
-        "checkpoint_every_steps",
-        "num_workers",
-        "torch_threads",
-    ):
-        if getattr(run, name) < 1:
-            raise ConfigError(f"--set {name}={getattr(run, name)}: must be >= 1")
+    for config in (run, algo):  # declared ranges (metarl_protocol.settings), before anything is written
+        try:
+            check_settings(config)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return run, algo

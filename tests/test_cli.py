@@ -249,3 +249,52 @@ def test_a_write_cut_at_any_byte_is_dropped_by_readers_and_by_resume(capsys, tmp
         assert len(df) == kept_rows, cut
         truncate_csv(ev, lambda r: True)
         assert ev.read_bytes() == b"".join(whole[: kept_rows + 1]), cut
+
+
+def _bad_values(field):
+    """Values of the right syntax (or type) that a setting must refuse, from its declared range."""
+    import typing
+
+    from metarl_protocol.settings import setting_range
+
+    rng = setting_range(field)
+    typ = field.type if not isinstance(field.type, str) else eval(field.type, typing.__dict__ | {})  # noqa: S307
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(typ) is not tuple else typ
+    if base is bool:
+        return ["maybe"]
+    if rng.choices is not None:
+        return ["not-a-choice"]
+    if base is str:
+        return [""]
+    below = (rng.low if rng.low is not None else 0) - (0 if rng.low_open else 1)
+    if typing.get_origin(base) is tuple:
+        return [f"64,{below:g}"]
+    out = [f"{below:g}"]
+    if rng.high is not None:
+        out.append(f"{rng.high + 1:g}")
+    out.append("2.5" if base is int else "nan")
+    return out
+
+
+def test_every_setting_of_every_method_refuses_a_bad_value_in_one_line_writing_nothing(capsys, tmp_path):
+    import dataclasses
+
+    from benchmark.config import HarnessConfig
+    from benchmark.registry import algorithm_names, load_algorithm
+
+    checked = 0
+    for algo in algorithm_names():
+        fields = dataclasses.fields(HarnessConfig) + dataclasses.fields(load_algorithm(algo).Config)
+        for field in fields:
+            for bad in _bad_values(field):
+                out = tmp_path / "out"
+                code, _, err = run_cli(
+                    capsys, "run", "--algo", algo, "--suite", "point-nav", "--out", str(out),
+                    "--no-progress", "--set", f"{field.name}={bad}",
+                )  # fmt: skip
+                assert code == 2, f"{algo}: --set {field.name}={bad} was accepted"
+                assert len(err.strip().splitlines()) == 1 and field.name in err, err
+                assert not out.exists(), f"{algo}: --set {field.name}={bad} wrote {out}"
+                checked += 1
+    assert checked > 100

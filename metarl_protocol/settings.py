@@ -1,0 +1,97 @@
+"""Declared ranges for hyperparameters, checked before a run writes anything.
+
+A method's ``Config`` dataclass (and the harness's ``HarnessConfig``) states the accepted values of a
+field where it defines it::
+
+    @dataclass
+    class MyConfig:
+        lr: float = setting(3e-4, low=0.0, low_open=True)      # lr > 0
+        gamma: float = setting(0.99, low=0.0, high=1.0)         # 0 <= gamma <= 1
+        memory: str = setting("episode", choices=("episode", "trial"))
+
+``check_settings(config)`` raises ``ValueError`` with one line naming the first bad field, its value
+and what is accepted. Fields without a declaration still get the default rule: numbers must be
+finite and >= 0 (a negative count, rate or coefficient is never meant), strings non-empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+_KEY = "metarl_bench"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Accepted values of one setting: a numeric interval and/or a set of choices (None always ok
+    where the field's type allows it)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts) if parts else "any value"
+
+    def accepts(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, tuple):
+            return all(self.accepts(v) for v in value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return True
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+
+DEFAULT_RANGE = Range(low=0.0)
+
+
+def setting(
+    default: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """A dataclass field with ``default`` and its accepted values (see the module docstring)."""
+    rng = Range(low, high, low_open, high_open, tuple(choices) if choices is not None else None)
+    return dataclasses.field(default=default, metadata={_KEY: rng})
+
+
+def setting_range(field: dataclasses.Field) -> Range:
+    """The declared range of a dataclass field, or the default rule (finite and >= 0)."""
+    return field.metadata.get(_KEY, DEFAULT_RANGE)
+
+
+def check_settings(config: Any) -> None:
+    """Raise ``ValueError`` naming the first field of dataclass ``config`` outside its range."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None:
+            continue
+        rng = setting_range(field)
+        if isinstance(value, str) and rng.choices is None:
+            if not value:
+                raise ValueError(f"--set {field.name}='': expected a non-empty string")
+            continue
+        if not rng.accepts(value):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            raise ValueError(f"--set {field.name}={shown}: expected {rng.describe()}")
