@@ -298,3 +298,14 @@ def test_every_setting_of_every_method_refuses_a_bad_value_in_one_line_writing_n
                 assert not out.exists(), f"{algo}: --set {field.name}={bad} wrote {out}"
                 checked += 1
     assert checked > 100
+
+
+def test_every_profile_of_every_method_passes_its_declared_ranges():
+    from benchmark.config import PROFILES
+    from benchmark.registry import algorithm_names, load_algorithm
+
+    for algo in algorithm_names():
+        cls = load_algorithm(algo)
+        for profile in PROFILES:
+            for family in ("point-nav", "locomotion", "metaworld"):
+                resolve(profile, family, cls.Config, cls.profile(profile, family), {})  # raises if not
