@@ -47,6 +47,7 @@ This module keeps its top-level imports light: env workers are started with ``sp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -317,9 +318,10 @@ def measure_train(job: Job) -> dict[str, Any]:
     try:
         learner.train_step(ctx)  # warm-up: starts the env workers, allocates optimiser state
         start, ctx.sampling = ctx.env_steps, 0.0
+        updates = []
         t0 = _tic()
         for _ in range(job["iterations"]):
-            learner.train_step(ctx)
+            updates.append(learner.train_step(ctx).get("updates", float("nan")))
         dt = _toc(t0)
     finally:
         sampler.close()
@@ -333,8 +335,9 @@ def measure_train(job: Job) -> dict[str, Any]:
         "steps": ctx.env_steps - start,
         "seconds": dt,
         "batch": getattr(cfg, "meta_batch_size", None),
-        "notes": f"{job['iterations']} it after 1 warm-up; sampling {share:.0%} / update {1 - share:.0%} "
-        f"of wall time; {sizes}; env workers={workers}",
+        "notes": f"{job['iterations']} it after 1 warm-up; {np.mean(updates):g} gradient updates per "
+        f"iteration (KL early stop off: equal work with SB3); sampling {share:.0%} / update "
+        f"{1 - share:.0%} of wall time; {sizes}; env workers={workers}",
     }
 
 
@@ -577,8 +580,13 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                  "epochs": epochs, "iterations": iterations, "reference": single}
             )  # fmt: skip
     for algo in algos:
+        # equal work with the SB3 peer: every epoch and minibatch runs (no KL early stop)
+        from benchmark.registry import load_algorithm
+
+        has_kl_stop = "target_kl" in {f.name for f in dataclasses.fields(load_algorithm(algo).Config)}
+        equal = {**common, "overrides": {**overrides, **({"target_kl": "none"} if has_kl_stop else {})}}
         jobs.append(
-            {**common, "id": f"train/{algo}/{train_suite}", "kind": "train", "name": algo,
+            {**equal, "id": f"train/{algo}/{train_suite}", "kind": "train", "name": algo,
              "suite": train_suite, "batch": None, "op": "train", "algo": algo, "iterations": iterations,
              "reference": "sb3"}
         )  # fmt: skip
