@@ -125,10 +125,16 @@ def test_set_parsing_types():
 
 
 def test_python_m_benchmark_and_console_script_agree():
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmark", "list"], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0 and "point-nav" in out.stdout
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "metarl-bench"  # installed by pip next to the interpreter
+    assert script.exists(), script
+    outs = [
+        subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        for cmd in ([sys.executable, "-m", "benchmark", "list"], [str(script), "list"])
+    ]
+    assert all(o.returncode == 0 for o in outs) and "point-nav" in outs[0].stdout
+    assert outs[0].stdout == outs[1].stdout
 
 
 def test_final_eval_cap_for_smoke_runs(capsys, tmp_path):

@@ -303,6 +303,32 @@ def test_reference_returns() -> None:
     ref = HalfCheetahVel().reference_returns()
     assert ref is not None and "pomdp-baselines" in ref.source
     assert (ref.random, ref.oracle) == pytest.approx((-646.3391 / 2, -79.692 / 2))
-    assert ref.normalise(ref.oracle) == pytest.approx(1.0) and ref.normalise(ref.random) == pytest.approx(0.0)
+    # a return of -200 per episode, by hand: (-200 + 323.16955) / (-39.846 + 323.16955) = 0.4347311
+    assert ref.normalise(-200.0) == pytest.approx(0.4347311, abs=1e-6)
     for suite_cls in (HalfCheetahDir, AntDir, AntFwdBack, AntGoal, HumanoidDir):
         assert suite_cls().reference_returns() is None  # no published oracle for these definitions
+
+
+def test_halfcheetah_rewards_agree_with_gymnasiums_own_velocity_and_control_cost() -> None:
+    """Checked against the simulator's quantities, not the formula re-typed: gymnasium's HalfCheetah-v5,
+    stepped from the same state with the same actions, reports ``info["x_velocity"]`` and
+    ``info["reward_ctrl"]`` (= -0.1 ||a||^2)."""
+    import gymnasium as gym
+
+    v_goal, direction = 1.3, -1.0
+    vel = HalfCheetahVel().make_env(_task(v_goal=v_goal))
+    dirn = HalfCheetahDir().make_env(_task(direction=direction))
+    ref = gym.make("HalfCheetah-v5").unwrapped
+    rng = np.random.default_rng(0)
+    for env in (vel, dirn):
+        env.reset(seed=3)
+    ref.reset(seed=3)
+    assert np.array_equal(vel.unwrapped.data.qpos, ref.data.qpos)
+    for _ in range(40):
+        a = rng.uniform(-1, 1, 6)
+        _, r_vel, *_ = vel.step(a)
+        _, r_dir, *_ = dirn.step(a)
+        _, _, _, _, info = ref.step(a)
+        ctrl = -info["reward_ctrl"] / 0.1  # ||a||^2 as gymnasium computed it
+        assert r_vel == pytest.approx(-abs(info["x_velocity"] - v_goal) - 0.05 * ctrl, abs=1e-9)
+        assert r_dir == pytest.approx(direction * info["x_velocity"] - 0.05 * ctrl, abs=1e-9)

@@ -50,7 +50,14 @@ def test_reference_returns_oracle_beats_random():
     ref = PointNav().reference_returns()
     assert ref.oracle > ref.random
     assert -10 < ref.oracle < 0 and ref.random < -30
-    assert np.isclose(ref.normalise(ref.oracle), 1.0) and np.isclose(ref.normalise(ref.random), 0.0)
+    # standing still (zero actions) on the test goals scores about 0.30 on this scale (README, SPEC)
+    suite = PointNav()
+    tasks = suite.tasks("test")
+    env = suite.make_batch_env(len(tasks))
+    env.set_tasks(tasks)
+    env.reset([0] * len(tasks))
+    still = sum(env.step(np.zeros((len(tasks), 2)), np.ones(len(tasks), bool)).reward for _ in range(100))
+    assert 0.25 < ref.normalise(still.mean()) < 0.35
 
 
 def test_each_split_is_normalised_on_its_own_references():

@@ -50,3 +50,22 @@ def test_ppo_loss_clips_and_masks():
     # min(r*A, clip(r)*A): 1.2, -0.8, 1.0 -> mean over the 3 valid steps
     assert np.isclose(loss.item(), -(1.2 - 0.8 + 1.0) / 3)
     assert np.isclose(stats["clip_frac"], 2 / 3)
+
+
+def test_ppo_loss_value_and_entropy_terms():
+    """loss = -surrogate + value_coef * 0.5 * mean((V - R)^2) - entropy_coef * mean(entropy) (masked)."""
+    p = PPOParams(clip=0.2, value_coef=0.5, entropy_coef=0.01)
+    zeros = torch.zeros(1, 3)
+    values = torch.tensor([[1.0, 2.0, 50.0]])
+    returns = torch.tensor([[0.0, 4.0, 0.0]])
+    entropy = torch.tensor([[1.5, 0.5, 99.0]])
+    mask = torch.tensor([[True, True, False]])
+    loss, stats = ppo_loss(zeros, zeros, zeros, values, returns, entropy, mask, p)
+    value_loss = 0.5 * (1.0**2 + 2.0**2) / 2
+    assert np.isclose(stats["value_loss"], value_loss) and np.isclose(stats["entropy"], 1.0)
+    assert np.isclose(loss.item(), 0.5 * value_loss - 0.01 * 1.0)
+    v = values.clone().requires_grad_(True)
+    loss, _ = ppo_loss(zeros, zeros, zeros, v, returns, entropy, mask, p)
+    loss.backward()
+    # d/dV of 0.5 * 0.5 * mean((V - R)^2) over the 2 valid steps = 0.5 * (V - R) / 2; masked step: 0
+    assert torch.allclose(v.grad, torch.tensor([[0.25, -0.5, 0.0]]))
