@@ -35,11 +35,16 @@ def test_evaluation_agent_acts_with_the_mean_and_state_resets_per_trial():
     learner, suite = make()
     sampler = TrialSampler(suite)
     tasks = suite.tasks("test")[:3]
+    torch.manual_seed(0)
     a = sampler.run(learner.make_agent(evaluation=True), tasks, episodes=2, seed=0)
     agent = learner.make_agent(evaluation=True)
     sampler.run(agent, suite.tasks("test")[5:8], episodes=2, seed=1)  # another trial first
-    b = sampler.run(agent, tasks, episodes=2, seed=2)
-    assert np.array_equal(a.actions, b.actions), "new_trial must clear the memory; mean actions ignore seeds"
+    torch.manual_seed(123)  # a different action-noise stream: mean actions must not use it
+    b = sampler.run(agent, tasks, episodes=2, seed=0)
+    assert np.array_equal(a.actions, b.actions), "new_trial must clear the memory; mean actions draw no noise"
+    torch.manual_seed(123)
+    c = sampler.run(learner.make_agent(), tasks, episodes=2, seed=0)  # the training agent does sample
+    assert not np.array_equal(a.actions, c.actions)
 
 
 def test_train_step_changes_parameters_and_state_dict_round_trips(tmp_path):
