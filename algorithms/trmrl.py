@@ -396,25 +396,15 @@ class TrMRL(MetaLearner):
             return paper | {"meta_batch_size": 10, "epochs": 4, "policy_lr": 3e-4, "value_lr": 3e-4}
         if family == "point-nav":
             # quick test bed: a small encoder whose window (one episode = 100 steps) crosses episode
-            # boundaries, so later episodes exploit what earlier ones found; a window of H keeps the context
-            # of every later evaluation episode like that of training's second episode.
-            # Departures from the paper that made 300 iterations enough:
-            # larger learning rates, centred and scaled advantages, init std 0.5 (0.2 barely explores; RL2
-            # shows the same), and the working memory scaled by sqrt(d_model) so the inputs are not drowned
-            # by the positions at T-Fixup's small embedding scale. 64 trials per iteration (3.84M steps, as
-            # RL²'s quick profile): with 32 the last meta-test episode drifted to 0.785 / 0.926 / 0.729
-            # normalised (seeds 0-2); with 64, 0.899 / 0.878 / 0.904. (With 32 trials, a window of 200 steps
-            # instead of 100 gave 0.664 on seed 0.)
+            # boundaries; departures from the paper and the choice recorded in docs/tuning/trmrl.md
             return {"memory": "trial", "window": 100, "d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64,
                     "embed_scale": 32**0.5, "meta_batch_size": 64, "gamma": 0.9, "gae_lambda": 0.95,
                     "clip": 0.2, "policy_lr": 1e-3, "value_lr": 1e-3, "epochs": 4, "minibatch_steps": 3200,
                     "normalize_advantages": True, "init_std": 0.5, "output_gain": 0.01, "value_fn": "shared",
                     "max_grad_norm": 1.0, "lr_decay_start": 100, "lr_decay_end": 300, "lr_min_factor": 0.1,
                     "decay_value_lr": True}  # fmt: skip
-        # locomotion: the paper's HalfCheetahVel settings are the dataclass defaults. quick (halfcheetah-vel,
-        # seed 0, 150 iterations): a small encoder with the paper's raw advantages and clip 0.1 went from -365
-        # to -321; with RL²'s quick PPO recipe (scaled advantages, clip 0.2, 8 epochs x 5 minibatches, KL
-        # stop) it reached -226
+        # locomotion: the paper's HalfCheetahVel settings are the dataclass defaults; quick chosen as
+        # recorded in docs/tuning/trmrl.md (RL²'s quick PPO recipe on a small encoder)
         if profile == "paper":
             return {}
         return {"d_model": 64, "n_heads": 8, "n_layers": 2, "d_ff": 256, "policy_lr": 3e-4, "value_lr": 1e-3,
