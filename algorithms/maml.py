@@ -466,6 +466,32 @@ class MetaObjective:
         adapted = adapt(self.policy, expand(self.unflatten(theta), U), self.pre, self.cfg.inner_lr)
         return per_task_forward(self.policy, adapted, self.post.obs)
 
+    def fisher_vector_product(self, theta: torch.Tensor) -> Any:
+        """v -> F v, F the Hessian of the mean KL(pi_old || pi_{theta'(theta)}) at theta = theta_old.
+
+        At theta_old the KL and its gradient with respect to the post-update outputs (mean, log_std) vanish,
+        so its Hessian with respect to theta is exactly J^T D J (Gauss-Newton, no third derivatives): J the
+        Jacobian of the outputs through the inner step, D the KL's output Hessian, diagonal for Gaussians:
+        w_t / var for each mean and 2 sum_t w_t for each log-std, w_t = mask_t / (N_i U) the step's weight in
+        the mean KL. J v by the double-vjp trick, J^T u by one vjp; the outputs' graph is built once.
+        """
+        theta = theta.detach().requires_grad_(True)
+        mean, log_std = self.post_update_policy(theta)
+        U = mean.shape[0]
+        w = (self.post.mask / self.n_post.unsqueeze(1) / U).unsqueeze(-1)  # (U, N, 1)
+        d_mean = (w * torch.exp(-2 * log_std.detach()).unsqueeze(1)).expand_as(mean)  # (U, N, A)
+        d_log_std = 2 * w.sum(1).expand_as(log_std)  # (U, A)
+        u_mean = torch.zeros_like(mean, requires_grad=True)
+        u_log_std = torch.zeros_like(log_std, requires_grad=True)
+        jt_u = torch.autograd.grad((mean, log_std), theta, (u_mean, u_log_std), create_graph=True)[0]
+
+        def fvp(v: torch.Tensor) -> torch.Tensor:
+            j_mean, j_log_std = torch.autograd.grad(jt_u, (u_mean, u_log_std), v, retain_graph=True)
+            out = (d_mean * j_mean, d_log_std * j_log_std)
+            return torch.autograd.grad((mean, log_std), theta, out, retain_graph=True)[0]
+
+        return fvp
+
     def terms(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(surrogate S(theta) to maximise, mean KL(old || new)): scalars, means per task then over tasks."""
         mean, log_std = self.post_update_policy(theta)
@@ -480,19 +506,18 @@ class MetaObjective:
 def trpo_step(objective: MetaObjective, cfg: MAMLConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """One TRPO step from the policy's current parameters; returns (new flat theta, statistics).
 
-    g = grad S; x ~= (F + damping I)^-1 g by conjugate gradient, F the Hessian of the mean KL (the Fisher
-    matrix) through the inner step; full step x * sqrt(2 max_kl / x^T F x); backtracking by
-    ``backtrack_ratio``^k, k < ``max_backtracks``, accepting the first step whose surrogate improves and
-    whose mean KL <= max_kl; if none, theta is unchanged (rllab ConjugateGradientOptimizer).
+    g = grad S; x ~= (F + damping I)^-1 g by conjugate gradient, F the Hessian of the mean KL through the
+    inner step at theta_old (``MetaObjective.fisher_vector_product``); full step x * sqrt(2 max_kl / x^T F x);
+    backtracking by ``backtrack_ratio``^k, k < ``max_backtracks``, accepting the first step whose surrogate
+    improves and whose mean KL <= max_kl; if none, theta is unchanged (rllab ConjugateGradientOptimizer).
     """
     theta0 = objective.flat_params().detach().requires_grad_(True)
-    surrogate0, kl0 = objective.terms(theta0)
-    g = torch.autograd.grad(surrogate0, theta0, retain_graph=True)[0]
-    kl_grad = torch.autograd.grad(kl0, theta0, create_graph=True)[0]
+    surrogate0, _ = objective.terms(theta0)
+    g = torch.autograd.grad(surrogate0, theta0)[0]
+    fisher = objective.fisher_vector_product(theta0.detach())
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        hv = torch.autograd.grad(kl_grad @ v, theta0, retain_graph=True)[0]
-        return hv + cfg.cg_damping * v
+        return fisher(v) + cfg.cg_damping * v
 
     x = conjugate_gradient(fvp, g, cfg.cg_iters)
     shs = 0.5 * (x @ fvp(x))

@@ -128,6 +128,18 @@ def test_meta_gradient_through_the_inner_step_matches_finite_differences():
     assert (g_fo - g_surr).norm() > 1e-3 * g_surr.norm()
 
 
+def test_fisher_vector_product_equals_the_kl_hessian_through_the_inner_step():
+    _, obj = tiny_objective()
+    theta = obj.flat_params().detach().clone().requires_grad_(True)
+    kl_grad = torch.autograd.grad(obj.terms(theta)[1], theta, create_graph=True)[0]
+    fvp = obj.fisher_vector_product(theta.detach())
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(theta.shape, generator=g, dtype=theta.dtype)
+        hv = torch.autograd.grad(kl_grad @ v, theta, retain_graph=True)[0]
+        torch.testing.assert_close(fvp(v), hv, rtol=1e-9, atol=1e-12)
+
+
 def test_baseline_fit_equals_numpy_lstsq_on_the_same_features():
     g = torch.Generator().manual_seed(0)
     obs = torch.randn(2, 3, 20, 2, generator=g) * 3  # (U, E, H, D)
