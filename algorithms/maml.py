@@ -82,7 +82,9 @@ class MAMLConfig:
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
     eval_adapt_every: int = 1  # meta-test: one inner step after every this many episodes
-    eval_max_steps: int = 0  # meta-test: at most this many inner steps (0 = no limit)
+    # meta-test: at most this many inner steps (0 = no limit). 1 (tuned, docs/tuning/maml.md): training only
+    # ever takes one step from theta; further steps from adapted parameters diverged on point-nav validation
+    eval_max_steps: int = 1
     eval_mean_when_done: bool = True  # meta-test: mean actions in episodes no inner step will follow
 
 
