@@ -37,10 +37,16 @@ Acting at meta-test (``make_agent(evaluation=True)``; the harness's meta-test tr
 adaptation data): episode 0 is played by pi_theta; after every ``eval_adapt_every`` episodes, one inner
 step per task key (each meta-test row is its own task) on the episodes played since the previous step
 (all of them played with the current parameters, so the step is on-policy, as Finn's multi-step test),
-at most ``eval_max_steps`` steps (0 = no limit). The agent samples actions in every episode it will
-learn from (a mean action gives a zero likelihood-ratio gradient) and, with ``eval_mean_when_done``,
-acts with the mean in episodes no step will follow (on point-nav: the last one; on Meta-World: the
-3 scored episodes after the single step).
+at most ``eval_max_steps`` steps (default 1, 0 = no limit). The agent samples actions in every episode
+it will learn from (a mean action gives a zero likelihood-ratio gradient) and, with
+``eval_mean_when_done`` (default), acts with the mean in episodes no step will follow. Defaults on
+point-nav: episode 0 sampled from pi_theta, one step on it, episodes 1-5 with the mean of pi_theta'.
+Meta-World profile: 10 sampled episodes, one step on all 10, 3 scored episodes with the mean.
+
+Training vs meta-test schedule: training takes one step on R single-episode rollouts per task (Finn's
+setting) and scores the post-update rollouts; meta-test takes one step on the first episode of the
+trial (or on ``eval_adapt_every`` episodes). Only one step from theta is ever meta-trained, which is why
+the default meta-test takes one step (measurements in docs/tuning/maml.md).
 """
 
 from __future__ import annotations
