@@ -64,6 +64,7 @@ from torch.func import functional_call, grad, vmap
 from algorithms.common.nets import GaussianHead, mlp
 from algorithms.common.ppo import gae_over_trials
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition, TrialBatch
+from metarl_protocol.settings import setting
 
 Params = dict[str, torch.Tensor]
 
@@ -72,22 +73,32 @@ Params = dict[str, torch.Tensor]
 class MAMLConfig:
     """Hyperparameters. Defaults: ProMP / pytorch-maml-rl policy, Finn's TRPO and baseline settings."""
 
-    hidden_sizes: tuple[int, ...] = (64, 64)  # ProMP / pytorch-maml-rl; Finn 100-100, Meta-World+ 512-512
-    activation: str = "tanh"  # "tanh" (ProMP, Meta-World+) or "relu" (Finn)
-    init_std: float = 1.0  # rllab GaussianMLPPolicy init_std
-    inner_lr: float = 0.1  # alpha: 0.1 locomotion / Meta-World, 0.5 2D navigation (Finn)
-    meta_batch_size: int = 20  # tasks per iteration
-    rollouts_per_task: int = 20  # single-episode rollouts per task per inner step (Finn fast_batch_size)
-    gamma: float = 0.99
-    gae_lambda: float = 1.0  # rllab / Finn: lambda 1, i.e. A_t = G_t - b(s_t)
+    hidden_sizes: tuple[int, ...] = setting(
+        (64, 64), low=1
+    )  # ProMP / pytorch-maml-rl; Finn 100-100, Meta-World+ 512-512
+    activation: str = setting(
+        "tanh", choices=("tanh", "relu")
+    )  # "tanh" (ProMP, Meta-World+) or "relu" (Finn)
+    init_std: float = setting(1.0, low=0.0, low_open=True)  # rllab GaussianMLPPolicy init_std
+    inner_lr: float = setting(
+        0.1, low=0.0, low_open=True
+    )  # alpha: 0.1 locomotion / Meta-World, 0.5 2D navigation (Finn)
+    meta_batch_size: int = setting(20, low=1)  # tasks per iteration
+    rollouts_per_task: int = setting(
+        20, low=1
+    )  # single-episode rollouts per task per inner step (Finn fast_batch_size)
+    gamma: float = setting(0.99, low=0.0, high=1.0)
+    gae_lambda: float = setting(1.0, low=0.0, high=1.0)  # rllab / Finn: lambda 1, i.e. A_t = G_t - b(s_t)
     normalize_advantages: bool = True  # rllab center_adv: per task, (A - mean) / (std + 1e-8)
-    baseline_reg: float = 1e-5  # ridge regulariser of the linear feature baseline (raised x10 on failure)
-    max_kl: float = 0.01  # TRPO step size (Finn meta_step_size)
-    cg_iters: int = 10
+    baseline_reg: float = setting(
+        1e-5, low=0.0, low_open=True
+    )  # ridge regulariser of the linear feature baseline (raised x10 on failure)
+    max_kl: float = setting(0.01, low=0.0, low_open=True)  # TRPO step size (Finn meta_step_size)
+    cg_iters: int = setting(10, low=1)
     cg_damping: float = 1e-5  # rllab ConjugateGradientOptimizer reg_coeff
-    backtrack_ratio: float = 0.8
-    max_backtracks: int = 15
-    eval_adapt_every: int = 1  # meta-test: one inner step after every this many episodes
+    backtrack_ratio: float = setting(0.8, low=0.0, high=1.0, low_open=True, high_open=True)
+    max_backtracks: int = setting(15, low=1)
+    eval_adapt_every: int = setting(1, low=1)  # meta-test: one inner step after every this many episodes
     # meta-test: at most this many inner steps (0 = no limit). 1 (tuned, docs/tuning/maml.md): training only
     # ever takes one step from theta; further steps from adapted parameters diverged on point-nav validation
     eval_max_steps: int = 1
