@@ -359,9 +359,9 @@ class VariBAD(MetaLearner):
 
     @classmethod
     def validate(cls, config: VariBADConfig, spec: SuiteSpec | None = None) -> None:
-        positive = ("latent_dim", "action_embed", "state_embed", "reward_embed", "gru_hidden", "vae_buffer_size",
-                    "vae_batch_trials", "policy_state_embed", "policy_latent_embed", "meta_batch_size", "epochs",
-                    "minibatches")  # fmt: skip
+        positive = ("latent_dim", "action_embed", "state_embed", "reward_embed", "gru_hidden",
+                    "vae_buffer_size", "vae_batch_trials", "policy_state_embed", "policy_latent_embed",
+                    "meta_batch_size", "epochs", "minibatches")  # fmt: skip
         for name in positive:
             if getattr(config, name) < 1:
                 raise ValueError(f"{name}={getattr(config, name)}: must be >= 1")
@@ -462,7 +462,7 @@ class VariBAD(MetaLearner):
         return per_trial.mean(), stats
 
     def vae_update(self, rng: np.random.Generator) -> dict[str, float]:
-        """One Adam step on ``vae_batch_trials`` trials drawn (with replacement) from the newest buffer rows."""
+        """One Adam step on ``vae_batch_trials`` trials drawn with replacement from the newest rows."""
         cfg, n = self.config, len(self.buffer)
         lo = max(0, n - cfg.vae_buffer_size)
         idx = rng.integers(lo, n, size=cfg.vae_batch_trials)
