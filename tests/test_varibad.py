@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from algorithms.common.nets import GaussianHead
 from algorithms.varibad import VariBAD, VariBADConfig, kl_diag_gaussians, pack_valid, subsample
 from benchmark.check import check_learner
 from benchmark.cli import main
@@ -128,6 +129,18 @@ def test_online_belief_equals_the_belief_recomputed_from_the_recorded_trial():
     assert torch.allclose(logvar, batch.tensor("belief_logvar"), atol=1e-5)
     assert (batch.extras["belief_mu"][:, 0] == 0).all() and (batch.extras["belief_logvar"][:, 0] == 0).all()
     assert not np.allclose(batch.extras["belief_mu"][:, -1], 0), "the belief moves away from the prior"
+
+
+def test_sampled_log_probs_and_values_equal_the_training_recomputation():
+    learner, suite = make()
+    batch = TrialSampler(suite).run(learner.make_agent(), suite.tasks("train")[:4], episodes=2, seed=0)
+    mu, logvar = learner.beliefs(batch.env_actions, batch.rewards, batch.next_obs, batch.valid)
+    with torch.no_grad():
+        dist, value = learner.policy(batch.tensor("obs"), mu, logvar)
+    assert torch.allclose(
+        GaussianHead.log_prob(dist, batch.tensor("actions")), batch.tensor("log_prob"), atol=1e-4
+    )
+    assert torch.allclose(value, batch.tensor("value"), atol=1e-5)
 
 
 def test_online_belief_skips_inactive_rows_like_the_recomputation():
