@@ -83,6 +83,9 @@ def test_learner_q_loss_uses_the_target_v_at_the_sampled_z():
     cfg = PEARLConfig(**{**TINY.__dict__, "reward_scale": 3.0, "gamma": 0.9})
     learner, _ = make(cfg)
     g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # make the target V differ from V, as it does after training
+        for p in learner.v_target.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
     T, b, o, a = 2, 3, 2, 2
     rl = {
         "obs": torch.randn(T, b, o, generator=g),
