@@ -371,7 +371,9 @@ class PEARL(MetaLearner):
         if config.kl_lambda < 0:
             raise ValueError(f"pearl: kl_lambda must be >= 0, got {config.kl_lambda}")
         if not 0 <= config.gamma <= 1 or not 0 < config.tau <= 1:
-            raise ValueError(f"pearl: need 0 <= gamma <= 1 and 0 < tau <= 1, got {config.gamma}, {config.tau}")
+            raise ValueError(
+                f"pearl: need 0 <= gamma <= 1 and 0 < tau <= 1, got {config.gamma}, {config.tau}"
+            )
         if spec is not None and config.eval_prior_episodes >= spec.eval_episodes:
             raise ValueError(
                 f"pearl: eval_prior_episodes={config.eval_prior_episodes} leaves no posterior episode in a "
@@ -451,7 +453,7 @@ class PEARL(MetaLearner):
 
     # -- one SAC step --------------------------------------------------------------------------------
     def sac_step(self, rl: dict[str, torch.Tensor], context: torch.Tensor) -> dict[str, float]:
-        """One PEARL gradient step (oyster ``_take_step``) on T tasks: rl fields (T, b, ...), context (T, N, C).
+        """One PEARL gradient step (oyster ``_take_step``): rl fields (T, b, ...), context (T, N, C), T tasks.
 
         Order: posterior and z (reparameterised); KL and Q losses step the encoder and Q nets; then V
         towards min Q - log pi at a fresh action (z detached), the target V by Polyak; then the policy.

@@ -42,7 +42,9 @@ def test_product_of_gaussians_equals_closed_form():
     mu = torch.tensor([[[1.0], [3.0]], [[0.0], [2.0]]])
     var = torch.tensor([[[1.0], [1.0]], [[1.0], [3.0]]])
     m, v = product_of_gaussians(mu, var)
-    assert torch.allclose(m, torch.tensor([[2.0], [0.5]])) and torch.allclose(v, torch.tensor([[0.5], [0.75]]))
+    assert torch.allclose(m, torch.tensor([[2.0], [0.5]])) and torch.allclose(
+        v, torch.tensor([[0.5], [0.75]])
+    )
     # random factors: sum of the factors' log-densities minus the posterior's is constant in z
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(7, 3, generator=g, dtype=torch.float64)
@@ -102,7 +104,9 @@ def test_learner_q_loss_uses_the_target_v_at_the_sampled_z():
         losses = 0.0
         for t in range(T):
             zt = z[t].expand(b, -1)
-            target = 3.0 * rl["reward"][t] + 0.9 * (1 - rl["terminal"][t]) * learner.v_target(rl["next_obs"][t], zt)
+            target = 3.0 * rl["reward"][t] + 0.9 * (1 - rl["terminal"][t]) * learner.v_target(
+                rl["next_obs"][t], zt
+            )
             for q in (learner.q1, learner.q2):
                 losses += ((q(rl["obs"][t], rl["action"][t], zt) - target) ** 2).sum() / (T * b)
     torch.manual_seed(5)
@@ -142,7 +146,9 @@ def test_replay_sampling_never_mixes_tasks_and_encoder_buffers_are_cleared():
     rl = learner.sample_rl(tasks, 32, rng)
     assert np.array_equal(task_col[rl["rows"].numpy()], np.repeat(tasks[:, None], 32, 1))
     # context rows of a task come from its encoder buffer only: compare with that task's features
-    feats = context_features(*(learner.buffer.view(f) for f in ("obs", "action", "reward", "next_obs")), False)
+    feats = context_features(
+        *(learner.buffer.view(f) for f in ("obs", "action", "reward", "next_obs")), False
+    )
     context = learner.sample_context(tasks, 16, rng).numpy()
     for i, t in enumerate(tasks.tolist()):
         own = feats[learner.enc_rows[t]]
@@ -167,14 +173,18 @@ def test_evaluation_context_is_per_row_and_equals_the_product_of_its_factors():
         for step in range(4):
             obs = g.normal(size=(3, 2)).astype(np.float32)
             action, _ = agent.act(obs)
-            assert np.allclose(action, learner.policy.deterministic(torch.cat([torch.as_tensor(obs), agent.z], -1)))
+            assert np.allclose(
+                action, learner.policy.deterministic(torch.cat([torch.as_tensor(obs), agent.z], -1))
+            )
             active = np.array([True, step < 2, True])
             tr = Transition(obs, np.clip(action, -1, 1), g.normal(size=3).astype(np.float32), obs + 0.1,
                             np.zeros(3, bool), np.zeros(3, bool), active)  # fmt: skip
             agent.observe(tr)
             for i in range(3):
                 if active[i]:
-                    seen[i].append(context_features(tr.obs[i], tr.action[i], tr.reward[i], tr.next_obs[i], False))
+                    seen[i].append(
+                        context_features(tr.obs[i], tr.action[i], tr.reward[i], tr.next_obs[i], False)
+                    )
     z_prior = agent.z
     agent.end_episode()
     for i in range(3):
