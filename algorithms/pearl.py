@@ -31,9 +31,10 @@ files themselves keep everything (append-only).
 Evaluation (``make_agent(evaluation=True)``, paper Sec. 6.3 / oyster ``collect_paths``): each row
 starts a trial with z ~ N(0, I), accumulates its own context (every valid transition it observes;
 rows never share context), and at each episode boundary after the first ``eval_prior_episodes``
-episodes redraws z ~ q(z | all context so far of that row). Actions are deterministic, tanh(mean).
-Training agents draw z in ``new_trial`` / ``end_episode`` and action noise in ``act``; ``observe``
-draws nothing.
+episodes redraws z ~ q(z | all context so far of that row); with ``eval_context_all_episodes=False``
+the context is only what the row saw in its prior episodes (the encoder's training distribution).
+Actions are deterministic, tanh(mean). Training agents draw z in ``new_trial`` / ``end_episode`` and
+action noise in ``act``; ``observe`` draws nothing.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class PEARLConfig:
     grad_steps_per_iter: int = 2000  # issue: cheetah-vel 2000 (4000 ant, humanoid)
     replay_size: int = 1_000_000  # per task (oyster replay_buffer_size)
     eval_prior_episodes: int = 1  # meta-test episodes with z ~ prior (default.py num_exp_traj_eval)
+    # meta-test context: True = every transition of the trial so far (paper, oyster collect_paths); False =
+    # only the transitions of the prior (exploration) episodes, the kind of data the encoder is trained on
+    eval_context_all_episodes: bool = True
 
 
 # -- the math -------------------------------------------------------------------------------------
@@ -195,6 +199,8 @@ class PEARLAgent(AdaptiveAgent):
 
     def observe(self, transition: Transition) -> None:
         if self.mode != "online":
+            return
+        if not self.cfg.eval_context_all_episodes and self.episodes >= self.cfg.eval_prior_episodes:
             return
         feats = context_features(
             transition.obs, transition.action, transition.reward, transition.next_obs,

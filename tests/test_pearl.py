@@ -223,3 +223,19 @@ def test_pearl_adapts_on_point_nav(tmp_path):
     normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
     assert normalized.iloc[-1] > normalized.iloc[0], normalized.round(3).to_dict()
     assert normalized.iloc[-1] >= 0.6, normalized.round(3).to_dict()
+
+
+def test_evaluation_context_can_stop_after_the_prior_episodes():
+    learner, _ = make(PEARLConfig(**{**TINY.__dict__, "eval_context_all_episodes": False}))
+    agent = learner.make_agent(evaluation=True)
+    agent.new_trial(np.array([-1, -2]))
+    obs = np.ones((2, 2), np.float32)
+    tr = Transition(obs, np.zeros((2, 2), np.float32), -np.ones(2, np.float32), obs, np.zeros(2, bool),
+                    np.zeros(2, bool), np.ones(2, bool))  # fmt: skip
+    with torch.no_grad():
+        agent.observe(tr)
+    after_prior = agent.precision.clone()
+    agent.end_episode()  # episode 1 (the only prior one) ends: z from the posterior of its context
+    with torch.no_grad():
+        agent.observe(tr)
+    assert torch.equal(agent.precision, after_prior) and (after_prior > 0).all()
