@@ -210,7 +210,7 @@ def test_validate_names_bad_settings():
 
 @pytest.mark.slow
 def test_pearl_adapts_on_point_nav(tmp_path):
-    """A third of the quick budget: the posterior episodes beat the prior one and doing nothing (0.29) clearly.
+    """A third of the quick budget: the posterior episodes beat the prior one and doing nothing (0.29).
 
     Measured (seed 0, 3m12 on the shared 2-core machine): normalised 0.167 0.456 0.471 0.456 0.472 0.459.
     """
