@@ -51,6 +51,7 @@ from torch import nn
 from algorithms.common.nets import mlp
 from algorithms.common.sac import TanhGaussianPolicy, q_target, soft_update, v_target
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition, TrialBatch
+from metarl_protocol.settings import setting
 from metarl_protocol.storage import AppendOnlyArrays
 
 #: lower bound on an encoder factor's variance (oyster ``_product_of_gaussians``: clamp(min=1e-7))
@@ -65,29 +66,37 @@ class PEARLConfig:
     2000 initial steps = 10 episodes, 400 prior = 2, 600 posterior = 3).
     """
 
-    latent_dim: int = 5  # default.py latent_size
-    encoder_hidden: int = 200  # 3 x 200 ReLU (oyster launch_experiment.py: encoder hidden [200, 200, 200])
-    encoder_layers: int = 3
-    net_size: int = 300  # default.py net_size: policy, Q1, Q2, V all 3 x 300 ReLU
-    net_layers: int = 3
+    latent_dim: int = setting(5, low=1)  # default.py latent_size
+    encoder_hidden: int = setting(
+        200, low=1
+    )  # 3 x 200 ReLU (oyster launch_experiment.py: encoder hidden [200, 200, 200])
+    encoder_layers: int = setting(3, low=1)
+    net_size: int = setting(300, low=1)  # default.py net_size: policy, Q1, Q2, V all 3 x 300 ReLU
+    net_layers: int = setting(3, low=1)
     use_next_obs_in_context: bool = False  # default.py
     kl_lambda: float = 0.1  # default.py
-    reward_scale: float = 5.0  # default.py (the fixed entropy weight is 1 / reward_scale)
-    gamma: float = 0.99  # default.py discount
-    tau: float = 0.005  # default.py soft_target_tau
-    lr: float = 3e-4  # default.py policy_lr = qf_lr = vf_lr = context_lr
+    reward_scale: float = setting(
+        5.0, low=0.0, low_open=True
+    )  # default.py (the fixed entropy weight is 1 / reward_scale)
+    gamma: float = setting(0.99, low=0.0, high=1.0)  # default.py discount
+    tau: float = setting(0.005, low=0.0, high=1.0, low_open=True)  # default.py soft_target_tau
+    lr: float = setting(3e-4, low=0.0, low_open=True)  # default.py policy_lr = qf_lr = vf_lr = context_lr
     policy_mean_reg: float = 1e-3  # oyster PEARLSoftActorCritic policy_mean_reg_weight
     policy_std_reg: float = 1e-3  # oyster PEARLSoftActorCritic policy_std_reg_weight
-    meta_batch: int = 16  # default.py: tasks per gradient step
-    batch_size: int = 256  # default.py: RL transitions per task per gradient step
-    embedding_batch_size: int = 100  # context transitions per task (issue: cheetah-vel 100; default.py 64)
-    num_tasks_sample: int = 5  # default.py: tasks that collect data per iteration
+    meta_batch: int = setting(16, low=1)  # default.py: tasks per gradient step
+    batch_size: int = setting(256, low=1)  # default.py: RL transitions per task per gradient step
+    embedding_batch_size: int = setting(
+        100, low=1
+    )  # context transitions per task (issue: cheetah-vel 100; default.py 64)
+    num_tasks_sample: int = setting(5, low=1)  # default.py: tasks that collect data per iteration
     initial_episodes: int = 10  # issue: 2000 steps per training task before training
     prior_episodes: int = 2  # issue: 400 steps with z ~ prior
     posterior_episodes: int = 3  # issue: 600 steps with z ~ posterior (RL buffer only)
-    rollouts_per_task: int = 1  # parallel rollouts of each sampled task per phase (1 in oyster)
+    rollouts_per_task: int = setting(
+        1, low=1
+    )  # parallel rollouts of each sampled task per phase (1 in oyster)
     grad_steps_per_iter: int = 2000  # issue: cheetah-vel 2000 (4000 ant, humanoid)
-    replay_size: int = 1_000_000  # per task (oyster replay_buffer_size)
+    replay_size: int = setting(1_000_000, low=1)  # per task (oyster replay_buffer_size)
     eval_prior_episodes: int = 1  # meta-test episodes with z ~ prior (default.py num_exp_traj_eval)
     # meta-test context: True = every transition of the trial so far (paper, oyster collect_paths); False =
     # only the transitions of the prior (exploration) episodes, the kind of data the encoder is trained on

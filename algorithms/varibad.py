@@ -59,6 +59,7 @@ from torch import nn
 from algorithms.common.nets import GaussianHead, RunningNorm, mlp
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
+from metarl_protocol.settings import setting
 from metarl_protocol.storage import AppendOnlyArrays
 
 
@@ -67,45 +68,47 @@ class VariBADConfig:
     """Hyperparameters; defaults are the cheetah-vel config's values unless marked otherwise."""
 
     # encoder q(m | tau): embeddings -> GRU -> (mu, logvar)
-    latent_dim: int = 5  # latent_dim (10 in the humanoid / ant-goal configs)
-    action_embed: int = 16  # action_embedding_size
-    state_embed: int = 32  # state_embedding_size
-    reward_embed: int = 16  # reward_embedding_size
-    gru_hidden: int = 128  # encoder_gru_hidden_size
+    latent_dim: int = setting(5, low=1)  # latent_dim (10 in the humanoid / ant-goal configs)
+    action_embed: int = setting(16, low=1)  # action_embedding_size
+    state_embed: int = setting(32, low=1)  # state_embedding_size
+    reward_embed: int = setting(16, low=1)  # reward_embedding_size
+    gru_hidden: int = setting(128, low=1)  # encoder_gru_hidden_size
     # reward decoder p(r | m, s, a, s'), deterministic (MSE)
-    decoder_hidden: tuple[int, ...] = (64, 32)  # reward_decoder_layers
+    decoder_hidden: tuple[int, ...] = setting((64, 32), low=1)  # reward_decoder_layers
     decoder_state_action: bool = True  # input_prev_state and input_action (MuJoCo configs: True)
     # ELBO / VAE training
     kl_weight: float = 0.1  # kl_weight
     subsample_elbos: int = 50  # vae_subsample_elbos (0 = every belief; humanoid config: None = all)
     subsample_decodes: int = 50  # vae_subsample_decodes (0 = every reward)
     tbptt: int = 50  # tbptt_stepsize (0 = full backpropagation through the trial)
-    vae_lr: float = 1e-3  # lr_vae
-    vae_buffer_size: int = 10_000  # size_vae_buffer, in trials (the newest ones are sampled)
-    vae_batch_trials: int = 10  # vae_batch_num_trajs
+    vae_lr: float = setting(1e-3, low=0.0, low_open=True)  # lr_vae
+    vae_buffer_size: int = setting(10_000, low=1)  # size_vae_buffer, in trials (the newest ones are sampled)
+    vae_batch_trials: int = setting(10, low=1)  # vae_batch_num_trajs
     vae_updates: int = 1  # num_vae_updates (10 in the humanoid config)
     # policy: state and belief each normalised and embedded, then a tanh MLP
-    policy_state_embed: int = 64  # policy_state_embedding_dim
-    policy_latent_embed: int = 64  # policy_latent_embedding_dim
-    policy_hidden: tuple[int, ...] = (128, 128)  # policy_layers, tanh
+    policy_state_embed: int = setting(64, low=1)  # policy_state_embedding_dim
+    policy_latent_embed: int = setting(64, low=1)  # policy_latent_embedding_dim
+    policy_hidden: tuple[int, ...] = setting((128, 128), low=1)  # policy_layers, tanh
     normalize_state: bool = True  # norm_state_for_policy
     normalize_latent: bool = True  # norm_latent_for_policy
     normalize_rewards: bool = True  # norm_rew_for_policy (running std of the discounted return)
-    init_std: float = 1.0  # policy_init_std
+    init_std: float = setting(1.0, low=0.0, low_open=True)  # policy_init_std
     # PPO (shared block)
-    meta_batch_size: int = 16  # trials per iteration (num_processes = 16)
-    lr: float = 7e-4  # lr_policy
-    adam_eps: float = 1e-8  # policy_eps
-    epochs: int = 2  # ppo_num_epochs
-    minibatches: int = 4  # ppo_num_minibatch (split over trials)
-    clip: float = 0.1  # ppo_clip_param
-    gamma: float = 0.97  # policy_gamma
-    gae_lambda: float = 0.9  # policy_tau
+    meta_batch_size: int = setting(16, low=1)  # trials per iteration (num_processes = 16)
+    lr: float = setting(7e-4, low=0.0, low_open=True)  # lr_policy
+    adam_eps: float = setting(1e-8, low=0.0, low_open=True)  # policy_eps
+    epochs: int = setting(2, low=1)  # ppo_num_epochs
+    minibatches: int = setting(4, low=1)  # ppo_num_minibatch (split over trials)
+    clip: float = setting(0.1, low=0.0, low_open=True)  # ppo_clip_param
+    gamma: float = setting(0.97, low=0.0, high=1.0)  # policy_gamma
+    gae_lambda: float = setting(0.9, low=0.0, high=1.0)  # policy_tau
     entropy_coef: float = 0.01  # policy_entropy_coef
     value_coef: float = 0.5  # policy_value_loss_coef
-    max_grad_norm: float = 0.5  # policy_max_grad_norm
+    max_grad_norm: float = setting(0.5, low=0.0, low_open=True)  # policy_max_grad_norm
     normalize_advantages: bool = True  # the official PPO standardises advantages
-    target_kl: float | None = None  # not in the official code (None = always all epochs)
+    target_kl: float | None = setting(
+        None, low=0.0, low_open=True
+    )  # not in the official code (None = always all epochs)
 
 
 # -- math -----------------------------------------------------------------------------------------------
