@@ -210,35 +210,22 @@ def check_agent(learner: MetaLearner, suite: Suite, evaluation: bool = False, se
     tasks = [train[0], train[0], train[1 % len(train)], train[2 % len(train)]]
     keys = None if not evaluation else np.array([-1, -1, -2, -3])
     lock, piped = _OrderedSampler(suite, pipelined=False), _OrderedSampler(suite, pipelined=True)
+
+    def trial(sampler: TrialSampler, rows: list[Task], agent: AdaptiveAgent | None = None) -> TrialBatch:
+        """One watched trial of a fresh agent (or ``agent``) with the check's seed and keys."""
+        agent = agent or learner.make_agent(evaluation=evaluation)
+        return _sample(sampler, _Watched(agent, spec.act_dim), rows, seed, task_keys=keys)
+
     try:
-        a = _sample(lock, _Watched(agent, spec.act_dim), tasks, seed, task_keys=keys)
-        b = _sample(
-            lock,
-            _Watched(learner.make_agent(evaluation=evaluation), spec.act_dim),
-            tasks,
-            seed,
-            task_keys=keys,
-        )
-        _same_trials(a, b, "the same seed must give the same trial")
-        c = _sample(
-            piped,
-            _Watched(learner.make_agent(evaluation=evaluation), spec.act_dim),
-            tasks,
-            seed,
-            task_keys=keys,
-        )
+        a = trial(lock, tasks, agent)
+        _same_trials(a, trial(lock, tasks), "the same seed must give the same trial")
         _same_trials(
-            a, c, "a trial sampled with pipelined groups differs from lock-step (call-order dependence)"
+            a,
+            trial(piped, tasks),
+            "a trial sampled with pipelined groups differs from lock-step (call-order dependence)",
         )
         # clone independence: the second group's rows must not depend on what the first group saw
-        other = [train[3 % len(train)], train[3 % len(train)], *tasks[2:]]
-        d = _sample(
-            lock,
-            _Watched(learner.make_agent(evaluation=evaluation), spec.act_dim),
-            other,
-            seed,
-            task_keys=keys,
-        )
+        d = trial(lock, [train[3 % len(train)], train[3 % len(train)], *tasks[2:]])
         _require(
             all(np.array_equal(getattr(a, f)[2:], getattr(d, f)[2:]) for f in TRIAL_FIELDS),
             "clones must be independent: rows of one group changed when another group's task changed "
