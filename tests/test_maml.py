@@ -349,7 +349,7 @@ def test_maml_learns_point_nav(tmp_path):
                  "--set", "eval_every_steps=100000000"])  # fmt: skip
     assert code == 0
     run = tmp_path / "point-nav" / "maml" / "seed0"
-    ref = json.loads((run / "config.json").read_text())["reference_returns"]
+    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
     ev = pd.read_csv(run / "eval.csv")
     final = ev[(ev["mark"] == ev["mark"].max()) & (ev.split == "test")]
     per_episode = final.groupby("episode")["return"].mean()
