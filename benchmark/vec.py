@@ -122,6 +122,7 @@ class ProcessBatchEnv(BatchEnv):
     """
 
     LOCAL_WEIGHT = 2 / 3  # the sampling process's share relative to one worker's (tuned on halfcheetah-vel)
+    pipelined = True  # workers step in the background between step_async and step_wait
 
     def __init__(self, make_env: Callable[[], TaskEnv], num_envs: int, num_workers: int = 1) -> None:
         if num_envs < 1:
@@ -131,6 +132,7 @@ class ProcessBatchEnv(BatchEnv):
         self.num_envs = num_envs
         self.num_workers = min(num_workers, num_envs)
         self._slices = self.split(num_envs, self.num_workers)
+        self._pending = {}  # this process's part of each row range in flight
         self._here: _Slice | None = _Slice(make_env, self._slices[0][1])
         self.obs_dim = self._here.obs_dim
         self.act_dim = int(self._here.envs[0].action_space.shape[0])
@@ -195,8 +197,6 @@ class ProcessBatchEnv(BatchEnv):
         self.step_async(rows, actions, active)
         return self.step_wait(rows)
 
-    pipelined = True
-
     def _overlaps(self, rows: tuple[int, int]) -> list[tuple[int, int, int]]:
         """(slice index, start, stop) in slice coordinates of every slice that ``rows`` touches."""
         lo, hi = rows
@@ -209,8 +209,6 @@ class ProcessBatchEnv(BatchEnv):
 
     def step_async(self, rows: tuple[int, int], actions: np.ndarray, active: np.ndarray) -> None:
         """Send each worker its part of ``rows``; this process's part is stepped in ``step_wait``."""
-        if not hasattr(self, "_pending"):
-            self._pending = {}
         lo = rows[0]
         for s, x, y in self._overlaps(rows):
             a = self._slices[s][0]

@@ -100,18 +100,6 @@ def bootstrap_ci(
     return Estimate(point, lo, hi, n)
 
 
-def bootstrap_diff_ci(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
-    n_boot: int = DEFAULT_BOOT,
-    confidence: float = CONFIDENCE,
-    rng: np.random.Generator | int | None = None,
-) -> Estimate:
-    """CI of mean(a - b) for paired samples (e.g. test vs OOD of the same seeds)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return bootstrap_ci(a - b, np.mean, n_boot, confidence, rng)
-
-
 def weighted_mean(x: np.ndarray, w: np.ndarray, axis: int = -1) -> np.ndarray:
     """Weighted mean along ``axis`` (weights broadcast against ``x``)."""
     x, w = np.asarray(x, dtype=float), np.broadcast_to(np.asarray(w, dtype=float), np.shape(x))
