@@ -476,3 +476,105 @@ def test_every_curve_point_averages_the_same_tasks(tmp_path):
     assert last["task_id"].nunique() == 4
     assert c["value"].iloc[-1] == pytest.approx(last.loc[last["task_id"] < 2, "return"].mean())
     assert c["value"].iloc[-1] != pytest.approx(last["return"].mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# every plotted point equals the direct pandas computation
+# ------------------------------------------------------------------------------------------------
+def _captured_figure(monkeypatch, fn, results, tmp_path):
+    """Run a plot function and return the matplotlib figure it would have saved."""
+    from benchmark.plots import style
+
+    figures = []
+    monkeypatch.setattr(style, "save_figure", lambda fig, out_dir, name: figures.append(fig) or [])
+    fn(results, tmp_path)
+    assert len(figures) == 1
+    fig = figures[0]
+    fig.canvas.draw()
+    return fig
+
+
+def _panel(fig, title: str):
+    (ax,) = [ax for ax in fig.axes if ax.get_title() == title]
+    return ax
+
+
+def _method_line(ax, algo: str):
+    from benchmark.plots.style import METHOD_COLORS, METHOD_MARKERS
+
+    lines = [
+        ln
+        for ln in ax.lines
+        if ln.get_color() == METHOD_COLORS[algo]
+        and ln.get_marker() == METHOD_MARKERS[algo]
+        and len(ln.get_xdata()) > 1
+    ]
+    assert len(lines) == 1, f"{algo}: {len(lines)} lines"
+    return np.asarray(lines[0].get_xdata(), dtype=float), np.asarray(lines[0].get_ydata(), dtype=float)
+
+
+def _direct_curve(tree: Path, suite: str, algo: str, headline: list[int], metric: str) -> pd.Series:
+    """Pandas only: per seed, test rows of the headline episodes on the periodic evaluations' tasks,
+    mean over tasks per evaluation; then mean over seeds per evaluation (x = env steps, no mark column)."""
+    per_seed = []
+    for run in sorted((tree / suite / algo).glob("seed*")):
+        df = pd.read_csv(run / "eval.csv", keep_default_na=False)
+        df = df[(df["split"] == "test") & df["episode"].isin(headline)]
+        df = df.assign(value=pd.to_numeric(df[metric]) * (100 if metric == "success" else 1))
+        if (run / "done").exists():
+            last = df["iteration"].max()
+            df = df[df["task_id"].isin(set(df.loc[df["iteration"] != last, "task_id"]))]
+        per_task = df.groupby(["env_steps", "task_id"])["value"].mean()
+        per_seed.append(per_task.groupby("env_steps").mean())
+    return pd.concat(per_seed, axis=1).mean(axis=1)
+
+
+def test_learning_curve_points_equal_pandas(monkeypatch, tree, results, tmp_path):
+    fig = _captured_figure(monkeypatch, plots.plot_learning_curves, results, tmp_path)
+    for suite, info, metric in (("point-nav", POINT_NAV, "return"), ("ml1-reach", ML1, "success")):
+        ax = _panel(fig, f"{suite} (meta-test)")
+        for algo in ("trmrl", "rl2") + (("maml",) if suite == "point-nav" else ()):
+            x, y = _method_line(ax, algo)
+            expected = _direct_curve(tree, suite, algo, info["headline_episodes"], metric)
+            np.testing.assert_allclose(x, expected.index.to_numpy(dtype=float))
+            np.testing.assert_allclose(y, expected.to_numpy(), rtol=1e-9)
+
+
+def test_adaptation_points_equal_pandas(monkeypatch, tree, results, tmp_path):
+    fig = _captured_figure(monkeypatch, plots.plot_adaptation, results, tmp_path)
+    ax = _panel(fig, "point-nav (meta-test)")
+    for algo in ("trmrl", "rl2", "maml"):
+        rows = _final_rows(tree, "point-nav", algo, "test")
+        expected = rows.groupby(["seed", "episode"])["return"].mean().groupby("episode").mean()
+        x, y = _method_line(ax, algo)
+        np.testing.assert_allclose(x, expected.index.to_numpy() + 1)
+        np.testing.assert_allclose(y, expected.to_numpy(), rtol=1e-9)
+
+
+def test_return_panels_draw_the_reference_returns_with_their_source(monkeypatch, tree, results, tmp_path):
+    for fn in (plots.plot_learning_curves, plots.plot_adaptation):
+        fig = _captured_figure(monkeypatch, fn, results, tmp_path)
+        ax = _panel(fig, "point-nav (meta-test)")
+        flat = {ln.get_ydata()[0] for ln in ax.lines if ln.get_color() == "0.35"}
+        assert flat == {POINT_NAV_REFS["random"], POINT_NAV_REFS["oracle"]}
+        texts = {t.get_text() for t in ax.texts}
+        assert {"oracle, synthetic", "random, synthetic"} <= texts
+        # success panels have no reference returns
+        assert not _panel(fig, "ml1-reach (meta-test)").texts
+
+
+def test_nearly_flat_curves_have_no_offset_notation(monkeypatch, tmp_path):
+    """A return curve varying in the 4th decimal must not be drawn with "-5.437e1"-style offsets."""
+    path = write_run(tmp_path, "point-nav", "rl2", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+    ev = pd.read_csv(path / "eval.csv", keep_default_na=False)
+    ev["return"] = -54.37 + 1e-4 * np.arange(len(ev)) / len(ev)
+    ev.to_csv(path / "eval.csv", index=False)
+    config = json.loads((path / "config.json").read_text())
+    config["reference_returns"] = None  # the reference lines would widen the axis
+    (path / "config.json").write_text(json.dumps(config))
+    results = load_results(tmp_path)
+    for fn in (plots.plot_learning_curves, plots.plot_adaptation):
+        fig = _captured_figure(monkeypatch, fn, results, tmp_path / "out")
+        for ax in fig.axes:
+            assert ax.yaxis.get_offset_text().get_text() == "", fn.__name__
+            assert ax.xaxis.get_offset_text().get_text() == "", fn.__name__

@@ -89,6 +89,8 @@ def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -
                 panel[algo] = style.legend_label(algo, len(runs), sum(not r.done for r in runs))
             labels.append(panel)
             _format_axes(ax, results, suite)
+            if not results.info(suite).has_success:
+                style.draw_references(ax, results.references(suite))
             ax.set_title(f"{suite} (meta-test)")
         span = (Patch(color="0.5", alpha=0.2, linewidth=0), "headline episode(s)")
         style.add_legends(fig, axes, labels, style.legend_handles(results.algos), extra=[span])
@@ -128,6 +130,7 @@ def plot_ood_adaptation(results: Results, out_dir: Path, name: str = "ood_adapta
             for ax, title in ((ax_test, "test tasks"), (ax_ood, "OOD tasks")):
                 _format_axes(ax, results, suite)
                 ax.set_title(f"{suite}: {title}")
+            style.draw_references(ax_test, results.references(suite))
         span = (Patch(color="0.5", alpha=0.2, linewidth=0), "headline episode(s)")
         style.add_legends(fig, axes, labels, style.legend_handles(results.algos), extra=[span])
         style.suptitle(

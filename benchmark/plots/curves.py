@@ -73,6 +73,8 @@ def _panel(ax, results: Results, suite: str, split: str, colors, markers) -> dic
         _draw(ax, table, colors[algo], markers[algo])
         runs = [r for r in results.select(suite, algo) if (r.eval["split"] == split).any()]
         labels[algo] = style.legend_label(algo, len(runs), sum(not r.done for r in runs))
+    if split == "test" and not info.has_success:
+        style.draw_references(ax, results.references(suite))
     ax.xaxis.set_major_formatter(style.STEPS_FORMATTER)
     ax.set_xlabel("Environment steps")
     ax.set_ylabel(style.metric_label(info))

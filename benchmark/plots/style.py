@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from .data import KNOWN_METHODS, SuiteInfo, method_order
+from .data import KNOWN_METHODS, References, SuiteInfo, method_order
 
 # Fixed colours of the in-tree methods (Okabe-Ito / seaborn "colorblind"), identical in every figure.
 METHOD_COLORS = {
@@ -55,6 +55,9 @@ RC = {
     "pdf.fonttype": 42,  # embed TrueType: text stays editable/searchable in papers
     "ps.fonttype": 42,
     "savefig.dpi": 200,
+    # plain tick labels: no "1e6" multiplier or "-5.437e1" offset above a nearly flat curve's axis
+    "axes.formatter.useoffset": False,
+    "axes.formatter.limits": (-5, 6),
 }
 
 BAND_ALPHA = 0.2
@@ -138,11 +141,47 @@ def episodes_text(episodes: Iterable[int]) -> str:
 
 
 def metric_label(info: SuiteInfo, headline: bool = True, sep: str = "\n") -> str:
-    """Axis label with units (two lines by default; ``sep=" "`` for one line)."""
-    where = f"{sep}({episodes_text(info.headline_episodes)})" if headline else ""
+    """Axis label with units (two lines by default; ``sep=" "`` for one line), e.g.
+    "Return per episode\n(sum of rewards, episode 6)" or "Success rate (%)\n(episodes 11–13)"."""
+    where = episodes_text(info.headline_episodes) if headline else ""
     if info.has_success:
-        return f"Success rate (%){where}"
-    return f"Return per episode{where}"
+        return f"Success rate (%){sep}({where})" if where else "Success rate (%)"
+    return f"Return per episode{sep}(sum of rewards{', ' + where if where else ''})"
+
+
+def short_source(source: str) -> str:
+    """The first clause of a reference's source: "pomdp-baselines (Ni et al. ...)" -> "pomdp-baselines",
+    "computed by the harness on the 20 test goals: ..." -> "computed by the harness"."""
+    cut = len(source)
+    for sep in (" (", ":", ";", ",", " on "):
+        i = source.find(sep)
+        if i > 0:
+            cut = min(cut, i)
+    return source[:cut].strip() or "reference"
+
+
+REFERENCE_STYLE = {"oracle": "--", "random": ":"}
+
+
+def draw_references(ax, refs: References | None) -> None:
+    """Horizontal lines at the per-episode oracle and random returns of the test split, each labelled
+    in the panel with its name and (short) source, e.g. "oracle, pomdp-baselines". Raw-return panels
+    of the test split only: references are per-episode returns of that split."""
+    if refs is None:
+        return
+    where = short_source(refs.source)
+    for name, value in (("oracle", refs.oracle), ("random", refs.random)):
+        ax.axhline(value, color="0.35", linestyle=REFERENCE_STYLE[name], linewidth=0.9, zorder=1)
+        ax.text(
+            0.99,
+            value,
+            f"{name}, {where}",
+            transform=ax.get_yaxis_transform(),
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="0.3",
+        )
 
 
 def suptitle(fig: Figure, text: str) -> None:
