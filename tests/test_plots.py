@@ -272,7 +272,15 @@ def test_final_table_matches_pandas(tree, results):
         got = table[(table["suite"] == "point-nav") & (table["algo"] == algo)].set_index("metric")
         assert got.loc["raw", "mean"] == pytest.approx(raw.mean())
         norm = (rows["return"] + 40.0) / 35.0
-        assert got.loc["normalized", "mean"] == pytest.approx(norm.groupby(rows["seed"]).mean().mean())
+        per_seed = norm.groupby(rows["seed"]).mean()
+        assert got.loc["normalized", "mean"] == pytest.approx(per_seed.mean())
+        # per-seed values, in seed order, next to the seeds they belong to
+        assert got.loc["normalized", "seeds"].split() == [s.removeprefix("seed") for s in per_seed.index]
+        listed = [float(v) for v in got.loc["normalized", "per_seed"].split()]
+        np.testing.assert_allclose(listed, per_seed.to_numpy(), rtol=1e-5)
+        np.testing.assert_allclose(
+            [float(v) for v in got.loc["raw", "per_seed"].split()], raw.to_numpy(), rtol=1e-5
+        )
 
 
 def test_aggregate_matches_direct_computation(results):

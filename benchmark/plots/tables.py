@@ -185,18 +185,26 @@ def final_table(results: Results) -> pd.DataFrame:
                 continue
             kinds = [("raw", False)] + ([("normalized", True)] if refs is not None else [])
             for kind, norm in kinds:
-                est = t_interval([headline(r, "test", normalized=norm) for r in runs])
+                values = [headline(r, "test", normalized=norm) for r in runs]
                 rows.append(
                     {
                         "suite": suite,
                         "algo": algo,
                         "metric": kind,
-                        **_est_row(est),
+                        **_est_row(t_interval(values)),
                         "n_in_progress": sum(not r.done for r in runs),
                         "seeds": " ".join(str(r.seed) for r in runs),
+                        "per_seed": " ".join(f"{v:.6g}" for v in values),
                     }
                 )
-    return pd.DataFrame(rows, columns=["suite", "algo", "metric", *NUMBER_COLUMNS, "n_in_progress", "seeds"])
+    columns = ["suite", "algo", "metric", *NUMBER_COLUMNS, "n_in_progress", "seeds", "per_seed"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _per_seed_text(row: pd.Series, decimals: int) -> str:
+    """``"0: 0.91, 1: 0.93, 2: 0.90"``: each seed's own headline value, in seed order."""
+    seeds, values = str(row["seeds"]).split(), str(row["per_seed"]).split()
+    return ", ".join(f"{s}: {float(v):.{decimals}f}" for s, v in zip(seeds, values, strict=True))
 
 
 def write_final_table(results: Results, out_dir: Path, name: str = "final_performance") -> list[Path]:
@@ -213,6 +221,7 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
         for _, r in raw.iterrows():
             norm = grp[(grp["metric"] == "normalized") & (grp["algo"] == r["algo"])]
             runs = [x for x in results.select(suite, r["algo"]) if x.latest_mark("test") is not None]
+            per_seed = _per_seed_text(norm.iloc[0], 2) if len(norm) else _per_seed_text(r, dec)
             rows.append(
                 [
                     suite,
@@ -221,11 +230,20 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
                     style.metric_label(info, sep=" "),
                     fmt_estimate(r, dec),
                     fmt_estimate(norm.iloc[0], 2) if len(norm) else "—",
+                    per_seed,
                 ]
             )
     table = TextTable(
         title="Final performance on the meta-test tasks (latest evaluation of each run)",
-        header=["Suite", "Method", "Seeds", "Metric", "Measured [95% CI]", "Normalized [95% CI]"],
+        header=[
+            "Suite",
+            "Method",
+            "Seeds",
+            "Metric",
+            "Measured [95% CI]",
+            "Normalized [95% CI]",
+            "Per seed (seed: value)",
+        ],
         rows=rows,
         breaks=breaks,
         n_text=4,
@@ -235,6 +253,8 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
             "(the Seeds column gives n); '(1 seed)' = no CI.",
             "Normalized return = (R - R_random) / (R_oracle - R_random) per episode, with the suite's "
             "reference returns from config.json; '—' where the suite has none.",
+            "Per seed: each seed's headline value, normalized where the suite has reference returns, "
+            "else measured.",
             "Runs in progress contribute their latest periodic evaluation (a subset of test tasks).",
             *_left_out(results, results.suites, "test", "no evaluation yet"),
         ],
