@@ -1,8 +1,9 @@
 """The Ray sweep backend: one Ray task per run, on an existing cluster (``--address``) or a local one.
 
 Each task asks Ray for the resources its run uses (``RunSpec.cpus``, ``RunSpec.gpus``) and runs
-``metarl-bench run`` as a child process on its node, writing under ``$METARL_BENCH_NODE_OUT`` when
-that variable is set on the node (a node-local disk), else under the driver's ``--out`` path.
+``metarl-bench run`` as a child process on its node, writing under the driver's ``--out`` path, or,
+when ``METARL_BENCH_NODE_OUT`` is set on the node (a node-local disk), under that directory
+(``node_out``).
 
 * Retries: a task whose worker or node dies is retried by Ray (``max_retries``), and so is one whose
   run process was killed by a signal (``RunKilled``, the only exception in ``retry_exceptions``). A
@@ -79,6 +80,14 @@ def connect(address: str | None) -> bool:
     return True
 
 
+def node_out(out: str | Path) -> Path:
+    """Where this node writes the runs of a sweep whose driver writes under ``out`` (absolute): ``out``
+    itself, or ``$METARL_BENCH_NODE_OUT/<out without its leading />`` when that variable is set here
+    (distinct sweeps stay apart, and a resumed sweep finds its runs)."""
+    local = os.environ.get(NODE_OUT_ENV)
+    return Path(local) / Path(out).relative_to(Path(out).anchor) if local else Path(out)
+
+
 class _Monitor:
     """Driver-side view of what the tasks are doing (progress only; nothing depends on it)."""
 
@@ -105,7 +114,7 @@ def execute(spec: RunSpec, args: argparse.Namespace, out: str, sweep_id: str, mo
     """
     import ray
 
-    root = Path(os.environ.get(NODE_OUT_ENV) or out)
+    root = node_out(out)
     node = ray.get_runtime_context().get_node_id()[:8]
     log = spec.log_path(root)
     tag = f"sweep {sweep_id}"
