@@ -291,11 +291,13 @@ class SweepProgress:
         """Redraw the block (terminal) or print it if ``interval`` seconds passed (otherwise)."""
         now = time.monotonic()
         if self.live:
-            self._clear()
-            lines = self.block()
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
-            self._drawn = len(lines)
+            if force or now - self._last_block >= 0.5:  # at most twice a second
+                self._last_block = now
+                self._clear()
+                lines = self.block()
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+                self._drawn = len(lines)
         elif force or now - self._last_block >= self.interval:
             self._last_block = now
             if any(s.status == "running" for s in self._states.values()):
@@ -304,7 +306,7 @@ class SweepProgress:
     def close(self) -> None:
         """Leave the final block on the stream."""
         if self.live:
-            self.refresh()
+            self.refresh(force=True)
         else:
             self._print("\n".join(self.block()))
 
