@@ -21,22 +21,22 @@ def install(session: nox.Session, extras: str = "test") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Fast unit tests (learning tests are marked slow and excluded)."""
-    install(session)
-    session.run("pytest", "-q", *session.posargs)
+    """Fast unit tests (learning tests are marked slow and excluded), the Ray sweep tests included."""
+    install(session, "test,ray")
+    session.run("pytest", "-q", *session.posargs, env={"METARL_BENCH_REQUIRE_RAY": "1"})
 
 
 @nox.session
 def slow(session: nox.Session) -> None:
     """The learning tests on point-nav (minutes each)."""
-    install(session)
-    session.run("pytest", "-q", "-m", "slow", *session.posargs)
+    install(session, "test,ray")
+    session.run("pytest", "-q", "-m", "slow", *session.posargs, env={"METARL_BENCH_REQUIRE_RAY": "1"})
 
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
     """`nox -s benchmark -- --algo trmrl [--suite ...] [--seeds 0-4] [--backend ray]`: runs, then figures."""
-    install(session)
+    install(session, "test,ray" if "ray" in session.posargs else "test")
     args = session.posargs or ["--algo", "rl2"]
     session.run("metarl-bench", "sweep", *args)
 

@@ -6,10 +6,11 @@ Every user error ends in one line ``metarl-bench: error: ...`` and exit code 2, 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from benchmark.config import PROFILES, ConfigError
 from benchmark.errors import UsageError
@@ -47,6 +48,50 @@ def seeds_type(text: str) -> list[int]:
         else:
             out.append(seed_type(part))
     return out
+
+
+def positive_int(flag: str):  # noqa: ANN201 - an argparse type
+    """An argparse type accepting integers >= 1; the error names ``flag``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
+        return value
+
+    return parse
+
+
+def non_negative_int(flag: str):  # noqa: ANN201 - an argparse type
+    """An argparse type accepting integers >= 0; the error names ``flag``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be a non-negative integer, got {text!r}")
+        return value
+
+    return parse
+
+
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)"
+_ADDRESS = re.compile(rf"(ray://)?{_HOST}:(?P<port>[0-9]{{1,5}})")
+
+
+def ray_address(text: str) -> str:
+    """``auto``, ``HOST:PORT`` (a head node's address) or ``ray://HOST:PORT`` (Ray Client)."""
+    match = _ADDRESS.fullmatch(text)
+    if text == "auto" or (match and 1 <= int(match["port"]) <= 65535):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"--address {text!r}: expected auto, HOST:PORT (the head node, e.g. 10.0.0.5:6379) or ray://HOST:PORT"
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -92,7 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: subprocesses on this machine; ray: one task per run on a Ray cluster",
     )
     p_sweep.add_argument(
-        "--jobs", type=int, default=1, help="runs at once with the local backend (default 1)"
+        "--jobs", type=positive_int("--jobs"), default=None, help="runs at once, --backend local (default 1)"
+    )
+    p_sweep.add_argument(
+        "--address",
+        type=ray_address,
+        default=None,
+        help="--backend ray: cluster to join (auto, HOST:PORT or ray://HOST:PORT); default: a local one",
+    )
+    p_sweep.add_argument(
+        "--max-retries",
+        type=non_negative_int("--max-retries"),
+        default=3,
+        help="restarts (with --resume) of a run whose process, worker or node died (default 3)",
     )
     p_sweep.add_argument("--no-figures", action="store_true", help="skip figure regeneration at the end")
     _add_run_options(p_sweep)
@@ -154,17 +211,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str, here: bool = True) -> None:
+    """Refuse a malformed ``--device``; with ``here``, also a CUDA device this machine lacks."""
     import torch
 
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device {device!r}: expected cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {device!r}: expected cpu or cuda[:N]")
+    if here and dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -174,32 +232,87 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from benchmark.results import run_dir
-    from benchmark.sweep import run_sweep
+def plan_sweep(args: argparse.Namespace) -> list[Any]:
+    """Every (algo, suite, seed) of a sweep as a ``RunSpec``, after validating the whole command line.
 
-    _check_device(args.device)
+    Raises ``UsageError`` / ``ConfigError`` / ``RegistryError`` (exit 2) before anything is written: a
+    flag that does not fit the backend, a repeated combination, a setting any run refuses, an output
+    directory that holds a run without ``--resume`` or ``--overwrite``, ray missing for ``--backend ray``.
+    """
+    from benchmark.results import run_dir
+    from benchmark.runner import processes_used
+    from benchmark.sweep import RunSpec
+
+    if args.backend == "local" and args.address is not None:
+        raise UsageError("--address applies to --backend ray only (the cluster to join)")
+    if args.backend == "ray" and args.jobs is not None:
+        raise UsageError(
+            "--jobs applies to --backend local only; with --backend ray the cluster's free CPUs decide"
+        )
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    args.jobs = args.jobs or 1
+    _check_device(args.device, here=args.backend == "local")
     for flag, values in (("--algo", args.algo), ("--suite", args.suite), ("--seeds", args.seeds)):
         repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
         if repeated:  # two processes would write one run directory at once
             raise UsageError(
                 f"{flag} repeats {', '.join(map(str, repeated))}: each (algo, suite, seed) may run once"
             )
+    if args.backend == "ray":
+        from benchmark.sweep_ray import require_ray
+
+        require_ray()
+    specs = []
     for algo in args.algo:  # validate every name, setting and output directory before any run starts
-        for suite in args.suite:
-            resolve_run(algo, suite, args.profile, args.overrides)
+        for suite_name in args.suite:
+            _, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
+            cpus = max(processes_used(suite, run_cfg), run_cfg.torch_threads)
+            gpus = 1 if args.device.startswith("cuda") else 0
             for seed in args.seeds:
-                path = run_dir(args.out, suite, algo, seed)
+                path = run_dir(args.out, suite_name, algo, seed)
                 if not (args.resume or args.overwrite) and path.exists() and any(path.iterdir()):
                     state = "a finished" if (path / "done").exists() else "an unfinished"
                     raise UsageError(f"{path} already holds {state} run; pass --resume or --overwrite")
-    codes = run_sweep(args)
-    failed = [c for c in codes if c != 0]
-    if not args.no_figures:
-        cmd_figures(argparse.Namespace(results=args.out, out=None))
+                specs.append(RunSpec(algo, suite_name, seed, run_cfg.budget_steps, cpus, gpus))
+    return specs
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep on its backend, then the figures; exit 1 with a table when any run failed."""
+    from benchmark.sweep import SweepProgress, results_table
+
+    specs = plan_sweep(args)
+    progress = SweepProgress(specs)
+    if args.backend == "ray":
+        import ray
+
+        from benchmark.sweep_ray import connect, run_ray
+
+        connect(args.address)
+        try:
+            results = run_ray(specs, args, progress)
+        finally:
+            ray.shutdown()
+    else:
+        from benchmark.sweep_local import run_local
+
+        results = run_local(specs, args, progress)
+    progress.close()
+    failed = [r for r in results if r.status != "done"]
+    if not args.no_figures and len(failed) < len(results):
+        from benchmark.results import ResultsError
+
+        try:  # from whatever finished (a failed run's partial CSVs are drawn as in progress)
+            cmd_figures(argparse.Namespace(results=args.out, out=None))
+        except ResultsError as exc:
+            print(f"figures not regenerated: {exc}", file=sys.stderr)
     if failed:
-        print(f"metarl-bench: error: {len(failed)} of {len(codes)} runs failed", file=sys.stderr)
-        return max(failed)
+        print(f"\n{len(failed)} of {len(results)} runs failed (logs: {Path(args.out) / 'logs'}):")
+        print(results_table(results))
+        print(f"metarl-bench: error: {len(failed)} of {len(results)} runs failed", file=sys.stderr)
+        return 1
+    print(f"\nall {len(results)} runs finished")
     return 0
 
 

@@ -83,6 +83,11 @@ class RunId:
         return run_dir(self.out, self.suite, self.algo, self.seed)
 
 
+def processes_used(suite: Suite, cfg: HarnessConfig) -> int:
+    """Processes a run steps its simulators in: ``num_workers``, except point-nav (in-process, 1)."""
+    return 1 if suite.family == "point-nav" else cfg.num_workers
+
+
 def validation_split(suite: Suite, n: int) -> tuple[list[Task], list[Task]]:
     """(training tasks kept for meta-training, ``n`` held-out validation tasks), both from the train split.
 
@@ -298,7 +303,7 @@ class Runner:
 
         progress_log = CsvLog(self.dir / "progress.csv")
         eval_log = CsvLog(self.dir / "eval.csv", EVAL_COLUMNS)
-        sampler = TrialSampler(suite, num_workers=1 if suite.family == "point-nav" else cfg.num_workers)
+        sampler = TrialSampler(suite, num_workers=processes_used(suite, cfg))
         train_pool, validation = validation_split(suite, cfg.validation_tasks)
         ctx = HarnessContext(suite, sampler, rng, self.device, train_pool)
         ctx.env_steps = env_steps
