@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p_run)
 
     p_sweep = sub.add_parser("sweep", help="algos x suites x seeds, then figures")
-    p_sweep.add_argument("--algo", nargs="+", required=True)
+    p_sweep.add_argument(
+        "--algo", nargs="+", required=True, help="algorithm names, or 'all' (every registered algorithm)"
+    )
     p_sweep.add_argument("--suite", nargs="+", default=[DEFAULT_SUITE])
     p_sweep.add_argument("--seeds", type=seeds_type, default=[0])
     p_sweep.add_argument(
@@ -253,6 +255,14 @@ def plan_sweep(args: argparse.Namespace) -> list[Any]:
         raise UsageError("--resume and --overwrite exclude each other")
     args.jobs = args.jobs or 1
     _check_device(args.device, here=args.backend == "local")
+    if "all" in args.algo:
+        if len(args.algo) > 1:
+            raise UsageError(
+                "--algo all stands alone (it means every registered algorithm); got " + " ".join(args.algo)
+            )
+        from benchmark import registry
+
+        args.algo = registry.algorithm_names()
     for flag, values in (("--algo", args.algo), ("--suite", args.suite), ("--seeds", args.seeds)):
         repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
         if repeated:  # two processes would write one run directory at once

@@ -179,6 +179,23 @@ def test_bad_sweep_input_is_one_line_exit_2_writing_nothing(capsys, tmp_path, ex
     assert not any(tmp_path.iterdir())
 
 
+def test_algo_all_plans_every_registered_algorithm_and_stands_alone(capsys, tmp_path):
+    from benchmark import registry
+    from benchmark.cli import build_parser, plan_sweep
+
+    args = build_parser().parse_args(
+        ["sweep", "--algo", "all", "--suite", "point-nav", "--seeds", "0-1", "--out", str(tmp_path / "runs")]
+    )
+    specs = plan_sweep(args)
+    names = registry.algorithm_names()
+    assert {"rl2", "trmrl", "maml", "pearl", "varibad"} <= set(names)
+    assert sorted((s.algo, s.seed) for s in specs) == sorted((a, seed) for a in names for seed in (0, 1))
+    code = main(sweep_argv(tmp_path / "runs", ("all", "rl2"), "0"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--algo all stands alone" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_backend_ray_without_ray_installed_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     code = main(sweep_argv(tmp_path / "runs", ("rl2",), "0", "--backend", "ray"))
