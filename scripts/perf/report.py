@@ -204,14 +204,19 @@ def scaling_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def scaling_figure(table: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Two panels: env steps/s vs tasks per batch (raw, sampler, training), and vs TrMRL window."""
+    """Two panels: env steps/s vs tasks per batch (raw, sampler, training), and vs TrMRL window.
+
+    One colour per method; solid = sampler (black: raw batch env), dashed = training with PPO updates.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    methods = sorted({s["method"] for s in table if s["method"]})
+    colour = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)} | {"": "black"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    styles = {"raw": "-", "sampler": "-", "train": "--"}
     for ax, axis, xlabel in ((axes[0], "tasks", "tasks per batch"), (axes[1], "window", "TrMRL window N")):
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for s in table:
@@ -220,18 +225,18 @@ def scaling_figure(table: list[dict[str, Any]], path: Path, title: str) -> None:
         for (what, method), pts in sorted(series.items()):
             xs, ys = zip(*sorted(pts), strict=True)
             label = "raw batch env" if what == "raw" else f"{what}: {method}"
-            ax.plot(
-                xs,
-                ys,
-                styles.get(what, "-"),
-                marker="o",
-                color="black" if what == "raw" else None,
-                label=label,
-            )
-        ax.set_xscale("log", base=2 if axis == "tasks" else 10)
+            style = "--" if what == "train" else "-"
+            ax.plot(xs, ys, style, marker="o", color=colour[method], label=label)
+        values = sorted({s["value"] for s in table if s["axis"] == axis})
+        ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
+        ax.tick_params(axis="y", which="minor", labelsize=6)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("env steps per second (log)")
+        ax.set_ylabel("env steps per second (log scale)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
