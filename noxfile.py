@@ -53,9 +53,10 @@ def figures(session: nox.Session) -> None:
 
 @nox.session
 def perf(session: nox.Session) -> None:
-    """Throughput and memory benchmark against the raw simulator and Stable-Baselines3 PPO."""
+    """Throughput and memory of every method against the raw simulators and SB3 PPO / SAC at equal work,
+    paper-profile projections and the scaling table: ``python -m scripts.perf`` (writes results/perf*)."""
     install(session, "test,perf")
-    session.run("python", "scripts/perf.py", *session.posargs)
+    session.run("python", "-m", "scripts.perf", *session.posargs)
 
 
 @nox.session

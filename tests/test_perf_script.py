@@ -1,78 +1,176 @@
-"""Smoke test of scripts/perf.py: the tiniest sizes, every kind of row, the CSV columns."""
+"""Smoke test of the perf benchmark (``python -m scripts.perf``): every kind of row for every method, each
+ratio against the right reference row, statuses that follow from the targets, the scaling files.
+
+The quick run uses tiny sizes on point-nav (its numbers are not measurements); the last tests check the
+reporting arithmetic on made-up results, independent of timing.
+"""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
-import sys
-from pathlib import Path
+import math
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "perf.py"
+import pytest
+
+from benchmark.registry import algorithm_names
+from scripts.perf import cli, isolate, plan, report
+
 COLUMNS = [
-    "id", "kind", "name", "suite", "batch", "steps", "seconds", "steps_per_s", "us_per_step",
-    "reference", "ratio", "target", "status", "peak_rss_mb", "notes",
+    "id", "kind", "name", "suite", "batch", "scaling", "unit", "count", "seconds", "rate", "us_per_step",
+    "work", "reference", "ratio", "target", "status", "projected_h", "peak_rss_mb", "load_1m", "notes",
 ]  # fmt: skip
+HAVE_SB3 = importlib.util.find_spec("stable_baselines3") is not None
 
 
-def _load_perf():
-    spec = importlib.util.spec_from_file_location("metarl_perf_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _have_sb3() -> bool:
-    return importlib.util.find_spec("stable_baselines3") is not None
-
-
-def test_perf_quick_writes_every_kind(tmp_path, capsys):
-    perf = _load_perf()
-    out = tmp_path / "perf.csv"
-    assert perf.main(["--quick", "--no-isolate", "--out", str(out)]) == 0
-    with out.open() as f:
+def _read(path):
+    with path.open() as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == COLUMNS
-        rows = list(reader)
+        return reader.fieldnames, list(reader)
+
+
+def _expected_status(row):
+    checks = []
+    for name in row["target"].split(", "):
+        if name.startswith(">="):
+            need = float(name[2:].split("x")[0])
+            checks.append((name, None if row["ratio"] == "" else float(row["ratio"]) >= need))
+        elif name.startswith("rss<="):
+            checks.append((name, float(row["peak_rss_mb"]) <= float(name[5:-2]) * 1024))
+        elif name.endswith("h projected"):
+            checks.append((name, float(row["projected_h"]) <= float(name[2:].split("h")[0])))
+        elif name.endswith("s"):
+            checks.append((name, float(row["seconds"]) <= float(name[2:-1])))
+    failed = [n for n, ok in checks if ok is False]
+    if failed:
+        return "FAIL " + ", ".join(failed)
+    return "n/a (no reference)" if any(ok is None for _, ok in checks) else "PASS"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("perf") / "perf.csv"
+    assert cli.main(["--quick", "--no-isolate", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.skipif(not HAVE_SB3, reason="stable_baselines3 (extra perf) is not installed")
+def test_quick_run_has_every_kind_of_row_for_every_method(quick_run):
+    fields, rows = _read(quick_run)
+    assert fields == COLUMNS
     by_id = {r["id"]: r for r in rows}
-    assert {r["kind"] for r in rows if r["status"] != "SKIP"} >= {"raw", "sampler", "train"}
-    measured = [r for r in rows if r["status"] not in ("SKIP", "ERROR")]
-    for r in measured:
-        assert float(r["steps_per_s"]) > 0 and float(r["peak_rss_mb"]) > 0, r
-        assert r["reference"], r
-    assert float(by_id["raw/HalfCheetah-v5/single"]["ratio"]) > 0
-    assert float(by_id["sampler/rl2/halfcheetah-vel/B2"]["ratio"]) > 0
-    row = by_id["sampler/rl2/halfcheetah-vel/B2"]  # the status follows from the ratio and its target
-    assert row["status"] == ("PASS" if float(row["ratio"]) >= 0.8 else "FAIL >=0.8x raw"), row
-    if "window/trmrl/N5" in by_id:  # TrMRL importable
-        assert float(by_id["window/trmrl/N5"]["ratio"]) == 1.0
-        assert by_id["window/trmrl/N400"]["target"] == "<=80x N5"
-    if _have_sb3():
-        sb3 = by_id["train/sb3-ppo-dummy/HalfCheetah-v5"]
-        assert float(sb3["steps_per_s"]) > 0
-        assert by_id["train/rl2/halfcheetah-vel"]["reference"] == sb3["id"]
-        assert float(by_id["train/rl2/halfcheetah-vel"]["ratio"]) > 0
-    else:
-        assert by_id["train/sb3-ppo"]["status"] == "SKIP"
-    printed = capsys.readouterr().out
-    assert "raw/HalfCheetah-v5/single" in printed and "status" in printed
+    assert {r["kind"] for r in rows} >= {"raw", "sampler", "train", "peer", "breakdown", "paper", "run"}
+    assert not [r for r in rows if r["status"] in ("ERROR", "SKIP")]
+    for algo in algorithm_names():
+        for kind in ("sampler", "train", "paper"):
+            assert any(r["kind"] == kind and r["name"] == algo for r in rows), (kind, algo)
+    for r in rows:
+        if r["rate"]:
+            assert float(r["rate"]) > 0 and float(r["peak_rss_mb"]) > 0 and float(r["load_1m"]) >= 0, r
+    phases = [r for r in rows if r["kind"] == "breakdown"]
+    assert {r["name"] for r in phases} >= {"inner loop", "fisher-vector products", "line search", "sampling"}
+    assert math.isclose(sum(float(r["ratio"]) for r in phases), 1.0, abs_tol=0.01)
+    for r in (r for r in rows if r["kind"] == "paper"):
+        assert float(r["projected_h"]) > 0, r
+    assert by_id["paper/trmrl/point-nav"]["target"] == "<=3h projected"
 
 
-def test_perf_one_measurement_in_a_subprocess():
-    perf = _load_perf()
-    job = {"id": "raw/HalfCheetah-v5/single", "op": "gym_single", "env_id": "HalfCheetah-v5", "steps": 100,
-           "torch_threads": 1}  # fmt: skip
-    res = perf.run_isolated(job, timeout=120)
-    assert res["steps"] == 100 and res["seconds"] > 0 and res["peak_rss_mb"] > 10
+@pytest.mark.skipif(not HAVE_SB3, reason="stable_baselines3 (extra perf) is not installed")
+def test_quick_run_ratios_use_the_right_reference(quick_run):
+    _, rows = _read(quick_run)
+    by_id = {r["id"]: r for r in rows}
+    for r in rows:
+        ref = by_id.get(r["reference"])
+        if r["kind"] == "sampler":  # the raw batch env of the same suite and batch
+            assert ref["kind"] == "raw" and ref["name"] == "batch env", r
+            assert (ref["suite"], ref["batch"]) == (r["suite"], r["batch"]), r
+        elif r["kind"] == "train" and r["name"] in plan.PPO_METHODS and r["target"].startswith(">="):
+            assert ref["kind"] == "peer" and ref["name"] == "sb3-ppo", r
+            assert ref["work"] == r["work"] != "", (r["work"], ref["work"])  # equal work, measured
+        elif r["kind"] == "train" and r["name"] == "pearl":
+            assert ref["name"] == "sb3-sac" and ref["unit"] == r["unit"] == "grad steps/s", r
+            assert ref["work"] == r["work"] != "", (r["work"], ref["work"])
+        elif r["kind"] == "train" and r["name"] == "maml":
+            assert r["ratio"] == "" and r["reference"].startswith("none"), r
+        if ref is not None and r["ratio"] != "" and r["kind"] != "breakdown":
+            assert math.isclose(float(r["ratio"]), float(r["rate"]) / float(ref["rate"]), rel_tol=0.01), r
+        if r["target"]:
+            assert r["status"] == _expected_status(r), r
+    for algo in (*plan.PPO_METHODS, "pearl"):  # one equal-work row each, compared with its peer
+        (row,) = [
+            r for r in rows if r["kind"] == "train" and r["name"] == algo and r["target"].startswith(">=1x")
+        ]
+        assert row["ratio"] != "", row
+    fields, table = _read(quick_run.with_name("perf_scaling.csv"))
+    assert fields == report.SCALING_COLUMNS
+    assert {s["axis"] for s in table} == {"tasks", "window"}
+    assert {s["what"] for s in table if s["axis"] == "tasks"} == {"raw", "sampler", "train"}
+    assert quick_run.with_name("perf_scaling.png").stat().st_size > 10_000
 
 
-def test_perf_profile_prints_the_timed_region_only(capsys):
-    perf = _load_perf()
-    assert perf.main(["--quick", "--profile", "sampler/rl2/point-nav/B2", "--top", "40"]) == 0
+def test_full_plan_targets_and_references():
+    """The full plan (not run): 20-task sampler rows with the issue's bounds, peers at equal sizes."""
+    import argparse
+
+    args = argparse.Namespace(quick=False, algos=None, suites=None, torch_threads=1)
+    jobs, _ = plan.build_plan(args)
+    by_id = {j["id"]: j for j in jobs}
+    for algo in algorithm_names():
+        for suite, bound in (("halfcheetah-vel", 0.8), ("ant-dir", 0.9), ("ml1-reach", 0.9)):
+            job = by_id[f"sampler/{algo}/{suite}/B20"]
+            assert job["min_ratio"] == bound and job["reference"] == f"raw/{suite}/B20"
+        assert f"paper/{algo}/halfcheetah-vel" in by_id
+    for algo in plan.PPO_METHODS:
+        (train,) = [j for j in jobs if j["kind"] == "train" and j["name"] == algo and j.get("min_ratio")]
+        peer = by_id[train["reference"]]
+        assert peer["expect_work"].startswith(f"rollout={train['batch'] * 400} ")
+        assert train["overrides"].get("target_kl", "none") == "none"
+    assert by_id["paper/trmrl/halfcheetah-vel"]["max_hours"] == 3.0
+    assert {j["scaling"] for j in jobs} == {"", "tasks", "window"}
+
+
+def test_report_divides_by_the_reference_and_projects_the_paper_budget():
+    jobs = [
+        {"id": "raw/s/B20", "kind": "raw", "name": "batch env", "suite": "s", "batch": 20, "reference": ""},
+        {"id": "sampler/a/s/B20", "kind": "sampler", "name": "a", "suite": "s", "batch": 20,
+         "reference": "raw/s/B20", "min_ratio": 0.8},
+        {"id": "paper/a/s", "kind": "paper", "name": "a", "suite": "s", "batch": 20, "reference": "",
+         "update_scale": 10.0, "max_hours": 3.0},
+    ]  # fmt: skip
+    base = {"peak_rss_mb": 100.0, "load_1m": 1.0}
+    results = {
+        "raw/s/B20": {"count": 10_000, "seconds": 1.0, **base},
+        "sampler/a/s/B20": {"count": 7_000, "seconds": 1.0, **base},
+        "paper/a/s": {"count": 8_000, "seconds": 2.0, "env_steps": 8_000, "sampling_s": 1.0, "update_s": 1.0,
+                      "budget_steps": 20_000_000, "eval_steps": 8_000, **base},
+    }  # fmt: skip
+    rows = {r["id"]: r for r in report.finish_rows(jobs, results, [])}
+    assert rows["sampler/a/s/B20"]["ratio"] == 0.7 and rows["sampler/a/s/B20"]["status"] == "FAIL >=0.8x ref"
+    paper = rows["paper/a/s"]
+    assert paper["rate"] == round(8_000 / (1.0 + 10 * 1.0), 1)  # the cut gradient steps scaled back
+    hours = (20_000_000 / (8_000 / 11.0) + 8_000 / 8_000) / 3600
+    assert paper["projected_h"] == round(hours, 2) and paper["status"] == "FAIL <=3h projected"
+
+
+def test_a_series_runs_in_one_subprocess():
+    jobs = [{"id": f"raw/point-nav/B{b}", "op": "raw", "suite": "point-nav", "batch": b, "workers": 1,
+             "episodes": 1, "warmup_episodes": 1, "torch_threads": 1} for b in (2, 4)]  # fmt: skip
+    res = isolate.run_isolated(jobs + [{**jobs[0], "id": "bad", "suite": "nope"}], timeout=120)
+    for b in (2, 4):
+        assert (
+            res[f"raw/point-nav/B{b}"]["count"] == 100 * b and res[f"raw/point-nav/B{b}"]["peak_rss_mb"] > 10
+        )
+    assert "nope" in res["bad"]["error"]
+
+
+def test_profile_prints_the_timed_region_only(capsys):
+    assert cli.main(["--quick", "--profile", "sampler/rl2/point-nav/B2", "--top", "40"]) == 0
     printed = capsys.readouterr().out
     assert "steps/s under cProfile" in printed
     assert "sampler.py" in printed and "rl2.py" in printed  # the sampling loop and the policy
     assert "importlib" not in printed  # imports and set-up happen outside the timed region
-    assert perf.PROFILER is None
-    assert perf.main(["--quick", "--profile", "sampler/nope"]) == 2
+    from scripts.perf import profiling
+
+    assert profiling.PROFILER is None
+    assert cli.main(["--quick", "--profile", "sampler/nope"]) == 2
     assert "unknown measurement 'sampler/nope'" in capsys.readouterr().err

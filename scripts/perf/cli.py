@@ -1,0 +1,145 @@
+"""Command line: plan, measure (each job or series in a fresh process), report.
+
+``python -m scripts.perf`` writes ``results/perf.csv``, ``results/perf_scaling.csv`` and
+``results/perf_scaling.png``, prints the table and the README Markdown. Options: ``--quick`` (tiny sizes,
+the smoke test; numbers are not measurements), ``--only KIND ...`` (plus the rows they are compared
+with), ``--no-isolate`` (everything in this process: faster, memory peaks accumulate), ``--profile ID``
+(one measurement in this process under cProfile: what bounds its rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+KINDS = ("raw", "sampler", "train", "peer", "paper", "scaling")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from scripts.perf import __doc__ as overview
+
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.perf",
+        description=overview,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes (smoke test; numbers are not measurements)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/perf.csv"),
+        help="CSV path (results/perf.csv); the scaling table and figure go next to it",
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=KINDS, metavar="KIND", help=f"measure only these kinds: {KINDS}"
+    )
+    p.add_argument("--suites", nargs="+", help="suites of the raw / sampler rows")
+    p.add_argument("--algos", nargs="+", help="methods (default: every registered one)")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads when measuring (1)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement (600)")
+    p.add_argument("--no-isolate", action="store_true", help="measure in this process (memory accumulates)")
+    p.add_argument(
+        "--profile",
+        metavar="ID",
+        help="run measurement ID (e.g. sampler/rl2/halfcheetah-vel/B20) "
+        "here under cProfile; print where its timed region spends its time (no CSV)",
+    )
+    p.add_argument("--top", type=int, default=20, help="functions printed by --profile (20)")
+    p.add_argument("--jobs", help=argparse.SUPPRESS)  # internal: JSON list of jobs, results on stdout
+    return p.parse_args(argv)
+
+
+def profile_one(jobs: list[dict[str, Any]], job_id: str, top: int) -> int:
+    """Profile one planned measurement's timed region with cProfile and print the totals."""
+    from scripts.perf import profiling
+    from scripts.perf.isolate import run_one
+
+    by_id = {j["id"]: j for j in jobs}
+    if job_id not in by_id:
+        print(f"perf: error: unknown measurement {job_id!r}; accepted: {', '.join(by_id)}", file=sys.stderr)
+        return 2
+    out, stats = profiling.profiled(lambda: run_one(by_id[job_id]), whole=False)
+    print(
+        f"{job_id}: {out['count'] / max(out['seconds'], 1e-9):,.0f} {out.get('unit', 'env steps/s')} "
+        "under cProfile (slower than unprofiled)"
+    )
+    profiling.print_profile(stats, top)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.jobs:
+        from scripts.perf.isolate import serve
+
+        serve(args.jobs)
+        return 0
+    from scripts.perf import plan, report
+    from scripts.perf.isolate import run_isolated, run_one
+
+    t_start = time.perf_counter()
+    jobs, skips = plan.build_plan(args)
+    if args.profile:
+        return profile_one(jobs, args.profile, args.top)
+    jobs = plan.select(jobs, args.only)
+    for s in skips:
+        print(f"skip {s['id']}: {s['notes']}", flush=True)
+    load0 = os.getloadavg()
+    mode = "in this process" if args.no_isolate else "a fresh subprocess per row or series"
+    print(
+        f"{len(jobs)} measurements ({mode}; torch threads {args.torch_threads}; {os.cpu_count()} cores; "
+        f"load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f})",
+        flush=True,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    done = 0
+    for group in plan.groups(jobs):
+        t0 = time.perf_counter()
+        if args.no_isolate:
+            got = {}
+            for job in group:
+                try:
+                    got[job["id"]] = run_one(job)
+                except Exception as exc:  # noqa: BLE001 - one failed row must not lose the others
+                    got[job["id"]] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        else:
+            got = run_isolated(group, args.timeout)
+        results |= got
+        for job in group:
+            done += 1
+            r = got[job["id"]]
+            msg = (
+                f"ERROR {r['error']}"
+                if "error" in r
+                else f"{r['count'] / max(r['seconds'], 1e-9):,.0f} {r.get('unit', 'env steps/s')}"
+            )
+            print(f"[{done:2d}/{len(jobs)}] {job['id']:<48} {msg}", flush=True)
+        print(f"      ({time.perf_counter() - t0:.1f} s)", flush=True)
+    rows = report.finish_rows(jobs, results, skips)
+    elapsed = time.perf_counter() - t_start
+    rows.append(
+        report.run_row(elapsed, None if args.quick or args.only else plan.RUN_SECONDS, os.getloadavg())
+    )
+    out = args.out if args.out.is_absolute() else Path.cwd() / args.out
+    report.write_csv(rows, out)
+    table = report.scaling_rows(rows)
+    stem = out.with_name(out.stem + "_scaling")
+    report.write_csv(table, stem.with_suffix(".csv"), report.SCALING_COLUMNS)
+    if table:
+        title = (
+            f"halfcheetah-vel, quick-profile agents, {os.cpu_count()} cores, load average at start "
+            f"{load0[0]:.1f}{' (QUICK sizes: not measurements)' if args.quick else ''}"
+        )
+        report.scaling_figure(table, stem.with_suffix(".png"), title)
+    print()
+    print(report.format_table(rows))
+    print("\nREADME table:\n" + report.markdown(rows))
+    print(f"\nwrote {out}, {stem}.csv/.png ({elapsed:.0f} s{', QUICK sizes' if args.quick else ''})")
+    return 1 if any(r["status"] == "ERROR" for r in rows) else 0

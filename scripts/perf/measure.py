@@ -1,0 +1,267 @@
+"""How the harness is measured. Every function takes one job (a dict from ``plan``) and returns
+``count`` (what was counted: env steps, or gradient steps where the job says so), ``seconds`` (wall time
+of the timed region only, ``profiling.tic``/``toc``) and ``notes``; some add fields ``report`` uses.
+
+Only public API is used: suites' ``make_batch_env``, ``TrialSampler.run``, the method's ``profile``,
+``Config``, ``make_agent`` and ``train_step`` (with a ``HarnessContext`` built as ``benchmark/runner.py``
+builds it). Nothing is imported from inside ``algorithms``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from scripts.perf import profiling
+from scripts.perf.profiling import tic, toc
+
+Job = dict[str, Any]
+
+
+def pick_tasks(suite: Any, n: int) -> list[Any]:
+    """The first ``n`` training tasks (cycled): the same tasks for every row of a suite."""
+    train = suite.tasks("train")
+    return [train[i % len(train)] for i in range(n)]
+
+
+def method_config(algo: str, suite: Any, profile: str, overrides: dict[str, str]) -> tuple[Any, Any, Any]:
+    """(learner class, HarnessConfig, method config) at ``profile``, resolved as the CLI resolves them;
+    overrides naming no field of this method are ignored (one override dict serves every method)."""
+    from benchmark.config import resolve
+    from benchmark.registry import load_algorithm
+
+    cls = load_algorithm(algo)
+    fields = set(cls.Config.__dataclass_fields__)
+    own = {k: v for k, v in overrides.items() if k in fields}
+    run_cfg, cfg = resolve(profile, suite.family, cls.Config, cls.profile(profile, suite.family), own)
+    return cls, run_cfg, cfg
+
+
+def ppo_work(rollout: int, minibatches: int, epochs: int) -> str:
+    """The PPO work of one iteration, written identically for a method and its SB3 peer."""
+    return f"rollout={rollout} minibatches={minibatches} epochs={epochs} updates={epochs * minibatches}"
+
+
+def sac_work(layers: int, size: int, batch: int) -> str:
+    """The SAC work of one gradient step, written identically for PEARL and its SB3 peer."""
+    return f"nets={layers}x{size} batch={batch}"
+
+
+# -- raw simulators --------------------------------------------------------------------------------
+def measure_gym_single(job: Job) -> dict[str, Any]:
+    """``gymnasium.make(env_id)`` stepped with pre-drawn random actions on one core (auto reset)."""
+    import gymnasium as gym
+    import numpy as np
+
+    env = gym.make(job["env_id"])
+    rng = np.random.default_rng(0)
+    n = job["steps"]
+    actions = rng.uniform(env.action_space.low, env.action_space.high, (n, *env.action_space.shape))
+    env.reset(seed=0)
+    for a in actions[: min(n, 200)]:  # warm-up
+        env.step(a)
+    env.reset(seed=1)
+    t0 = tic()
+    for a in actions:
+        _, _, terminated, truncated, _ = env.step(a)
+        if terminated or truncated:
+            env.reset()
+    dt = toc(t0)
+    env.close()
+    return {
+        "count": n,
+        "seconds": dt,
+        "notes": "gymnasium.make (TimeLimit 1000, auto reset), actions pre-drawn",
+    }
+
+
+def _raw_episodes(env: Any, horizon: int, batch: int, episodes: int, seed: int) -> int:
+    """Random-action episodes through a batch env exactly as the sampler drives it; valid env steps."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    steps = 0
+    for _ in range(episodes):
+        env.reset(rng.integers(0, 2**31 - 1, size=batch))
+        active = np.ones(batch, bool)
+        for _ in range(horizon):
+            action = rng.uniform(-1.0, 1.0, (batch, env.act_dim)).astype(np.float32)
+            res = env.step(action, active)
+            steps += int(active.sum())
+            active &= ~res.terminated
+    return steps
+
+
+def measure_raw(job: Job) -> dict[str, Any]:
+    """The suite's batch env (``make_batch_env(batch, workers)`` as the sampler builds it), random actions."""
+    from benchmark.registry import load_suite
+
+    suite = load_suite(job["suite"])
+    batch = job["batch"]
+    env = suite.make_batch_env(batch, job["workers"])
+    try:
+        env.set_tasks(pick_tasks(suite, batch))
+        episodes = max(1, -(-job["min_steps"] // suite.horizon)) if job.get("min_steps") else job["episodes"]
+        _raw_episodes(env, suite.horizon, batch, job["warmup_episodes"], seed=0)
+        t0 = tic()
+        steps = _raw_episodes(env, suite.horizon, batch, episodes, seed=1)
+        dt = toc(t0)
+        workers = getattr(env, "num_workers", 1)
+    finally:
+        env.close()
+    where = f"{workers} processes (this one + {workers - 1} worker)" if workers > 1 else "in-process"
+    return {"count": steps, "seconds": dt, "notes": f"{episodes} episodes x H={suite.horizon}, {where}"}
+
+
+# -- the sampler -----------------------------------------------------------------------------------
+def measure_sampler(job: Job) -> dict[str, Any]:
+    """``TrialSampler.run`` with the method's freshly initialised training agent (stochastic actions)."""
+    import torch
+
+    from benchmark.registry import load_suite
+    from benchmark.sampler import TrialSampler
+
+    suite = load_suite(job["suite"])
+    cls, _run, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
+    torch.manual_seed(0)
+    agent = cls(suite.spec(), cfg, torch.device("cpu")).make_agent()
+    batch = job["batch"]
+    sampler = TrialSampler(suite, num_workers=job["workers"])
+    try:
+        tasks = pick_tasks(suite, batch)
+        sampler.run(agent, tasks, job["warmup_episodes"], seed=0)
+        t0 = tic()
+        out = sampler.run(agent, tasks, job["episodes"], seed=1)
+        dt = toc(t0)
+    finally:
+        sampler.close()
+    return {
+        "count": out.env_steps,
+        "seconds": dt,
+        "notes": f"trials of {job['episodes']} episodes, {job['profile']} profile agent",
+    }
+
+
+# -- training ----------------------------------------------------------------------------------------
+def eval_steps(suite: Any, run_cfg: Any) -> int:
+    """Env steps of the evaluations a run of ``run_cfg.budget_steps`` makes (periodic marks + final)."""
+    marks = math.ceil(run_cfg.budget_steps / run_cfg.eval_every_steps)
+    trial = suite.eval_episodes * suite.horizon
+    final = 0
+    for split in ("test", "ood"):
+        try:
+            final += len(suite.tasks(split))
+        except Exception:  # noqa: BLE001 - a suite without this split
+            pass
+    return (marks * run_cfg.eval_tasks + final) * trial
+
+
+def measure_train(job: Job) -> dict[str, Any]:
+    """``learner.train_step(ctx)`` for ``iterations`` after ``warmup_iterations``; wall time split into
+    sampling (``ctx.sample_trials``) and the rest (the update). With ``breakdown``, one more iteration
+    runs under cProfile and is split into phases (``profiling.maml_breakdown``)."""
+    import numpy as np
+    import torch
+
+    from benchmark.registry import load_suite
+    from benchmark.runner import HarnessContext
+    from benchmark.sampler import TrialSampler
+
+    class TimedContext(HarnessContext):
+        sampling = 0.0
+
+        def sample_trials(self, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return super().sample_trials(*args, **kwargs)
+            finally:
+                self.sampling += time.perf_counter() - t0
+
+    suite = load_suite(job["suite"])
+    cls, run_cfg, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
+    workers = 1 if suite.family == "point-nav" else job["workers"]
+    torch.manual_seed(0)
+    learner = cls(suite.spec(), cfg, torch.device("cpu"))
+    sampler = TrialSampler(suite, num_workers=workers)
+    ctx = TimedContext(suite, sampler, np.random.default_rng(0), torch.device("cpu"))
+    phases = None
+    try:
+        first = None
+        for _ in range(job["warmup_iterations"]):  # starts env workers, optimiser state, initial data
+            first = learner.train_step(ctx)
+        steps0, ctx.sampling = ctx.env_steps, 0.0
+        grad0 = (first or {}).get("grad_steps", 0.0)
+        stats = []
+        t0 = tic()
+        for _ in range(job["iterations"]):
+            stats.append(learner.train_step(ctx))
+        dt = toc(t0)
+        sampling, steps = ctx.sampling, ctx.env_steps - steps0
+        if job.get("breakdown"):
+            s0 = time.perf_counter()
+            _, pst = profiling.profiled(lambda: learner.train_step(ctx))
+            phases = profiling.maml_breakdown(pst, time.perf_counter() - s0)
+    finally:
+        sampler.close()
+    out: dict[str, Any] = {
+        "env_steps": steps,
+        "sampling_s": sampling,
+        "update_s": dt - sampling,
+        "iterations": job["iterations"],
+        "budget_steps": run_cfg.budget_steps,
+        "eval_steps": eval_steps(suite, run_cfg),
+        "phases": phases,
+    }
+    share = sampling / dt if dt > 0 else 0.0
+    notes = [
+        f"{job['iterations']} it after {job['warmup_iterations']} warm-up",
+        f"{steps // job['iterations']} env steps per it",
+        f"sampling {share:.0%} / update {1 - share:.0%} of wall time",
+    ]
+    if "grad_steps" in stats[-1]:  # an off-policy method: its training rate is gradient steps per second
+        grads = stats[-1]["grad_steps"] - grad0
+        out |= {"count": grads, "seconds": dt - sampling, "unit": "grad steps/s"}
+        out["work"] = sac_work(cfg.net_layers, cfg.net_size, cfg.meta_batch * cfg.batch_size)
+        notes.append(f"{grads:g} gradient steps in {dt - sampling:.2f} s outside sampling")
+    else:
+        out |= {"count": steps, "seconds": dt}
+        updates = float(np.mean([s.get("updates", float("nan")) for s in stats]))
+        if hasattr(cfg, "epochs") and updates == updates:
+            out["work"] = ppo_work(steps // job["iterations"], round(updates / cfg.epochs), cfg.epochs)
+    sizes = ", ".join(
+        f"{k}={getattr(cfg, k)}"
+        for k in (
+            "meta_batch_size",
+            "rollouts_per_task",
+            "num_tasks_sample",
+            "grad_steps_per_iter",
+            "hidden_size",
+            "hidden_sizes",
+            "d_model",
+            "n_layers",
+            "memory",
+            "window",
+            "net_size",
+        )
+        if hasattr(cfg, k)
+    )
+    out["notes"] = "; ".join([*notes, sizes, f"env workers={workers}"])
+    return out
+
+
+def _sb3(job: Job) -> dict[str, Any]:
+    from scripts.perf import peers
+
+    return {"sb3_ppo": peers.measure_sb3_ppo, "sb3_sac": peers.measure_sb3_sac}[job["op"]](job)
+
+
+MEASURES: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "gym_single": measure_gym_single,
+    "raw": measure_raw,
+    "sampler": measure_sampler,
+    "train": measure_train,
+    "sb3_ppo": _sb3,
+    "sb3_sac": _sb3,
+}

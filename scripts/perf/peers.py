@@ -1,0 +1,89 @@
+"""The library peers, measured at the same work as the method they are compared with.
+
+* PPO (RL², TrMRL, VariBAD): Stable-Baselines3 ``PPO("MlpPolicy")`` (64-64) on ``HalfCheetah-v5`` in a
+  ``DummyVecEnv`` of 2 envs, with the method's rollout size (env steps per iteration), epochs and
+  minibatch count, hence the same number of gradient updates per iteration (SB3 has no KL early stop by
+  default; the methods' is turned off for these rows). Rate: env steps per second of ``learn``,
+  collection included, after one warm-up iteration.
+* SAC (PEARL): Stable-Baselines3 ``SAC("MlpPolicy")`` with PEARL's hidden layers (net_layers x net_size)
+  and PEARL's transitions per gradient step (meta_batch x batch_size). Rate: gradient steps per second
+  of ``SAC.train`` on a replay buffer filled with ``learning_starts`` random steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scripts.perf.measure import ppo_work, sac_work
+from scripts.perf.profiling import tic, toc
+
+
+def measure_sb3_ppo(job: dict[str, Any]) -> dict[str, Any]:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}[job["vec"]]
+    n_envs, rollout, minibatches, epochs = job["n_envs"], job["rollout"], job["minibatches"], job["epochs"]
+    env = make_vec_env(job["env_id"], n_envs=n_envs, seed=0, vec_env_cls=vec_cls)
+    try:
+        model = PPO(
+            "MlpPolicy",
+            env,
+            n_steps=rollout // n_envs,
+            batch_size=rollout // minibatches,
+            n_epochs=epochs,
+            device="cpu",
+            seed=0,
+            verbose=0,
+        )
+        model.learn(rollout)  # warm-up iteration
+        start = model.num_timesteps
+        t0 = tic()
+        model.learn(job["iterations"] * rollout, reset_num_timesteps=False)
+        dt = toc(t0)
+        steps = model.num_timesteps - start
+    finally:
+        env.close()
+    return {
+        "count": steps,
+        "seconds": dt,
+        "work": ppo_work(rollout, minibatches, epochs),
+        "notes": f"{job['iterations']} it after 1 warm-up; {n_envs} envs x {rollout // n_envs} steps "
+        f"({job['vec']} vec env), MlpPolicy (64, 64)",
+    }
+
+
+def measure_sb3_sac(job: dict[str, Any]) -> dict[str, Any]:
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    layers, size, batch = job["net_layers"], job["net_size"], job["batch_size"]
+    env = gym.make(job["env_id"])
+    try:
+        model = SAC(
+            "MlpPolicy",
+            env,
+            policy_kwargs={"net_arch": [size] * layers},
+            batch_size=batch,
+            learning_starts=job["learning_starts"],
+            buffer_size=max(10_000, job["learning_starts"]),
+            device="cpu",
+            seed=0,
+            verbose=0,
+        )
+        model.learn(job["learning_starts"] + 1)  # random steps into the buffer; sets up the logger
+        model.train(gradient_steps=job["warmup_grad_steps"], batch_size=batch)
+        t0 = tic()
+        model.train(gradient_steps=job["grad_steps"], batch_size=batch)
+        dt = toc(t0)
+    finally:
+        env.close()
+    return {
+        "count": job["grad_steps"],
+        "seconds": dt,
+        "unit": "grad steps/s",
+        "work": sac_work(layers, size, batch),
+        "notes": f"SAC.train({job['grad_steps']} gradient steps) after {job['warmup_grad_steps']} warm-up; "
+        "twin Q + actor + entropy coefficient (PEARL: twin Q + V + target V + encoder + policy)",
+    }
