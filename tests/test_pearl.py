@@ -243,3 +243,29 @@ def test_evaluation_context_can_stop_after_the_prior_episodes():
     with torch.no_grad():
         agent.observe(tr)
     assert torch.equal(agent.precision, after_prior) and (after_prior > 0).all()
+
+
+def test_evaluation_samples_actions_only_in_its_first_stochastic_episodes():
+    """eval_stochastic_episodes=1: the exploration episode acts like the training prior episodes (sampled
+    actions, the data the encoder is trained on), later episodes with tanh(mean); 0 keeps every episode
+    deterministic."""
+    obs = np.array([[0.1, -0.2], [0.3, 0.0]], np.float32)
+    for n in (0, 1):
+        learner, _ = make(PEARLConfig(**{**TINY.__dict__, "eval_stochastic_episodes": n}))
+        agent = learner.make_agent(evaluation=True)
+        agent.new_trial(np.array([-1, -2]))
+        x = torch.cat([torch.as_tensor(obs), agent.z], -1)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            action, _ = agent.act(obs)
+        torch.manual_seed(3)
+        sampled = learner.policy.sample(x)[0].detach().numpy()
+        deterministic = learner.policy.deterministic(x).detach().numpy()
+        assert np.allclose(action, sampled if n else deterministic) and not np.allclose(
+            sampled, deterministic
+        )
+        agent.end_episode()
+        with torch.no_grad():
+            action, _ = agent.act(obs)
+        x = torch.cat([torch.as_tensor(obs), agent.z], -1)
+        assert np.allclose(action, learner.policy.deterministic(x).detach().numpy())
