@@ -212,7 +212,9 @@ def test_validate_names_bad_settings():
 def test_pearl_adapts_on_point_nav(tmp_path):
     """A third of the quick budget: the posterior episodes beat the prior one and doing nothing (0.29).
 
-    Measured (seed 0, 3m12 on the shared 2-core machine): normalised 0.167 0.456 0.471 0.456 0.472 0.459.
+    Measured (seed 0, shared 2-core machine): normalised 0.167 0.456 0.471 0.456 0.472 0.459 (3m12) with a
+    mean-action exploration episode; 0.163 0.481 0.473 0.478 0.477 0.479 (3m57) with a sampled one
+    (``eval_stochastic_episodes=1``). The full quick budget reaches 0.815 / 0.845 (seeds 3 / 4).
     """
     code = main(["run", "--algo", "pearl", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
                  "--set", "budget_steps=1280000",  # 50 iterations, 12,500 grad steps
@@ -226,7 +228,7 @@ def test_pearl_adapts_on_point_nav(tmp_path):
     normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
     print("normalised return per meta-test episode:", normalized.round(3).to_dict())
     assert normalized.iloc[-1] > normalized.iloc[0] + 0.15, normalized.round(3).to_dict()
-    assert normalized.iloc[-1] >= 0.38, normalized.round(3).to_dict()
+    assert normalized.iloc[-1] >= 0.40, normalized.round(3).to_dict()
 
 
 def test_evaluation_context_can_stop_after_the_prior_episodes():
