@@ -33,8 +33,10 @@ starts a trial with z ~ N(0, I), accumulates its own context (every valid transi
 rows never share context), and at each episode boundary after the first ``eval_prior_episodes``
 episodes redraws z ~ q(z | all context so far of that row); with ``eval_context_all_episodes=False``
 the context is only what the row saw in its prior episodes (the encoder's training distribution).
-Actions are deterministic, tanh(mean). Training agents draw z in ``new_trial`` / ``end_episode`` and
-action noise in ``act``; ``observe`` draws nothing.
+Actions are deterministic, tanh(mean), except in the first ``eval_stochastic_episodes`` episodes, which
+sample actions as the training-time prior episodes do (the point-nav quick profile: its one exploration
+episode; the reported return includes that episode's cost). Training agents draw z in ``new_trial`` /
+``end_episode`` and action noise in ``act``; ``observe`` draws nothing.
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ class PEARLConfig:
     # meta-test context: True = every transition of the trial so far (paper, oyster collect_paths); False =
     # only the transitions of the prior (exploration) episodes, the kind of data the encoder is trained on
     eval_context_all_episodes: bool = True
+    # meta-test episodes, counted from the first, that act with sampled actions (tanh of a draw of the
+    # policy's Gaussian), later ones with tanh(mean). 0 = every episode deterministic (oyster
+    # ``eval_deterministic=True``).
+    # The encoder is trained only on context from prior-z episodes with *sampled* actions (oyster
+    # ``collect_data`` with the stochastic policy); a mean-action exploration episode is data it never saw
+    # (docs/tuning/pearl.md, run v1: 0.57 -> 0.86 normalised on validation tasks with 1 instead of 0)
+    eval_stochastic_episodes: int = setting(0, low=0)
 
 
 # -- the math -------------------------------------------------------------------------------------
@@ -200,7 +209,7 @@ class PEARLAgent(AdaptiveAgent):
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.z is not None, "call new_trial() first"
         x = torch.cat([torch.as_tensor(obs, device=self.device), self.z], -1)
-        if self.evaluation:
+        if self.evaluation and self.episodes >= self.cfg.eval_stochastic_episodes:
             action = self.policy.deterministic(x)
         else:
             action = self.policy.sample(x)[0]
@@ -301,7 +310,8 @@ class PEARL(MetaLearner):
             # oyster's 2.5: one paper-size step took 1.17 s here, a quick one 14 ms). Changed: gamma 0.9 and
             # lr 1e-3 (fewer, larger steps); 128 tasks x 1 episode per phase (refreshing many encoder
             # buffers: the encoder memorised stale ones, t3); meta-test context from the prior episode only
-            # (the all-episode posterior collapsed after episode 1, t4)
+            # (the all-episode posterior collapsed after episode 1, t4); the exploration episode samples its
+            # actions like the training prior episodes whose data the encoder learns from (v1: 0.57 -> 0.86)
             return {
                 "reward_scale": 100.0,
                 "kl_lambda": 0.1,
@@ -322,6 +332,7 @@ class PEARL(MetaLearner):
                 "grad_steps_per_iter": 250,
                 "eval_prior_episodes": 1,
                 "eval_context_all_episodes": False,
+                "eval_stochastic_episodes": 1,
             }
         if family == "metaworld":
             # garage examples/torch/pearl_metaworld_ml1_*.py (H = 500): latent 7, reward scale 10, 15 tasks
@@ -407,7 +418,7 @@ class PEARL(MetaLearner):
     # -- agents ------------------------------------------------------------------------------------
     def make_agent(self, evaluation: bool = False) -> PEARLAgent:
         """Training: z ~ prior per episode, stochastic actions. Evaluation: prior then online posterior,
-        deterministic actions (module docstring)."""
+        deterministic actions after the first ``eval_stochastic_episodes`` (module docstring)."""
         return PEARLAgent(self, evaluation, "online" if evaluation else "prior")
 
     # -- buffers -----------------------------------------------------------------------------------

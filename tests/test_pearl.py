@@ -212,7 +212,9 @@ def test_validate_names_bad_settings():
 def test_pearl_adapts_on_point_nav(tmp_path):
     """A third of the quick budget: the posterior episodes beat the prior one and doing nothing (0.29).
 
-    Measured (seed 0, 3m12 on the shared 2-core machine): normalised 0.167 0.456 0.471 0.456 0.472 0.459.
+    Measured (seed 0, shared 2-core machine): normalised 0.167 0.456 0.471 0.456 0.472 0.459 (3m12) with a
+    mean-action exploration episode; 0.163 0.481 0.473 0.478 0.477 0.479 (3m57) with a sampled one
+    (``eval_stochastic_episodes=1``). The full quick budget reaches 0.815 / 0.845 (seeds 3 / 4).
     """
     code = main(["run", "--algo", "pearl", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
                  "--set", "budget_steps=1280000",  # 50 iterations, 12,500 grad steps
@@ -226,7 +228,7 @@ def test_pearl_adapts_on_point_nav(tmp_path):
     normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
     print("normalised return per meta-test episode:", normalized.round(3).to_dict())
     assert normalized.iloc[-1] > normalized.iloc[0] + 0.15, normalized.round(3).to_dict()
-    assert normalized.iloc[-1] >= 0.38, normalized.round(3).to_dict()
+    assert normalized.iloc[-1] >= 0.40, normalized.round(3).to_dict()
 
 
 def test_evaluation_context_can_stop_after_the_prior_episodes():
@@ -243,3 +245,29 @@ def test_evaluation_context_can_stop_after_the_prior_episodes():
     with torch.no_grad():
         agent.observe(tr)
     assert torch.equal(agent.precision, after_prior) and (after_prior > 0).all()
+
+
+def test_evaluation_samples_actions_only_in_its_first_stochastic_episodes():
+    """eval_stochastic_episodes=1: the exploration episode acts like the training prior episodes (sampled
+    actions, the data the encoder is trained on), later episodes with tanh(mean); 0 keeps every episode
+    deterministic."""
+    obs = np.array([[0.1, -0.2], [0.3, 0.0]], np.float32)
+    for n in (0, 1):
+        learner, _ = make(PEARLConfig(**{**TINY.__dict__, "eval_stochastic_episodes": n}))
+        agent = learner.make_agent(evaluation=True)
+        agent.new_trial(np.array([-1, -2]))
+        x = torch.cat([torch.as_tensor(obs), agent.z], -1)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            action, _ = agent.act(obs)
+        torch.manual_seed(3)
+        sampled = learner.policy.sample(x)[0].detach().numpy()
+        deterministic = learner.policy.deterministic(x).detach().numpy()
+        assert np.allclose(action, sampled if n else deterministic) and not np.allclose(
+            sampled, deterministic
+        )
+        agent.end_episode()
+        with torch.no_grad():
+            action, _ = agent.act(obs)
+        x = torch.cat([torch.as_tensor(obs), agent.z], -1)
+        assert np.allclose(action, learner.policy.deterministic(x).detach().numpy())
