@@ -184,6 +184,20 @@ def test_rl_loss_leaves_encoder_and_decoder_gradients_at_zero():
     assert any(p.grad is not None and p.grad.any() for p in learner.policy.parameters())
 
 
+def test_rl_loss_through_encoder_trains_the_encoder_on_the_beliefs_the_policy_acted_on():
+    """``rl_through_encoder``: the graph-keeping recomputation equals the acting beliefs (tbptt changes
+    gradients, not values), PPO moves the encoder, and the decoder still only learns from the ELBO."""
+    learner, suite = make(VariBADConfig(**{**TINY.__dict__, "rl_through_encoder": True, "tbptt": 7}))
+    batch = TrialSampler(suite).run(learner.make_agent(), suite.tasks("train")[:4], episodes=2, seed=0)
+    mu, logvar = learner.beliefs(batch.env_actions, batch.rewards, batch.next_obs, batch.valid, grad=True)
+    assert mu.requires_grad and torch.allclose(mu, batch.tensor("belief_mu"), atol=1e-5)
+    assert torch.allclose(logvar, batch.tensor("belief_logvar"), atol=1e-5)
+    enc_before = [p.detach().clone() for p in learner.encoder.parameters()]
+    learner.ppo_step(batch, np.random.default_rng(0))
+    assert not all(torch.equal(a, b) for a, b in zip(enc_before, learner.encoder.parameters(), strict=True))
+    assert all(p.grad is None for p in learner.decoder.parameters())
+
+
 def test_passes_check_learner():
     """Contract incl. exact resume from state_dict with the VAE buffer in the storage directory."""
     check_learner(VariBAD, PointNav(), TINY)
