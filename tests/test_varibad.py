@@ -198,9 +198,12 @@ def test_rl_loss_through_encoder_trains_the_encoder_on_the_beliefs_the_policy_ac
     assert all(p.grad is None for p in learner.decoder.parameters())
 
 
-def test_passes_check_learner():
+@pytest.mark.parametrize("rl_through_encoder", [False, True])
+def test_passes_check_learner(rl_through_encoder):
     """Contract incl. exact resume from state_dict with the VAE buffer in the storage directory."""
-    check_learner(VariBAD, PointNav(), TINY)
+    check_learner(
+        VariBAD, PointNav(), VariBADConfig(**{**TINY.__dict__, "rl_through_encoder": rl_through_encoder})
+    )
 
 
 def test_vae_buffer_lives_on_disk_and_resumes(tmp_path):
