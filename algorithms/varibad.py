@@ -24,7 +24,8 @@ Training iteration (``VariBAD.train_step``), all counted in environment steps by
    the official code there: the policy's Adam steps the encoder (in its own parameter group at the VAE
    learning rate; officially the VAE optimiser does), the encoder's gradient is clipped together with the
    policy's (officially unclipped by default), and the VAE keeps its separate updates after PPO
-   (officially the VAE loss is added to every PPO minibatch). The paper's VariBAD does not do this;
+   (officially the VAE loss is added to every PPO minibatch). The paper's VariBAD does not do this
+   (the point-nav quick profile does, docs/tuning/varibad.md);
 4. PPO on the policy (GAE across the episodes of a trial, ``algorithms.common.ppo``), rewards divided
    by a running std of the discounted return (``norm_rew_for_policy=True``);
 5. ``vae_updates`` Adam steps on the ELBO of ``vae_batch_trials`` trials drawn from the newest
@@ -530,7 +531,7 @@ class VariBAD(MetaLearner):
         return rewards / torch.sqrt(self.return_norm.var + 1e-8)
 
     def ppo_step(self, batch: Any, rng: np.random.Generator) -> dict[str, float]:
-        """PPO update of the policy on a recorded TrialBatch; the encoder only gives (detached) beliefs."""
+        """PPO update on a recorded TrialBatch: the policy (and the encoder with ``rl_through_encoder``)."""
         cfg, dev = self.config, self.device
         obs = batch.tensor("obs", dev)
         mu, logvar = self.beliefs(batch.env_actions, batch.rewards, batch.next_obs, batch.valid)
