@@ -18,7 +18,14 @@ Training iteration (``VariBAD.train_step``), all counted in environment steps by
 2. append the trials to the VAE trajectory buffer (``AppendOnlyArrays`` in the run directory);
 3. recompute the beliefs of every step from the recorded trials with the encoder under
    ``torch.no_grad()`` (equal to the online ones; the RL loss never reaches the encoder, as the
-   official default ``rlloss_through_encoder=False``);
+   official default ``rlloss_through_encoder=False``). With ``rl_through_encoder`` (the official
+   ``rlloss_through_encoder=True``, ``algorithms/ppo.py`` of ``lmzintgraf/varibad``) each PPO minibatch
+   re-encodes its trials with the graph kept, so the PPO loss also trains the encoder. Departures from
+   the official code there: the policy's Adam steps the encoder (in its own parameter group at the VAE
+   learning rate; officially the VAE optimiser does), the encoder's gradient is clipped together with the
+   policy's (officially unclipped by default), and the VAE keeps its separate updates after PPO
+   (officially the VAE loss is added to every PPO minibatch). The paper's VariBAD does not do this
+   (the point-nav quick profile does, docs/tuning/varibad.md);
 4. PPO on the policy (GAE across the episodes of a trial, ``algorithms.common.ppo``), rewards divided
    by a running std of the discounted return (``norm_rew_for_policy=True``);
 5. ``vae_updates`` Adam steps on the ELBO of ``vae_batch_trials`` trials drawn from the newest
@@ -93,6 +100,9 @@ class VariBADConfig:
     normalize_latent: bool = True  # norm_latent_for_policy
     normalize_rewards: bool = True  # norm_rew_for_policy (running std of the discounted return)
     init_std: float = setting(1.0, low=0.0, low_open=True)  # policy_init_std
+    # rlloss_through_encoder (official default False): the PPO loss also trains the encoder, through the
+    # beliefs the policy reads; its encoder gradient is applied with the VAE learning rate
+    rl_through_encoder: bool = False
     # PPO (shared block)
     meta_batch_size: int = setting(16, low=1)  # trials per iteration (num_processes = 16)
     lr: float = setting(7e-4, low=0.0, low_open=True)  # lr_policy
@@ -343,7 +353,10 @@ class VariBAD(MetaLearner):
         self.decoder = RewardDecoder(spec, cfg).to(device)
         self.policy = BeliefPolicy(spec, cfg).to(device)
         self.return_norm = RunningNorm(1).to(device)  # running variance of discounted returns
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        groups = [{"params": list(self.policy.parameters()), "lr": cfg.lr}]
+        if cfg.rl_through_encoder:
+            groups.append({"params": list(self.encoder.parameters()), "lr": cfg.vae_lr})
+        self.policy_optimizer = torch.optim.Adam(groups, eps=cfg.adam_eps)
         self.vae_optimizer = torch.optim.Adam(
             [*self.encoder.parameters(), *self.decoder.parameters()], lr=cfg.vae_lr
         )
@@ -381,16 +394,19 @@ class VariBAD(MetaLearner):
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
         if family == "point-nav":
-            # chosen on validation goals (docs/tuning/varibad.md, runs t1-t5); NONE of those runs learned
-            # within the budget (validation return stayed at the "stand still" level, ~0.25-0.30 normalised).
-            # The reward depends on s' only, so the decoder reads (m, s'); the 200-step trial is decoded with
-            # full backpropagation (tbptt 0; with the cheetah-vel value 50 the belief forgot the goal by the
-            # end of the trial); the official exploration (init_std 1.0, entropy 0.01); RL2's tuned point-nav
-            # PPO recipe (gamma 0.9, lr 1e-3, 8 epochs, clip 0.2, KL stop 0.05) as the official one (t1) did
-            # not move either; 64 trials per iteration as RL2 / TrMRL (300 iterations in the quick budget).
+            # chosen on validation goals (docs/tuning/varibad.md). t1-t5 (the paper's VariBAD: the RL loss
+            # stops at the beliefs) never left the "stand still" level: the VAE alone learns goal inference
+            # too slowly for this budget (on random-walk trials its belief explains ~0% of the goal's
+            # variance after 400-1000 VAE updates, while a supervised read-out of the same encoder learns it
+            # in ~250), and the policy settles at the start before the belief is informative. t6 adds the
+            # official rlloss_through_encoder option (rl_through_encoder), so PPO also shapes the encoder
+            # (validation 0.63 at iteration 75). Otherwise t5's values: the decoder reads (m, s') (the
+            # reward depends on s' only); full backpropagation through the 200-step trial (tbptt 0);
+            # the official exploration (init_std 1.0, entropy 0.01); RL2's tuned point-nav PPO recipe
+            # (gamma 0.9, lr 1e-3, 8 epochs, clip 0.2, KL stop 0.05); 64 trials per iteration as RL2 / TrMRL.
             return {"decoder_state_action": False, "tbptt": 0, "meta_batch_size": 64, "vae_updates": 5,
                     "init_std": 1.0, "entropy_coef": 0.01, "gamma": 0.9, "lr": 1e-3, "epochs": 8,
-                    "clip": 0.2, "target_kl": 0.05}  # fmt: skip
+                    "clip": 0.2, "target_kl": 0.05, "rl_through_encoder": True}  # fmt: skip
         if family == "metaworld":
             # no official Meta-World VariBAD config: the cheetah-vel values; 10 goals per iteration as RL²'s
             # quick profile (25 for paper, as the Meta-World reference batch)
@@ -401,20 +417,29 @@ class VariBAD(MetaLearner):
         return {}
 
     # -- beliefs ----------------------------------------------------------------------------------------
-    def beliefs(self, env_actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray, valid: np.ndarray):
+    def beliefs(
+        self,
+        env_actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        valid: np.ndarray,
+        grad: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Belief (mu, logvar), each (B, T, L), under which each step of recorded trials was taken.
 
         Step t's belief is the posterior after the valid transitions before t (the prior N(0, I) at the
-        first), exactly as the agent computes it online. No gradient reaches the encoder.
+        first), exactly as the agent computes it online. ``grad=False``: no gradient reaches the encoder;
+        ``grad=True`` keeps the graph (``rl_through_encoder``; truncated every ``tbptt`` steps).
         """
         packed, lengths, before = pack_valid(valid, action=env_actions, reward=rewards, next_obs=next_obs)
         dev = self.device
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             mu, logvar, _ = self.encoder(
                 *(
                     torch.as_tensor(packed[k], dtype=torch.float32, device=dev)
                     for k in ("action", "reward", "next_obs")
-                )
+                ),
+                tbptt=self.config.tbptt if grad else 0,
             )
             mu, logvar = with_prior(mu), with_prior(logvar)
             idx = torch.as_tensor(before, device=dev)[..., None].expand(-1, -1, mu.shape[-1])
@@ -506,7 +531,7 @@ class VariBAD(MetaLearner):
         return rewards / torch.sqrt(self.return_norm.var + 1e-8)
 
     def ppo_step(self, batch: Any, rng: np.random.Generator) -> dict[str, float]:
-        """PPO update of the policy on a recorded TrialBatch; the encoder only gives (detached) beliefs."""
+        """PPO update on a recorded TrialBatch: the policy (and the encoder with ``rl_through_encoder``)."""
         cfg, dev = self.config, self.device
         obs = batch.tensor("obs", dev)
         mu, logvar = self.beliefs(batch.env_actions, batch.rewards, batch.next_obs, batch.valid)
@@ -518,12 +543,19 @@ class VariBAD(MetaLearner):
         )
 
         def evaluate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            dist, value = self.policy(obs[idx], mu[idx], logvar[idx])
+            if cfg.rl_through_encoder:  # re-encode this minibatch's trials with the graph kept
+                i = idx.cpu().numpy()
+                m, lv = self.beliefs(
+                    batch.env_actions[i], batch.rewards[i], batch.next_obs[i], batch.valid[i], True
+                )
+            else:
+                m, lv = mu[idx], logvar[idx]
+            dist, value = self.policy(obs[idx], m, lv)
             return GaussianHead.log_prob(dist, actions[idx]), GaussianHead.entropy(dist), value
 
         stats = ppo_update(
             evaluate, batch.tensor("log_prob", dev), advantages, returns, valid, self.policy_optimizer,
-            list(self.policy.parameters()), self.ppo, rng,
+            [p for g in self.policy_optimizer.param_groups for p in g["params"]], self.ppo, rng,
         )  # fmt: skip
         self.policy.update_norms(obs[valid], mu[valid], logvar[valid])
         return stats
