@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -28,3 +32,13 @@ def _seed_everything() -> None:
     np.random.seed(0)
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+def final_test_normalized(run: Path) -> pd.Series:
+    """Normalised return per meta-test episode (index: 0-based episode) at a run's final evaluation on
+    the test split, with the test split's reference returns from the run's config.json."""
+    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
+    ev = pd.read_csv(run / "eval.csv")
+    final = ev[(ev["mark"] == ev["mark"].max()) & (ev["split"] == "test")]
+    per_episode = final.groupby("episode")["return"].mean()
+    return (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])

@@ -5,7 +5,6 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch.func import grad, vmap
@@ -32,6 +31,7 @@ from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav, PointNavBatchEnv
 from metarl_protocol import SuiteSpec, Transition
+from tests.conftest import final_test_normalized
 
 TINY = MAMLConfig(hidden_sizes=(8,), meta_batch_size=3, rollouts_per_task=2, cg_iters=3)
 
@@ -349,11 +349,7 @@ def test_maml_learns_point_nav(tmp_path):
                  "--set", "eval_every_steps=100000000"])  # fmt: skip
     assert code == 0
     run = tmp_path / "point-nav" / "maml" / "seed0"
-    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
-    ev = pd.read_csv(run / "eval.csv")
-    final = ev[(ev["mark"] == ev["mark"].max()) & (ev.split == "test")]
-    per_episode = final.groupby("episode")["return"].mean()
-    normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
+    normalized = final_test_normalized(run)
     assert normalized.iloc[-1] > normalized.iloc[0] + 0.1, normalized.round(3).to_dict()
     assert normalized.iloc[-1] >= 0.5, normalized.round(3).to_dict()
     # few-shot (Finn's setting): 20 rollouts, one step; the post-update return is far above the pre-update one
@@ -363,6 +359,7 @@ def test_maml_learns_point_nav(tmp_path):
     )
     learner.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["learner"])
     pre, post = few_shot_returns(learner, TrialSampler(suite), list(suite.tasks("test")), 20, seed=0)
+    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
     pre_n, post_n = (
         (np.array([pre.mean(), post.mean()]) - ref["random"]) / (ref["oracle"] - ref["random"])
     ).tolist()

@@ -1,11 +1,9 @@
 """PEARL: the posterior, KL, SAC targets and tanh-Gaussian density against closed forms; per-task replay;
 the harness contract (check_learner, exact resume with the buffers); it learns on point-nav (slow)."""
 
-import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
@@ -24,6 +22,7 @@ from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
 from metarl_protocol import Transition
+from tests.conftest import final_test_normalized
 
 TINY = PEARLConfig(
     net_size=16, net_layers=2, encoder_hidden=16, encoder_layers=2, meta_batch=4, batch_size=8,
@@ -221,11 +220,7 @@ def test_pearl_adapts_on_point_nav(tmp_path):
                  "--set", "eval_every_steps=10000000"])  # fmt: skip
     assert code == 0
     run = tmp_path / "point-nav" / "pearl" / "seed0"
-    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
-    ev = pd.read_csv(run / "eval.csv")
-    final = ev[(ev["mark"] == ev["mark"].max()) & (ev.split == "test")]
-    per_episode = final.groupby("episode")["return"].mean()
-    normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
+    normalized = final_test_normalized(run)
     print("normalised return per meta-test episode:", normalized.round(3).to_dict())
     assert normalized.iloc[-1] > normalized.iloc[0] + 0.15, normalized.round(3).to_dict()
     assert normalized.iloc[-1] >= 0.40, normalized.round(3).to_dict()

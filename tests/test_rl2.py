@@ -1,9 +1,6 @@
 """RL²: acting step by step and re-running the GRU over recorded trials agree; it learns on point-nav."""
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -14,6 +11,7 @@ from benchmark.cli import main
 from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
+from tests.conftest import final_test_normalized
 
 
 def make(cfg: RL2Config | None = None) -> tuple[RL2, PointNav]:
@@ -72,10 +70,6 @@ def test_rl2_adapts_on_point_nav(tmp_path):
                  "--set", "eval_every_steps=10000000"])  # fmt: skip
     assert code == 0
     run = tmp_path / "point-nav" / "rl2" / "seed0"
-    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
-    ev = pd.read_csv(run / "eval.csv")
-    final = ev[(ev["mark"] == ev["mark"].max()) & (ev.split == "test")]
-    per_episode = final.groupby("episode")["return"].mean()
-    normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
+    normalized = final_test_normalized(run)
     assert normalized.iloc[1] > normalized.iloc[0], normalized.round(3).to_dict()
     assert normalized.iloc[-1] >= 0.5, normalized.round(3).to_dict()

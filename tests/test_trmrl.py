@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -17,6 +15,7 @@ from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
 from metarl_protocol import SuiteSpec
+from tests.conftest import final_test_normalized
 from tests.test_sampler import FallingSuite
 
 POINT = PointNav().spec()
@@ -151,13 +150,9 @@ def test_learns_point_nav(tmp_path):
             "--set", "eval_every_steps=10000000", "--set", "eval_tasks=5"]  # fmt: skip
     assert main(args) == 0
     run = tmp_path / "point-nav" / "trmrl" / "seed0"
-    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
-    df = pd.read_csv(run / "eval.csv", keep_default_na=False)
-    final = df[(df["mark"] == df["mark"].max()) & (df["split"] == "test")]
-    per_episode = final.groupby("episode")["return"].mean()
-    normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
+    normalized = final_test_normalized(run)
     assert normalized.iloc[-1] > 0.6, normalized
-    assert per_episode[1] > per_episode[0], per_episode
+    assert normalized[1] > normalized[0], normalized
 
 
 def test_observation_normalisation_keeps_rollout_and_reencode_equal():

@@ -2,10 +2,7 @@
 out of the encoder unless ``rl_through_encoder``, the contract (incl. exact resume with the on-disk VAE
 buffer) holds; it learns point-nav (slow)."""
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -18,6 +15,7 @@ from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
 from metarl_protocol import Transition
+from tests.conftest import final_test_normalized
 
 TINY = VariBADConfig(latent_dim=3, action_embed=4, state_embed=4, reward_embed=4, gru_hidden=8,
                      decoder_hidden=(8,), policy_state_embed=8, policy_latent_embed=8, policy_hidden=(16,),
@@ -257,11 +255,7 @@ def test_varibad_learns_point_nav(tmp_path):
                  "--set", "eval_every_steps=100000000"])  # fmt: skip
     assert code == 0
     run = tmp_path / "point-nav" / "varibad" / "seed0"
-    ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
-    ev = pd.read_csv(run / "eval.csv")
-    final = ev[(ev["mark"] == ev["mark"].max()) & (ev.split == "test")]
-    per_episode = final.groupby("episode")["return"].mean()
-    normalized = (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
+    normalized = final_test_normalized(run)
     print("normalised return per meta-test episode:", normalized.round(3).to_dict())
     assert normalized.iloc[-1] >= 0.6, normalized.round(3).to_dict()
     assert normalized.iloc[-1] >= normalized.iloc[0] - 0.02, normalized.round(3).to_dict()
