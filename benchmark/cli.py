@@ -234,16 +234,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan_sweep(args: argparse.Namespace) -> list[Any]:
-    """Every (algo, suite, seed) of a sweep as a ``RunSpec``, after validating the whole command line.
+def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """Every (algo, suite, seed) of a sweep as a ``RunSpec``, after validating the whole command line;
+    returns ``(specs to run, refused)`` where ``refused`` holds a failed ``RunResult`` for each run whose
+    own settings are invalid (e.g. a method-specific ``--set`` key another method of the sweep has, or a
+    value out of one method's range): those runs never start and are reported in the failure table.
 
     Raises ``UsageError`` / ``ConfigError`` / ``RegistryError`` (exit 2) before anything is written: a
-    flag that does not fit the backend, a repeated combination, a setting any run refuses, an output
-    directory that holds a run without ``--resume`` or ``--overwrite``, ray missing for ``--backend ray``.
+    flag that does not fit the backend, a repeated combination, a setting that every run refuses (a typo),
+    an output directory that holds a run without ``--resume`` or ``--overwrite``, ray missing for
+    ``--backend ray``.
     """
     from benchmark.results import run_dir
     from benchmark.runner import processes_used
-    from benchmark.sweep import RunSpec
+    from benchmark.sweep import RunResult, RunSpec
 
     if args.backend == "local" and args.address is not None:
         raise UsageError("--address applies to --backend ray only (the cluster to join)")
@@ -273,10 +277,17 @@ def plan_sweep(args: argparse.Namespace) -> list[Any]:
         from benchmark.sweep_ray import require_ray
 
         require_ray()
-    specs = []
+    specs, refused, first_error = [], [], None
     for algo in args.algo:  # validate every name, setting and output directory before any run starts
         for suite_name in args.suite:
-            _, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
+            try:
+                _, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
+            except ConfigError as exc:  # this run's own settings: reported, the others go on
+                first_error = first_error or exc
+                for seed in args.seeds:
+                    spec = RunSpec(algo, suite_name, seed, budget_steps=0)
+                    refused.append(RunResult(spec, "failed", f"refused its settings: {exc}", attempts=0))
+                continue
             cpus = max(processes_used(suite, run_cfg), run_cfg.torch_threads)
             gpus = 1 if args.device.startswith("cuda") else 0
             for seed in args.seeds:
@@ -285,14 +296,18 @@ def plan_sweep(args: argparse.Namespace) -> list[Any]:
                     state = "a finished" if (path / "done").exists() else "an unfinished"
                     raise UsageError(f"{path} already holds {state} run; pass --resume or --overwrite")
                 specs.append(RunSpec(algo, suite_name, seed, run_cfg.budget_steps, cpus, gpus))
-    return specs
+    if not specs and first_error is not None:
+        raise first_error  # no run accepts the settings: a mistake in the command, nothing to run
+    return specs, refused
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep on its backend, then the figures; exit 1 with a table when any run failed."""
     from benchmark.sweep import SweepProgress, results_table
 
-    specs = plan_sweep(args)
+    specs, refused = plan_sweep(args)
+    for r in refused:
+        print(f"sweep: {r.spec.name} will not start: {r.reason}", file=sys.stderr)
     progress = SweepProgress(specs)
     if args.backend == "ray":
         import ray
@@ -309,6 +324,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         results = run_local(specs, args, progress)
     progress.close()
+    results = refused + list(results)
     failed = [r for r in results if r.status != "done"]
     if not args.no_figures and len(failed) < len(results):
         from benchmark.results import ResultsError

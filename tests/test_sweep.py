@@ -167,7 +167,8 @@ def assert_resumed_from_checkpoint(run: Path, checkpoint_it: int, progress_at_ki
         (["--backend", "ray", "--jobs", "2"], "--jobs applies to --backend local only"),
         (["--max-retries", "-1"], "--max-retries must be a non-negative integer"),
         (["--resume", "--overwrite"], "exclude each other"),
-        (["--set", "hidden_size=16"], "hidden_size"),  # rl2 has it, trmrl does not: refused up front
+        (["--set", "no_such_key=1"], "no_such_key"),  # no run accepts it: a typo, refused up front
+        (["--set", "meta_batch_size=0"], "meta_batch_size"),  # out of every method's range
     ],
 )
 def test_bad_sweep_input_is_one_line_exit_2_writing_nothing(capsys, tmp_path, extra, needle):
@@ -186,7 +187,8 @@ def test_algo_all_plans_every_registered_algorithm_and_stands_alone(capsys, tmp_
     args = build_parser().parse_args(
         ["sweep", "--algo", "all", "--suite", "point-nav", "--seeds", "0-1", "--out", str(tmp_path / "runs")]
     )
-    specs = plan_sweep(args)
+    specs, refused = plan_sweep(args)
+    assert refused == []
     names = registry.algorithm_names()
     assert {"rl2", "trmrl", "maml", "pearl", "varibad"} <= set(names)
     assert sorted((s.algo, s.seed) for s in specs) == sorted((a, seed) for a in names for seed in (0, 1))
@@ -293,6 +295,23 @@ def test_local_failed_run_is_reported_and_the_others_go_on(capsys, tmp_path, wit
     assert "rl2/point-nav/seed0" not in stdout.split("runs failed")[-1]
     log = (out / "logs" / "point-nav_diverging_seed0.log").read_text()
     assert "Traceback" in log and log.count("=== attempt") == 1
+
+
+def assert_refused_run_reported(code: int, stdout: str, err: str, out: Path) -> None:
+    """trmrl has no ``hidden_size``: it never starts and is reported; rl2 runs to the end."""
+    assert code == 1 and "1 of 2 runs failed" in err, err
+    assert "sweep: trmrl/point-nav/seed0 will not start: refused its settings:" in err
+    assert (out / "point-nav" / "rl2" / "seed0" / "done").exists()
+    assert not (out / "point-nav" / "trmrl").exists()  # nothing written for the refused run
+    row = [line for line in stdout.splitlines() if line.startswith("trmrl/point-nav/seed0")]
+    assert row and row[0].split()[1] == "0" and "hidden_size" in row[0], stdout  # never attempted
+
+
+def test_local_run_with_a_setting_of_its_own_refused_is_reported_and_the_others_go_on(capsys, tmp_path):
+    out = tmp_path / "runs"
+    code = main(sweep_argv(out, ("rl2", "trmrl"), "0", "--set", "hidden_size=16"))
+    stdout, err = capsys.readouterr()
+    assert_refused_run_reported(code, stdout, err, out)
 
 
 def test_local_run_killed_mid_run_resumes_from_its_checkpoint(tmp_path, reference):
@@ -406,3 +425,17 @@ def test_ray_failed_run_is_reported_and_the_others_go_on(capsys, tmp_path, clust
     assert "Traceback" in log and log.count("=== sweep") == 1
     # the partial results came back too (figures draw it as in progress)
     assert (out / "point-nav" / "diverging" / "seed0" / "eval.csv").exists()
+
+
+@pytest.mark.ray
+def test_ray_run_with_a_setting_of_its_own_refused_is_reported_and_the_others_go_on(
+    capsys, tmp_path, cluster
+):
+    address, _ = cluster
+    out = tmp_path / "runs"
+    argv = sweep_argv(
+        out, ("rl2", "trmrl"), "0", "--set", "hidden_size=16", "--backend", "ray", "--address", address
+    )
+    code = main(argv)
+    stdout, err = capsys.readouterr()
+    assert_refused_run_reported(code, stdout, err, out)
