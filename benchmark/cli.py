@@ -50,34 +50,29 @@ def seeds_type(text: str) -> list[int]:
     return out
 
 
-def positive_int(flag: str):  # noqa: ANN201 - an argparse type
-    """An argparse type accepting integers >= 1; the error names ``flag``."""
+def _int_at_least(flag: str, low: int, accepted: str):  # noqa: ANN201 - an argparse type
+    """An argparse type accepting integers >= ``low``; the error names ``flag`` and what is ``accepted``."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be {accepted}, got {text!r}")
         return value
 
     return parse
+
+
+def positive_int(flag: str):  # noqa: ANN201 - an argparse type
+    """An argparse type accepting integers >= 1; the error names ``flag``."""
+    return _int_at_least(flag, 1, "a positive integer")
 
 
 def non_negative_int(flag: str):  # noqa: ANN201 - an argparse type
     """An argparse type accepting integers >= 0; the error names ``flag``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be a non-negative integer, got {text!r}")
-        return value
-
-    return parse
+    return _int_at_least(flag, 0, "a non-negative integer")
 
 
 _HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)"

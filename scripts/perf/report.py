@@ -253,19 +253,20 @@ def _cell(v: Any) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["id", "rate", "unit", "reference", "ratio", "target", "status", "proj. h", "peak MB", "load"]
-    keys = [
-        "id",
-        "rate",
-        "unit",
-        "reference",
-        "ratio",
-        "target",
-        "status",
-        "projected_h",
-        "peak_rss_mb",
-        "load_1m",
+    columns = [
+        ("id", "id"),
+        ("rate", "rate"),
+        ("unit", "unit"),
+        ("reference", "reference"),
+        ("ratio", "ratio"),
+        ("target", "target"),
+        ("status", "status"),
+        ("proj. h", "projected_h"),
+        ("peak MB", "peak_rss_mb"),
+        ("load", "load_1m"),
     ]
+    head = [h for h, _ in columns]
+    keys = [k for _, k in columns]
     body = [[_cell(r.get(k, ""))[:60] for k in keys] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     numeric = {1, 4, 7, 8, 9}
@@ -288,7 +289,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         if not (r["target"] or r["kind"] in ("breakdown", "paper", "peer")) or r["status"] == "SKIP":
             continue
         rate = (
-            f"{r['rate']:,.0f} {r['unit'].replace(' steps/s', ' steps/s')}"
+            f"{r['rate']:,.0f} {r['unit']}"
             if r["rate"] != ""
             else (f"{r['seconds']} {r['unit']}" if r["seconds"] != "" else "")
         )
