@@ -179,7 +179,7 @@ def test_make_all_writes_figures_tables_and_index(tree, tmp_path):
     names = {p.relative_to(out).as_posix() for p in paths}
     for fig in ("learning_curves", "metaworld_curves", "adaptation", "ood_adaptation", "aggregate"):
         assert {f"figures/{fig}.png", f"figures/{fig}.pdf"} <= names
-    for table in ("final_performance", "ood", "metaworld", "aggregate"):
+    for table in ("headline", "final_performance", "ood", "metaworld", "aggregate"):
         assert {f"tables/{table}.md", f"tables/{table}.tex"} <= names
     assert all(p.exists() for p in paths)
     index = (out / "README.md").read_text()
@@ -281,6 +281,41 @@ def test_final_table_matches_pandas(tree, results):
         np.testing.assert_allclose(
             [float(v) for v in got.loc["raw", "per_seed"].split()], raw.to_numpy(), rtol=1e-5
         )
+
+
+def test_headline_table_matches_pandas(tree, results, tmp_path):
+    """One number per method and suite: normalized where the suite has references, else success in %;
+    every cell of the Markdown table is that number (2 decimals / 1 decimal) with its seed count."""
+    table = plots.headline_table(results)
+    assert len(table) == len(table[["suite", "algo"]].drop_duplicates())
+    md = (plots.write_headline_table(results, tmp_path)[0]).read_text()
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in md.splitlines() if ln.startswith("| ")}
+    for algo, name in (("trmrl", "TrMRL"), ("rl2", "RL²"), ("maml", "MAML")):
+        rows = _final_rows(tree, "point-nav", algo, "test")
+        rows = rows[rows["episode"] == 5]
+        per_seed = ((rows["return"] + 40.0) / 35.0).groupby(rows["seed"]).mean()
+        got = table[(table["suite"] == "point-nav") & (table["algo"] == algo)].iloc[0]
+        assert got["metric"] == "normalized" and got["mean"] == pytest.approx(per_seed.mean())
+        n = len(per_seed)
+        assert (
+            f"{per_seed.mean():.2f} {'[' if n > 1 else '(n=1)'}" in lines[name] and f"(n={n})" in lines[name]
+        )
+    for algo, name in (("trmrl", "TrMRL"), ("rl2", "RL²")):
+        rows = _final_rows(tree, "ml1-reach", algo, "test")
+        rows = rows[rows["episode"].isin(ML1["headline_episodes"])]
+        expected = rows.groupby("seed")["success"].mean().mean() * 100
+        got = table[(table["suite"] == "ml1-reach") & (table["algo"] == algo)].iloc[0]
+        assert got["metric"] == "raw" and got["mean"] == pytest.approx(expected)
+        assert f"{expected:.1f}" in lines[name]
+    assert lines["MAML"].rstrip(" |").endswith("not run")  # MAML has no ml1-reach run
+
+
+def test_index_states_wall_time_and_commit(tree, tmp_path):
+    plots.make_all(tree, tmp_path / "out")
+    index = (tmp_path / "out" / "README.md").read_text()
+    row = next(ln for ln in index.splitlines() if ln.startswith("| point-nav | MAML | 0 |"))
+    progress = pd.read_csv(tree / "point-nav" / "maml" / "seed0" / "progress.csv")
+    assert f"| {progress['wall_time_s'].iloc[-1] / 60:.1f} | abc123def4 |" in row
 
 
 def test_aggregate_matches_direct_computation(results):

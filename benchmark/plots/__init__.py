@@ -21,9 +21,11 @@ from .stats import (
 from .style import method_colors
 from .tables import (
     final_table,
+    headline_table,
     metaworld_table,
     ood_table,
     write_final_table,
+    write_headline_table,
     write_metaworld_table,
     write_ood_table,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "curve_table",
     "default_out_dir",
     "final_table",
+    "headline_table",
     "iqm",
     "load_results",
     "load_run",
@@ -59,6 +62,7 @@ __all__ = [
     "t_interval",
     "write_aggregate_table",
     "write_final_table",
+    "write_headline_table",
     "write_metaworld_table",
     "write_ood_table",
 ]

@@ -13,7 +13,13 @@ from .adaptation import ood_suites, plot_adaptation, plot_ood_adaptation
 from .aggregate import aggregate_scores, plot_aggregate, write_aggregate_table
 from .curves import metaworld_suites_with_train, plot_learning_curves, plot_metaworld_curves
 from .data import Results, ResultsError, Run, load_results
-from .tables import metaworld_suites, write_final_table, write_metaworld_table, write_ood_table
+from .tables import (
+    metaworld_suites,
+    write_final_table,
+    write_headline_table,
+    write_metaworld_table,
+    write_ood_table,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,14 @@ ARTIFACTS = (
         "Aggregate across suites: IQM and mean of the normalized score, and probability of "
         "improvement between methods, with 95% stratified bootstrap CIs.",
         _aggregate_suites,
+    ),
+    Artifact(
+        "table",
+        "headline",
+        write_headline_table,
+        "One number per method and suite (normalized return, or success rate on Meta-World, of the "
+        "last meta-test episode(s)) with its 95% CI and seed count: the results page's table.",
+        _all_suites,
     ),
     Artifact(
         "table",
@@ -204,6 +218,13 @@ def _suite_line(results: Results, suite: str, art: Artifact) -> str:
     return line
 
 
+def _wall_minutes(run: Run) -> str:
+    """Minutes on the run's clock at its last logged iteration ('—' before the first)."""
+    if not len(run.progress) or "wall_time_s" not in run.progress.columns:
+        return "—"
+    return f"{float(run.progress['wall_time_s'].iloc[-1]) / 60:.1f}"
+
+
 def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_dir: Path) -> str:
     lines = [
         "# Results: figures and tables",
@@ -244,8 +265,8 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
     lines += [
         "",
         "| Suite | Method | Seed | Profile | Progress (done/budget) | Env steps | "
-        "Latest eval mark (env steps) | Status | Commit |",
-        "|:---|:---|---:|:---|---:|---:|---:|:---|:---|",
+        "Latest eval mark (env steps) | Status | Wall (min) | Commit |",
+        "|:---|:---|---:|:---|---:|---:|---:|:---|---:|:---|",
     ]
     for run in sorted(results.runs, key=lambda r: (r.suite, results.algos.index(r.algo), r.seed)):
         latest = run.eval["mark"].max() if len(run.eval) else None
@@ -253,8 +274,15 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
             f"| {run.suite} | {style.display_name(run.algo)} | {run.seed} | {run.profile} | "
             f"{run.budget_text} | {run.env_steps:,} | "
             f"{'—' if latest is None else int(latest)} | {'finished' if run.done else 'in progress'} | "
-            f"{(run.git_commit or '—')[:10]} |"
+            f"{_wall_minutes(run)} | {(run.git_commit or '—')[:10]} |"
         )
+    lines += [
+        "",
+        "Wall (min): the run's own clock in progress.csv (`wall_time_s` of its last iteration: training "
+        "and periodic evaluations, not the final evaluation), on whatever machine and load it ran: "
+        "compare wall times only between runs made side by side on one machine. Commit: `git_commit` "
+        "in config.json (the checkout the run started from).",
+    ]
     missing = [(s, a) for s in results.suites for a in results.algos if not results.select(s, a)]
     if missing:
         lines += [

@@ -263,6 +263,67 @@ def write_final_table(results: Results, out_dir: Path, name: str = "final_perfor
 
 
 # ------------------------------------------------------------------------------------------------
+# headline table (one number per method and suite: the results page's table)
+# ------------------------------------------------------------------------------------------------
+def headline_table(results: Results) -> pd.DataFrame:
+    """One row per (suite, method): the final table's normalized score where the suite has reference
+    returns, else its measured metric (success rate in % on Meta-World), with the 95 % Student-t CI
+    over seeds. Columns: suite, algo, metric ("normalized" or "raw"), mean, low, high, n_seeds,
+    n_in_progress, seeds, per_seed."""
+    numbers = final_table(results)
+    keep = []
+    for (suite, _algo), grp in numbers.groupby(["suite", "algo"], sort=False):
+        pick = grp[grp["metric"] == "normalized"] if results.references(suite) is not None else grp
+        keep.append(pick.iloc[[0]])
+    return pd.concat(keep, ignore_index=True) if keep else numbers
+
+
+def write_headline_table(results: Results, out_dir: Path, name: str = "headline") -> list[Path]:
+    """Methods as rows, suites as columns: ``mean [low, high] (n)`` per cell, '—' where not run."""
+    numbers = headline_table(results)
+    if numbers.empty:
+        return []
+    suites = [s for s in results.suites if s in set(numbers["suite"])]
+    header = ["Method"]
+    for suite in suites:
+        info = results.info(suite)
+        what = "normalized return" if results.references(suite) is not None else "success rate (%)"
+        header.append(f"{suite}: {what}, {style.episodes_text(info.headline_episodes)}")
+    rows = []
+    for algo in [a for a in results.algos if a in set(numbers["algo"])]:
+        cells = [style.display_name(algo)]
+        for suite in suites:
+            hit = numbers[(numbers["suite"] == suite) & (numbers["algo"] == algo)]
+            if hit.empty:
+                cells.append("not run")
+                continue
+            row = hit.iloc[0]
+            dec = 2 if row["metric"] == "normalized" else 1
+            running = int(row["n_in_progress"])
+            seeds = f"n={int(row['n_seeds'])}" + (f", {running} in progress" if running else "")
+            value = fmt_estimate(row, dec).removesuffix(" (1 seed)")
+            cells.append(f"{value} ({seeds})")
+        rows.append(cells)
+    table = TextTable(
+        title="Headline: last meta-test episode(s) on the test tasks, per method and suite",
+        header=header,
+        rows=rows,
+        n_text=1,
+        label="tab:headline",
+        notes=[
+            "Mean over seeds of the per-seed mean over test tasks at the final evaluation, 95% Student-t "
+            "CI over seeds in brackets, n = seeds (n=1: no CI). Per-seed values and raw returns: "
+            "the final performance table.",
+            "Normalized return = (R - R_random) / (R_oracle - R_random) with the suite's reference "
+            "returns (0 = uniform-random actions, 1 = the oracle); success rate = % of test goals solved "
+            "in the scored episodes.",
+            *_left_out(results, suites, "test", "no evaluation yet"),
+        ],
+    )
+    return _write(table, numbers, out_dir, name)
+
+
+# ------------------------------------------------------------------------------------------------
 # OOD table
 # ------------------------------------------------------------------------------------------------
 def ood_table(results: Results) -> pd.DataFrame:
