@@ -35,7 +35,10 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """`nox -s benchmark -- --algo trmrl [--suite ...] [--seeds 0-4] [--backend ray]`: runs, then figures."""
+    """`nox -s benchmark -- --algo trmrl [--suite ...] [--seeds 0-4] [--backend ray]`: runs, then figures.
+
+    The five-method comparison of results/README.md: ``nox -s benchmark -- --algo all --suite point-nav
+    halfcheetah-vel ml1-reach --seeds 3-7 --jobs 2`` (resumable with ``--resume``)."""
     install(session, "test,ray" if "ray" in session.posargs else "test")
     args = session.posargs or ["--algo", "rl2"]
     session.run("metarl-bench", "sweep", *args)
