@@ -220,7 +220,7 @@ def _suite_line(results: Results, suite: str, art: Artifact) -> str:
 
 def _wall_minutes(run: Run) -> str:
     """Minutes on the run's clock at its last logged iteration ('—' before the first)."""
-    if not len(run.progress) or "wall_time_s" not in run.progress.columns:
+    if not len(run.progress):
         return "—"
     return f"{float(run.progress['wall_time_s'].iloc[-1]) / 60:.1f}"
 
