@@ -212,7 +212,7 @@ class PEARLAgent(AdaptiveAgent):
         if self.evaluation and self.episodes >= self.cfg.eval_stochastic_episodes:
             action = self.policy.deterministic(x)
         else:
-            action = self.policy.sample(x)[0]
+            action = self.policy.act(x)
         return action.cpu().numpy(), {}
 
     def observe(self, transition: Transition) -> None:

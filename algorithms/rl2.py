@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from algorithms.common.nets import GaussianHead, RunningNorm, mlp
+from algorithms.common.nets import GaussianHead, RunningNorm, gru_step, mlp
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from algorithms.common.trial_inputs import PreviousStep, trial_features
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
@@ -79,6 +79,14 @@ class RL2Network(nn.Module):
             )
         return self.gru(self.encoder(features), hidden)
 
+    def core_step(self, features: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """One acting step of ``core``: features (B, in), hidden (B, H) -> next hidden = output (B, H)."""
+        if self.obs_norm is not None:
+            features = torch.cat(
+                [self.obs_norm(features[..., : self.obs_dim]), features[..., self.obs_dim :]], -1
+            )
+        return gru_step(self.gru, self.encoder(features), hidden)
+
 
 class RL2Agent(AdaptiveAgent):
     """Acts step by step, carrying the GRU hidden state across the episodes of a trial."""
@@ -97,10 +105,12 @@ class RL2Agent(AdaptiveAgent):
         assert self.prev is not None, "call new_trial() first"
         # nothing here enters a gradient later: inference mode is cheaper than the sampler's no_grad
         with torch.inference_mode():
-            x = torch.as_tensor(self.prev.features(obs), device=self.device).unsqueeze(1)
-            out, self.hidden = self.net.core(x, self.hidden)
-            action, log_prob = self.net.policy.act(out[:, 0], deterministic=self.evaluation)
-            value = self.net.value(out[:, 0]).squeeze(-1)
+            x = torch.as_tensor(self.prev.features(obs), device=self.device)
+            if self.hidden is None:
+                self.hidden = torch.zeros(len(x), self.net.gru.hidden_size, device=self.device)
+            self.hidden = out = self.net.core_step(x, self.hidden)
+            action, log_prob = self.net.policy.act(out, deterministic=self.evaluation)
+            value = self.net.value(out).squeeze(-1)
         return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}
 
     def observe(self, transition: Transition) -> None:

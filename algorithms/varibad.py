@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from algorithms.common.nets import GaussianHead, RunningNorm, mlp
+from algorithms.common.nets import GaussianHead, RunningNorm, gru_step, mlp
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
 from metarl_protocol.settings import setting
@@ -224,6 +224,14 @@ class BeliefEncoder(nn.Module):
             out = torch.cat(chunks, 1)
         return self.mu(out), self.logvar(out), hidden
 
+    def step(
+        self, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One transition per row (acting): (B, act), (B,), (B, obs), hidden (B, H) -> mu, logvar (B, L)
+        and the next hidden (B, H); equal to ``forward`` on a length-1 sequence."""
+        hidden = gru_step(self.gru, self.inputs(action, reward, next_obs), hidden)
+        return self.mu(hidden), self.logvar(hidden), hidden
+
 
 class RewardDecoder(nn.Module):
     """r_hat = MLP(64-32, ReLU)([m, emb(s'), emb(s), emb(a)]); (s, a) only with ``decoder_state_action``."""
@@ -308,7 +316,7 @@ class VariBADAgent(AdaptiveAgent):
 
     def new_trial(self, task_keys: np.ndarray) -> None:
         B = len(task_keys)  # rebinding (never mutating) keeps shallow clones independent
-        self.hidden = torch.zeros(1, B, self.gru_hidden, device=self.device)
+        self.hidden = torch.zeros(B, self.gru_hidden, device=self.device)
         self.mu = torch.zeros(B, self.latent_dim, device=self.device)  # prior N(0, I)
         self.logvar = torch.zeros(B, self.latent_dim, device=self.device)
 
@@ -329,14 +337,14 @@ class VariBADAgent(AdaptiveAgent):
     def observe(self, transition: Transition) -> None:
         assert self.mu is not None and self.logvar is not None
         dev = self.device
-        a = torch.as_tensor(transition.action, dtype=torch.float32, device=dev).unsqueeze(1)
-        r = torch.as_tensor(transition.reward, dtype=torch.float32, device=dev).unsqueeze(1)
-        s = torch.as_tensor(transition.next_obs, dtype=torch.float32, device=dev).unsqueeze(1)
-        mu, logvar, hidden = self.encoder(a, r, s, self.hidden)  # one GRU step on every row
-        active = torch.as_tensor(transition.active, device=dev)
-        self.mu = torch.where(active[:, None], mu[:, 0], self.mu)
-        self.logvar = torch.where(active[:, None], logvar[:, 0], self.logvar)
-        self.hidden = torch.where(active[None, :, None], hidden, self.hidden)
+        a = torch.as_tensor(transition.action, dtype=torch.float32, device=dev)
+        r = torch.as_tensor(transition.reward, dtype=torch.float32, device=dev)
+        s = torch.as_tensor(transition.next_obs, dtype=torch.float32, device=dev)
+        mu, logvar, hidden = self.encoder.step(a, r, s, self.hidden)  # one GRU step on every row
+        active = torch.as_tensor(transition.active, device=dev)[:, None]
+        self.mu = torch.where(active, mu, self.mu)
+        self.logvar = torch.where(active, logvar, self.logvar)
+        self.hidden = torch.where(active, hidden, self.hidden)
 
 
 # -- learner --------------------------------------------------------------------------------------------

@@ -150,14 +150,27 @@ class HarnessContext:
         return batch
 
 
-def git_commit() -> str | None:
+def _git(where: Path | None, *args: str) -> subprocess.CompletedProcess | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        return subprocess.run(
+            ["git", *args], cwd=where or Path(__file__).parent, capture_output=True, text=True, timeout=5
         )
-        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """HEAD of the checkout at ``where`` (default: the one this code runs from); None outside git."""
+    out = _git(where, "rev-parse", "HEAD")
+    return (out.stdout.strip() or None) if out is not None and out.returncode == 0 else None
+
+
+def git_dirty(where: Path | None = None) -> bool | None:
+    """Whether tracked files of the checkout at ``where`` (default: this code's) differ from HEAD:
+    uncommitted edits, so the commit alone does not say what ran. Untracked files do not count; None
+    outside a git checkout."""
+    out = _git(where, "status", "--porcelain", "--untracked-files=no")
+    return bool(out.stdout.strip()) if out is not None and out.returncode == 0 else None
 
 
 def package_versions() -> dict[str, str | None]:
@@ -267,6 +280,7 @@ class Runner:
             "reference_returns": {s: asdict(r) for s, r in refs.items() if r is not None},
             "versions": package_versions(),
             "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
             "command": sys.argv,
         }
 

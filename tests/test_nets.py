@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import torch
+from torch import nn
 
-from algorithms.common.nets import GaussianHead, RunningNorm, mlp
+from algorithms.common.nets import GaussianHead, RunningNorm, gru_step, mlp
 
 
 def test_running_norm_matches_numpy_over_several_updates():
@@ -46,3 +48,19 @@ def test_gaussian_head_act_equals_the_distribution_path():
         mean, mean_log_prob = head.act(x, deterministic=True)
         assert torch.equal(mean, dist.mean)
         assert torch.allclose(mean_log_prob, GaussianHead.log_prob(dist, dist.mean), atol=1e-5)
+
+
+def test_gru_step_is_bitwise_one_step_of_the_module():
+    """The acting path's single GRU step equals nn.GRU on a length-1 sequence exactly, several steps
+    in a row (RL² and VariBAD agents carry this hidden state across a whole trial)."""
+    torch.manual_seed(0)
+    gru = nn.GRU(7, 16, batch_first=True)
+    xs = torch.randn(5, 4, 7)
+    h_module = torch.randn(1, 5, 16)
+    h_step = h_module[0].clone()
+    for t in range(4):
+        _, h_module = gru(xs[:, t : t + 1], h_module)
+        h_step = gru_step(gru, xs[:, t], h_step)
+        assert torch.equal(h_step, h_module[0])
+    with pytest.raises(ValueError, match="single-layer"):
+        gru_step(nn.GRU(7, 16, num_layers=2), xs[:, 0], h_step)

@@ -132,6 +132,9 @@ def test_tanh_gaussian_log_prob_is_the_change_of_variables():
     torch.manual_seed(0)
     action, log_pi, m, ls = policy.sample(x)
     assert torch.allclose(log_pi, tanh_gaussian_log_prob(torch.atanh(action), m, ls), atol=1e-6)
+    # acting draws the same action from the same RNG state, without the log-probability
+    torch.manual_seed(0)
+    assert torch.equal(policy.act(x), action)
 
 
 def test_replay_sampling_never_mixes_tasks_and_encoder_buffers_are_cleared():

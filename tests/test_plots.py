@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zlib
@@ -316,6 +317,15 @@ def test_index_states_wall_time_and_commit(tree, tmp_path):
     row = next(ln for ln in index.splitlines() if ln.startswith("| point-nav | MAML | 0 |"))
     progress = pd.read_csv(tree / "point-nav" / "maml" / "seed0" / "progress.csv")
     assert f"| {progress['wall_time_s'].iloc[-1] / 60:.1f} | abc123def4 |" in row
+    # a run started from a checkout with uncommitted edits says so next to its commit
+    copy = shutil.copytree(tree, tmp_path / "runs")  # the tree is shared by the module's tests
+    config_path = copy / "point-nav" / "maml" / "seed0" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(config | {"git_dirty": True}))
+    plots.make_all(copy, tmp_path / "out2")
+    index = (tmp_path / "out2" / "README.md").read_text()
+    row = next(ln for ln in index.splitlines() if ln.startswith("| point-nav | MAML | 0 |"))
+    assert row.endswith("| abc123def4 (modified) |")
 
 
 def test_aggregate_matches_direct_computation(results):

@@ -100,3 +100,20 @@ def test_pipelined_simulator_runs_are_reproducible(tmp_path):
     assert len(pa) == 2 and pa["train_return"].notna().all()
     pd.testing.assert_frame_equal(pa, pb)
     pd.testing.assert_frame_equal(ea, eb)
+
+
+def test_git_dirty_flags_uncommitted_edits_to_tracked_files_only(tmp_path):
+    from benchmark.runner import git_commit, git_dirty
+
+    assert git_dirty(tmp_path) is None and git_commit(tmp_path) is None  # not a checkout
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
+        if cmd[0] == "add":
+            (tmp_path / "a.py").write_text("x = 1\n")
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True, env=env)
+    assert git_dirty(tmp_path) is False and len(git_commit(tmp_path)) == 40
+    (tmp_path / "new.py").write_text("untracked\n")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_dirty(tmp_path) is True

@@ -1,4 +1,4 @@
-"""Networks shared by the methods: MLPs and a diagonal Gaussian policy head."""
+"""Networks shared by the methods: MLPs, a diagonal Gaussian policy head, one GRU step."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def mlp(
     if out_dim is not None:
         layers.append(nn.Linear(last, out_dim))
     return nn.Sequential(*layers)
+
+
+def gru_step(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """One step of a single-layer ``nn.GRU``: x (B, in), hidden (B, H) -> next hidden (B, H).
+
+    ``torch.gru_cell`` on the module's own weights: the same kernel ``nn.GRU`` runs per step, so the
+    result is bitwise equal to ``gru(x[:, None], hidden[None])`` (tests/test_nets.py), without the
+    module's per-call checks (acting calls this every env step; about half the cost of ``nn.GRU``).
+    """
+    if gru.num_layers != 1 or gru.bidirectional or not gru.bias:
+        raise ValueError("gru_step supports single-layer, unidirectional GRUs with biases only")
+    return torch.gru_cell(x, hidden, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
 
 
 class GaussianHead(nn.Module):

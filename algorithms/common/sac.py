@@ -66,6 +66,12 @@ class TanhGaussianPolicy(nn.Module):
         u = mean + log_std.exp() * torch.randn_like(mean)
         return torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std), mean, log_std
 
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        """The action of ``sample`` alone (N, act_dim): the same draw of torch's RNG, bitwise the same
+        action, without the log-probability acting never uses."""
+        mean, log_std = self(x)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+
     def deterministic(self, x: torch.Tensor) -> torch.Tensor:
         """``tanh(mean)`` (N, act_dim): the evaluation action of SAC and PEARL."""
         return torch.tanh(self(x)[0])

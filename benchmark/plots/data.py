@@ -363,6 +363,11 @@ class Run:
         return int(marks.max()) if len(marks) else None
 
     @property
+    def git_dirty(self) -> bool:
+        """True when config.json says the checkout had uncommitted edits to tracked files."""
+        return self.config.get("git_dirty") is True
+
+    @property
     def git_commit(self) -> str | None:
         cfg = self.config
         for key in ("git_commit", "commit"):

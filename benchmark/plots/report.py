@@ -274,14 +274,15 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
             f"| {run.suite} | {style.display_name(run.algo)} | {run.seed} | {run.profile} | "
             f"{run.budget_text} | {run.env_steps:,} | "
             f"{'—' if latest is None else int(latest)} | {'finished' if run.done else 'in progress'} | "
-            f"{_wall_minutes(run)} | {(run.git_commit or '—')[:10]} |"
+            f"{_wall_minutes(run)} | {(run.git_commit or '—')[:10]}{' (modified)' if run.git_dirty else ''} |"
         )
     lines += [
         "",
         "Wall (min): the run's own clock in progress.csv (`wall_time_s` of its last iteration: training "
         "and periodic evaluations, not the final evaluation), on whatever machine and load it ran: "
         "compare wall times only between runs made side by side on one machine. Commit: `git_commit` "
-        "in config.json (the checkout the run started from).",
+        'in config.json (the checkout the run started from; "(modified)": its tracked files had '
+        "uncommitted edits, `git_dirty`).",
     ]
     missing = [(s, a) for s in results.suites for a in results.algos if not results.select(s, a)]
     if missing:
