@@ -16,6 +16,7 @@ once per worker slot and re-targeted with ``set_task`` at every new trial, never
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -39,32 +40,54 @@ class TaskEnv(Protocol):
 
 
 class _Slice:
-    """The environments one process owns (a worker's, or the sampling process's own group)."""
+    """The task envs one process steps: one env per batch row it has ever been given, built on first use.
 
-    def __init__(self, make_env: Callable[[], TaskEnv], n: int) -> None:
-        self.envs = [make_env() for _ in range(n)]
-        space = self.envs[0].action_space
-        self.low = np.asarray(space.low, dtype=np.float64)
-        self.high = np.asarray(space.high, dtype=np.float64)
-        self.obs_dim = int(np.prod(self.envs[0].observation_space.shape))
-        self.last_obs = np.zeros((n, self.obs_dim), dtype=np.float32)
+    Rows are global batch indices. A process owns a contiguous row range that may change at episode
+    boundaries (``ProcessBatchEnv`` rebalances); an env serves one row only, gets its row's task
+    (``set_task``) before its first reset after each ``set_tasks``, and is reset with the row's seed, so
+    which process steps a row never changes what the row records.
+    """
+
+    def __init__(self, make_env: Callable[[], TaskEnv]) -> None:
+        self.make_env = make_env
+        self.envs: dict[int, TaskEnv] = {}
+        self.tasks: list[Task] = []
+        self.generation = 0  # bumped by set_tasks
+        self.applied: dict[int, int] = {}  # row -> generation whose task its env holds
+        self.lo = self.hi = 0
+        self.low = self.high = None
+        self.obs_dim = 0
+
+    def env(self, row: int) -> TaskEnv:
+        if row not in self.envs:
+            env = self.envs[row] = self.make_env()
+            if self.low is None:
+                space = env.action_space
+                self.low = np.asarray(space.low, dtype=np.float64)
+                self.high = np.asarray(space.high, dtype=np.float64)
+                self.obs_dim = int(np.prod(env.observation_space.shape))
+        return self.envs[row]
 
     def set_tasks(self, tasks: Sequence[Task]) -> None:
-        for env, task in zip(self.envs, tasks, strict=True):
-            env.set_task(task)
+        self.tasks = list(tasks)
+        self.generation += 1
 
-    def reset(self, seeds: Sequence[int]) -> np.ndarray:
-        for i, (env, seed) in enumerate(zip(self.envs, seeds, strict=True)):
+    def reset(self, lo: int, hi: int, seeds: Sequence[int]) -> np.ndarray:
+        """Own rows ``lo:hi`` from now on; start an episode in each (``seeds`` for those rows)."""
+        self.lo, self.hi = lo, hi
+        envs = [self.env(row) for row in range(lo, hi)]  # (built first: the dimensions come from an env)
+        self.last_obs = np.zeros((hi - lo, self.obs_dim), dtype=np.float32)
+        for i, (row, env, seed) in enumerate(zip(range(lo, hi), envs, seeds, strict=True)):
+            if self.applied.get(row) != self.generation:
+                env.set_task(self.tasks[row])
+                self.applied[row] = self.generation
             obs, _ = env.reset(seed=int(seed))
             self.last_obs[i] = obs
         return self.last_obs.copy()
 
-    def step(
-        self, actions: np.ndarray, active: np.ndarray, start: int = 0, stop: int | None = None
-    ) -> tuple[np.ndarray, ...]:
-        """Step envs ``start:stop`` of this slice (``actions`` and ``active`` for those rows only)."""
-        stop = len(self.envs) if stop is None else stop
-        n = stop - start
+    def step(self, actions: np.ndarray, active: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        """Step rows ``lo:hi`` (inside this process's range; ``actions`` and ``active`` for those rows)."""
+        n = hi - lo
         rew = np.zeros(n, dtype=np.float32)
         term = np.zeros(n, dtype=bool)
         succ = np.zeros(n, dtype=bool)
@@ -72,32 +95,31 @@ class _Slice:
         for i in range(n):
             if not active[i]:
                 continue
-            obs, r, terminated, _truncated, info = self.envs[start + i].step(env_actions[i])
-            self.last_obs[start + i] = obs
+            obs, r, terminated, _truncated, info = self.envs[lo + i].step(env_actions[i])
+            self.last_obs[lo - self.lo + i] = obs
             rew[i] = r
             term[i] = terminated
             succ[i] = bool(info.get("success", False))
-        return self.last_obs[start:stop].copy(), rew, term, succ
+        return self.last_obs[lo - self.lo : hi - self.lo].copy(), rew, term, succ
 
     def close(self) -> None:
-        for env in self.envs:
+        for env in self.envs.values():
             env.close()
 
 
-def _worker(conn: Any, make_env: Callable[[], TaskEnv], n: int) -> None:
-    try:
-        sl = _Slice(make_env, n)
-        conn.send(("ok", None))  # ready (the parent reads the dimensions from its own group)
-    except Exception:  # pragma: no cover - reported to the parent
-        conn.send(("error", traceback.format_exc()))
-        return
+def _worker(conn: Any, make_env: Callable[[], TaskEnv]) -> None:
+    sl = _Slice(make_env)
+    conn.send(("ok", None))  # ready; envs are built when rows are first assigned (reset)
     while True:
         cmd, payload = conn.recv()
         try:
             if cmd == "step":
+                t0 = time.perf_counter()
                 out = sl.step(*payload)
+                # busy seconds and env steps taken, for the parent's load balance
+                out = (*out, time.perf_counter() - t0, int(np.count_nonzero(payload[1])))
             elif cmd == "reset":
-                out = sl.reset(payload)
+                out = sl.reset(*payload)
             elif cmd == "set_tasks":
                 out = sl.set_tasks(payload)
             elif cmd == "close":
@@ -114,14 +136,23 @@ def _worker(conn: Any, make_env: Callable[[], TaskEnv], n: int) -> None:
 class ProcessBatchEnv(BatchEnv):
     """``num_envs`` task envs stepped by ``num_workers`` processes: this one and ``num_workers - 1`` workers.
 
-    The sampling process steps its own group of environments between policy calls (it weighs
-    ``LOCAL_WEIGHT`` of a worker's share, because it also runs the policy), and each worker steps one
-    contiguous group. On a 2-core machine that is two busy processes, not three taking turns: with a
-    third process, every pipe write woke a worker that preempted the sampler (measured with cProfile
-    as ~140 us per ``send``). ``num_workers=1`` steps everything here.
+    The sampling process steps the first rows itself between policy calls and each worker steps one
+    contiguous group of the rest. On a 2-core machine that is two busy processes, not three taking
+    turns: with a third process, every pipe write woke a worker that preempted the sampler (measured
+    with cProfile as ~140 us per ``send``). ``num_workers=1`` steps everything here.
+
+    **Load balance.** The sampling process also runs the policy, so its fair share of the physics
+    depends on the method: a 3-layer MLP costs ~0.1 ms per call for 10 envs, a transformer ~0.5 ms, about
+    as much as stepping 10 HalfCheetahs. The first split gives this process ``LOCAL_WEIGHT`` of a worker's
+    share; then, at each ``reset`` after at least ``REBALANCE_STEPS`` measured batch steps, the rows are
+    re-split so that every process is busy for the same time per step: with P this process's time per
+    batch step outside the physics and outside waiting for workers, t the measured physics time per env
+    step, B envs and r workers, this process keeps n = (B t - r P) / ((r + 1) t) rows (rounded, clipped to
+    [0, B - r]). Which process steps a row never changes what it records (``_Slice``).
     """
 
-    LOCAL_WEIGHT = 2 / 3  # the sampling process's share relative to one worker's (tuned on halfcheetah-vel)
+    LOCAL_WEIGHT = 2 / 3  # the first split: the sampling process's share relative to one worker's
+    REBALANCE_STEPS = 20  # batch steps measured before the split may change
     pipelined = True  # workers step in the background between step_async and step_wait
 
     def __init__(self, make_env: Callable[[], TaskEnv], num_envs: int, num_workers: int = 1) -> None:
@@ -133,30 +164,58 @@ class ProcessBatchEnv(BatchEnv):
         self.num_workers = min(num_workers, num_envs)
         self._slices = self.split(num_envs, self.num_workers)
         self._pending = {}  # this process's part of each row range in flight
-        self._here: _Slice | None = _Slice(make_env, self._slices[0][1])
+        self._here: _Slice | None = _Slice(make_env)
+        probe = self._here.env(0)
         self.obs_dim = self._here.obs_dim
-        self.act_dim = int(self._here.envs[0].action_space.shape[0])
+        self.act_dim = int(probe.action_space.shape[0])
         self._conns: list[Any] = []
         self._procs: list[mp.Process] = []
         ctx = mp.get_context("spawn")
-        for a, b in self._slices[1:]:
+        for _ in self._slices[1:]:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, make_env, b - a), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, make_env), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
         self._gather()
+        self._clear_stats()
 
     @classmethod
-    def split(cls, num_envs: int, num_workers: int) -> list[tuple[int, int]]:
-        """(start, stop) of each process's group: this process first, then the workers (>= 1 env each)."""
+    def split(cls, num_envs: int, num_workers: int, here: int | None = None) -> list[tuple[int, int]]:
+        """(start, stop) of each process's rows: this process first (``here`` rows; default from
+        ``LOCAL_WEIGHT``, possibly none), then the workers (>= 1 env each, as equal as possible)."""
         remote = min(num_workers, num_envs) - 1
-        here = num_envs - remote
-        if remote:
-            here = min(here, max(1, round(num_envs * cls.LOCAL_WEIGHT / (cls.LOCAL_WEIGHT + remote))))
+        if here is None:
+            here = num_envs - remote
+            if remote:
+                here = min(here, max(1, round(num_envs * cls.LOCAL_WEIGHT / (cls.LOCAL_WEIGHT + remote))))
+        here = min(max(here, 0), num_envs - remote)
         bounds = (here + np.linspace(0, num_envs - here, remote + 1)).round().astype(int)
         return [(0, here)] + [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    # -- load balance -------------------------------------------------------------------------------
+    def _clear_stats(self) -> None:
+        self._mark: float | None = None  # end of the last step_wait of this episode
+        self._cycle = self._steps = self._here_busy = self._wait = 0.0  # s, batch steps, s, s
+        self._busy = self._row_steps = 0.0  # physics seconds in every process, env steps they took
+
+    def balanced_rows(self) -> int | None:
+        """This process's share n (see the class docstring) from the measurements so far; None if too few."""
+        remote = len(self._conns)
+        if not remote or self._steps < self.REBALANCE_STEPS or self._row_steps == 0:
+            return None
+        t = self._busy / self._row_steps  # physics seconds per env step
+        other = max(
+            0.0, (self._cycle - self._here_busy - self._wait) / self._steps
+        )  # policy, bookkeeping, pipes
+        n = (self.num_envs * t - remote * other) / ((remote + 1) * t)
+        return int(min(max(round(n), 0), self.num_envs - remote))
+
+    @property
+    def local_rows(self) -> int:
+        """Rows the sampling process steps itself now."""
+        return self._slices[0][1]
 
     def _local(self) -> _Slice:
         if self._here is None:
@@ -180,17 +239,25 @@ class ProcessBatchEnv(BatchEnv):
     def set_tasks(self, tasks: Sequence[Task]) -> None:
         if len(tasks) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} tasks, got {len(tasks)}")
-        for conn, (a, b) in zip(self._conns, self._slices[1:], strict=True):
-            conn.send(("set_tasks", list(tasks[a:b])))
-        self._local().set_tasks(tasks[: self._slices[0][1]])
+        for conn in self._conns:
+            conn.send(("set_tasks", list(tasks)))
+        self._local().set_tasks(tasks)
         self._gather()
 
-    def reset(self, seeds: Sequence[int]) -> np.ndarray:
+    def reset(self, seeds: Sequence[int], local_rows: int | None = None) -> np.ndarray:
+        """Start an episode in every env; first re-split the rows (``local_rows`` for this process, default
+        ``balanced_rows()``: unchanged until enough steps were measured)."""
         seeds = [int(s) for s in seeds]
+        here = self.balanced_rows() if local_rows is None else local_rows
+        if here is not None:  # each estimate is made afresh from the steps since the last one
+            self._slices = self.split(self.num_envs, self.num_workers, here)
+            self._clear_stats()
+        self._mark = None  # the pause between episodes (or trials: training) is not a step
         for conn, (a, b) in zip(self._conns, self._slices[1:], strict=True):
-            conn.send(("reset", seeds[a:b]))
-        here = self._local().reset(seeds[: self._slices[0][1]])
-        return np.concatenate([here, *self._gather()])
+            conn.send(("reset", (a, b, seeds[a:b])))
+        a, b = self._slices[0]
+        here_obs = self._local().reset(a, b, seeds[a:b])
+        return np.concatenate([here_obs, *self._gather()])
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> StepResult:
         rows = (0, self.num_envs)
@@ -198,21 +265,20 @@ class ProcessBatchEnv(BatchEnv):
         return self.step_wait(rows)
 
     def _overlaps(self, rows: tuple[int, int]) -> list[tuple[int, int, int]]:
-        """(slice index, start, stop) in slice coordinates of every slice that ``rows`` touches."""
+        """(slice index, start, stop) in global rows of every slice that ``rows`` touches."""
         lo, hi = rows
         out = []
         for s, (a, b) in enumerate(self._slices):
             x, y = max(a, lo), min(b, hi)
             if x < y:
-                out.append((s, x - a, y - a))
+                out.append((s, x, y))
         return out
 
     def step_async(self, rows: tuple[int, int], actions: np.ndarray, active: np.ndarray) -> None:
         """Send each worker its part of ``rows``; this process's part is stepped in ``step_wait``."""
         lo = rows[0]
         for s, x, y in self._overlaps(rows):
-            a = self._slices[s][0]
-            part = (actions[a + x - lo : a + y - lo], active[a + x - lo : a + y - lo], x, y)
+            part = (actions[x - lo : y - lo], active[x - lo : y - lo], x, y)
             if s == 0:
                 self._pending[rows] = part  # type: ignore[assignment]
             else:
@@ -221,11 +287,32 @@ class ProcessBatchEnv(BatchEnv):
     def step_wait(self, rows: tuple[int, int]) -> StepResult:
         """Collect ``rows``: step this process's part now, then read each worker's reply (FIFO)."""
         parts = []
+        local = wait = busy = 0.0
+        stepped = 0
         for s, _x, _y in self._overlaps(rows):
             if s == 0:
-                parts.append(self._local().step(*self._pending.pop(rows)))  # type: ignore[arg-type]
+                actions, active, x, y = self._pending.pop(rows)  # type: ignore[misc]
+                t0 = time.perf_counter()
+                parts.append(self._local().step(actions, active, x, y))
+                local += time.perf_counter() - t0
+                busy += time.perf_counter() - t0
+                stepped += int(np.count_nonzero(active))
             else:
-                parts.append(self._receive(self._conns[s - 1]))
+                t0 = time.perf_counter()
+                *out, worker_busy, worker_stepped = self._receive(self._conns[s - 1])
+                wait += time.perf_counter() - t0
+                parts.append(out)
+                busy += worker_busy
+                stepped += worker_stepped
+        now = time.perf_counter()
+        if self._mark is not None:  # a whole step since the previous one (not the pause after reset)
+            self._cycle += now - self._mark
+            self._steps += (rows[1] - rows[0]) / self.num_envs
+            self._here_busy += local
+            self._wait += wait
+        self._busy += busy
+        self._row_steps += stepped
+        self._mark = now
         return StepResult(*(np.concatenate(field) for field in zip(*parts, strict=True)))
 
     def close(self) -> None:

@@ -274,8 +274,80 @@ def test_process_batch_env_split_gives_the_sampling_process_a_smaller_share():
     assert split(1, 2) == [(0, 1)]  # more processes than envs: fewer processes
     assert split(2, 2) == [(0, 1), (1, 2)]
     assert split(3, 8) == [(0, 1), (1, 2), (2, 3)]
+    assert split(20, 2, here=0) == [(0, 0), (0, 20)]  # a rebalanced split may leave this process no rows
+    assert split(20, 3, here=4) == [(0, 4), (4, 12), (12, 20)]
+    assert split(5, 3, here=9) == [(0, 3), (3, 4), (4, 5)]  # every worker keeps at least one env
     for n in range(1, 30):
         for w in range(1, 5):
             groups = split(n, w)
             assert groups[0][0] == 0 and groups[-1][1] == n and len(groups) == min(n, w)
             assert all(b > a for a, b in groups) and all(g[1] == h[0] for g, h in itertools.pairwise(groups))
+
+
+def test_process_batch_env_rows_moving_between_processes_record_the_same_episodes():
+    """Re-splits at every reset (this process keeps no rows, all but one, some), over two trials with
+    different tasks: the same observations and rewards as stepping every env in one process."""
+    from benchmark.suites.base import scale_actions
+    from benchmark.suites.locomotion import HalfCheetahVel
+
+    suite = HalfCheetahVel()
+    tasks = suite.tasks("train")
+    rng = np.random.default_rng(0)
+    split = suite.make_batch_env(5, 2)
+    layouts = iter([0, 4, 2, 4, 1])
+    try:
+        for trial in (tasks[:5], tasks[5:10]):
+            split.set_tasks(trial)
+            for _episode in range(2):
+                seeds = rng.integers(0, 2**31 - 1, size=5)
+                here = next(layouts)
+                # the reference: a fresh task env per row, built for this episode's task
+                refs = [suite.make_env(task) for task in trial]
+                ref_obs = np.stack(
+                    [env.reset(seed=int(seed))[0] for env, seed in zip(refs, seeds, strict=True)]
+                )
+                assert np.array_equal(split.reset(seeds, local_rows=here), ref_obs.astype(np.float32))
+                assert split.local_rows == here
+                active = np.ones(5, bool)
+                for _ in range(4):
+                    a = rng.uniform(-1, 1, (5, suite.act_dim)).astype(np.float32)
+                    got = split.step(a, active)
+                    space = refs[0].action_space
+                    scaled = scale_actions(a.astype(np.float64), space.low, space.high)
+                    out = [env.step(x) for env, x in zip(refs, scaled, strict=True)]
+                    assert np.array_equal(got.obs, np.stack([o[0] for o in out]).astype(np.float32))
+                    assert np.array_equal(got.reward, np.array([o[1] for o in out], np.float32))
+    finally:
+        split.close()
+
+
+def test_process_batch_env_balances_the_policy_against_the_physics():
+    """n = (B t - r P) / ((r + 1) t) rows for this process, from the measured step times."""
+    from benchmark.suites.locomotion import HalfCheetahVel
+
+    def measured(env, policy_s: float, physics_s: float, here: int, steps: int = 40) -> int | None:
+        env._clear_stats()
+        env._steps, env._row_steps, env._busy = steps, steps * 20, steps * 20 * physics_s
+        env._here_busy, env._wait = steps * here * physics_s, steps * 1e-4
+        env._cycle = steps * policy_s + env._here_busy + env._wait
+        return env.balanced_rows()
+
+    env = HalfCheetahVel().make_batch_env(20, 2)
+    try:
+        assert env.balanced_rows() is None  # nothing measured yet
+        assert measured(env, 500e-6, 50e-6, here=8) == 5  # (20 * 50 - 500) / (2 * 50)
+        assert measured(env, 0.0, 50e-6, here=3) == 10  # no policy: half each
+        assert measured(env, 2e-3, 50e-6, here=8) == 0  # the policy alone outweighs the worker's batch
+        assert measured(env, 500e-6, 50e-6, here=8, steps=5) is None  # too few steps to judge
+        # the split follows at the next reset
+        env.set_tasks(HalfCheetahVel().tasks("train")[:20])
+        measured(env, 500e-6, 50e-6, here=8)
+        env.reset(list(range(20)))
+        assert env.local_rows == 5 and env._slices == [(0, 5), (5, 20)]
+    finally:
+        env.close()
+    env = HalfCheetahVel().make_batch_env(20, 3)  # two workers: r = 2
+    try:
+        assert measured(env, 200e-6, 50e-6, here=5) == 4  # (20 * 50 - 2 * 200) / (3 * 50)
+    finally:
+        env.close()
