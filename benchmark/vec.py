@@ -40,12 +40,13 @@ class TaskEnv(Protocol):
 
 
 class _Slice:
-    """The task envs one process steps: one env per batch row it has ever been given, built on first use.
+    """The task envs one process steps: one env per batch row it owns, built when the row arrives.
 
     Rows are global batch indices. A process owns a contiguous row range that may change at episode
     boundaries (``ProcessBatchEnv`` rebalances); an env serves one row only, gets its row's task
     (``set_task``) before its first reset after each ``set_tasks``, and is reset with the row's seed, so
-    which process steps a row never changes what the row records.
+    which process steps a row never changes what the row records. Envs of rows that move to another
+    process are closed (a Meta-World env holds ~30 MB), so the batch never holds more than one env per row.
     """
 
     def __init__(self, make_env: Callable[[], TaskEnv]) -> None:
@@ -74,6 +75,9 @@ class _Slice:
 
     def reset(self, lo: int, hi: int, seeds: Sequence[int]) -> np.ndarray:
         """Own rows ``lo:hi`` from now on; start an episode in each (``seeds`` for those rows)."""
+        for row in [r for r in self.envs if not lo <= r < hi]:  # rows that moved away: free their envs
+            self.envs.pop(row).close()
+            self.applied.pop(row, None)
         self.lo, self.hi = lo, hi
         envs = [self.env(row) for row in range(lo, hi)]  # (built first: the dimensions come from an env)
         self.last_obs = np.zeros((hi - lo, self.obs_dim), dtype=np.float32)
@@ -249,7 +253,7 @@ class ProcessBatchEnv(BatchEnv):
         ``balanced_rows()``: unchanged until enough steps were measured)."""
         seeds = [int(s) for s in seeds]
         here = self.balanced_rows() if local_rows is None else local_rows
-        if here is not None:  # each estimate is made afresh from the steps since the last one
+        if here is not None and here != self.local_rows:  # measurements go on accumulating until a change
             self._slices = self.split(self.num_envs, self.num_workers, here)
             self._clear_stats()
         self._mark = None  # the pause between episodes (or trials: training) is not a step

@@ -307,7 +307,7 @@ def test_process_batch_env_rows_moving_between_processes_record_the_same_episode
                     [env.reset(seed=int(seed))[0] for env, seed in zip(refs, seeds, strict=True)]
                 )
                 assert np.array_equal(split.reset(seeds, local_rows=here), ref_obs.astype(np.float32))
-                assert split.local_rows == here
+                assert split.local_rows == here and sorted(split._here.envs) == list(range(here))
                 active = np.ones(5, bool)
                 for _ in range(4):
                     a = rng.uniform(-1, 1, (5, suite.act_dim)).astype(np.float32)
