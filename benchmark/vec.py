@@ -46,7 +46,7 @@ class _Slice:
     boundaries (``ProcessBatchEnv`` rebalances); an env serves one row only, gets its row's task
     (``set_task``) before its first reset after each ``set_tasks``, and is reset with the row's seed, so
     which process steps a row never changes what the row records. Envs of rows that move to another
-    process are closed (a Meta-World env holds ~30 MB), so the batch never holds more than one env per row.
+    process are closed (a Meta-World env holds ~19 MB), so the batch never holds more than one env per row.
     """
 
     def __init__(self, make_env: Callable[[], TaskEnv]) -> None:
