@@ -169,7 +169,7 @@ def git_dirty(where: Path | None = None) -> bool | None:
     """Whether tracked files of the checkout at ``where`` (default: this code's) differ from HEAD:
     uncommitted edits, so the commit alone does not say what ran. Untracked files do not count; None
     outside a git checkout."""
-    out = _git(where, "status", "--porcelain", "--untracked-files=no")
+    out = _git(where, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
     return bool(out.stdout.strip()) if out is not None and out.returncode == 0 else None
 
 
@@ -313,7 +313,12 @@ class Runner:
         if self.resuming:
             truncate_csv(self.dir / "progress.csv", lambda r: int(r["iteration"]) <= it)
             truncate_csv(self.dir / "eval.csv", lambda r: int(r["iteration"]) < it)
-        write_json(self.dir / "config.json", self.config_record())
+        record = self.config_record()
+        if self.resuming and (self.dir / "config.json").exists():
+            # dirty if any start or resume of the run was from a modified checkout (the commit is the latest)
+            old = json.loads((self.dir / "config.json").read_text())
+            record["git_dirty"] = bool(old.get("git_dirty")) or record["git_dirty"]
+        write_json(self.dir / "config.json", record)
 
         progress_log = CsvLog(self.dir / "progress.csv")
         eval_log = CsvLog(self.dir / "eval.csv", EVAL_COLUMNS)

@@ -9,8 +9,9 @@ pipe round-trip per worker per step.
 Workers are started with ``spawn`` (safe with torch threads in the parent), so a user script that
 builds simulator suites directly needs the usual ``if __name__ == "__main__":`` guard.
 
-Every environment is a gymnasium ``Env`` with a ``set_task(task)`` method (a *task env*); it is built
-once per worker slot and re-targeted with ``set_task`` at every new trial, never rebuilt.
+Every environment is a gymnasium ``Env`` with a ``set_task(task)`` method (a *task env*); a process
+builds one per batch row it steps, re-targets it with ``set_task`` at every new trial, and closes it
+only when the row moves to another process (load balancing, ``ProcessBatchEnv``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class _Slice:
     boundaries (``ProcessBatchEnv`` rebalances); an env serves one row only, gets its row's task
     (``set_task``) before its first reset after each ``set_tasks``, and is reset with the row's seed, so
     which process steps a row never changes what the row records. Envs of rows that move to another
-    process are closed (a Meta-World env holds ~19 MB), so the batch never holds more than one env per row.
+    process are closed. (Meta-World's ``close`` parks the simulator in a per-process pool of at most 16
+    idle ones, ~19 MB each, reused when a row arrives, so a process may hold up to 16 idle ones extra.)
     """
 
     def __init__(self, make_env: Callable[[], TaskEnv]) -> None:
@@ -148,11 +150,14 @@ class ProcessBatchEnv(BatchEnv):
     **Load balance.** The sampling process also runs the policy, so its fair share of the physics
     depends on the method: a 3-layer MLP costs ~0.1 ms per call for 10 envs, a transformer ~0.5 ms, about
     as much as stepping 10 HalfCheetahs. The first split gives this process ``LOCAL_WEIGHT`` of a worker's
-    share; then, at each ``reset`` after at least ``REBALANCE_STEPS`` measured batch steps, the rows are
-    re-split so that every process is busy for the same time per step: with P this process's time per
-    batch step outside the physics and outside waiting for workers, t the measured physics time per env
-    step, B envs and r workers, this process keeps n = (B t - r P) / ((r + 1) t) rows (rounded, clipped to
-    [0, B - r]). Which process steps a row never changes what it records (``_Slice``).
+    share; then, at each ``reset`` after at least ``REBALANCE_STEPS`` measured batch steps (the first
+    episode, warm-up, is not measured), the rows are re-split so that every process is busy for the same
+    time per step: with P this process's time per batch step outside the physics and outside waiting
+    for workers, t the measured physics time per env step, B envs and r workers, this process keeps
+    n = (B t - r P) / ((r + 1) t) rows (rounded, clipped to [0, B - r]). The split changes only when n
+    moves by at least ``max(1, B // 10)`` rows (timing noise would otherwise move rows every episode).
+    The model ignores the pipe's wake-up latency, so it leaves the workers slightly too many rows.
+    Which process steps a row never changes what it records (``_Slice``).
     """
 
     LOCAL_WEIGHT = 2 / 3  # the first split: the sampling process's share relative to one worker's
@@ -190,7 +195,7 @@ class ProcessBatchEnv(BatchEnv):
         """(start, stop) of each process's rows: this process first (``here`` rows; default from
         ``LOCAL_WEIGHT``, possibly none), then the workers (>= 1 env each, as equal as possible)."""
         remote = min(num_workers, num_envs) - 1
-        if here is None:
+        if here is None or not remote:
             here = num_envs - remote
             if remote:
                 here = min(here, max(1, round(num_envs * cls.LOCAL_WEIGHT / (cls.LOCAL_WEIGHT + remote))))
@@ -203,6 +208,8 @@ class ProcessBatchEnv(BatchEnv):
         self._mark: float | None = None  # end of the last step_wait of this episode
         self._cycle = self._steps = self._here_busy = self._wait = 0.0  # s, batch steps, s, s
         self._busy = self._row_steps = 0.0  # physics seconds in every process, env steps they took
+        if not hasattr(self, "_warm"):
+            self._warm = False  # the env's first episode (first policy calls, caches) is not measured
 
     def balanced_rows(self) -> int | None:
         """This process's share n (see the class docstring) from the measurements so far; None if too few."""
@@ -252,8 +259,18 @@ class ProcessBatchEnv(BatchEnv):
         """Start an episode in every env; first re-split the rows (``local_rows`` for this process, default
         ``balanced_rows()``: unchanged until enough steps were measured)."""
         seeds = [int(s) for s in seeds]
-        here = self.balanced_rows() if local_rows is None else local_rows
-        if here is not None and here != self.local_rows:  # measurements go on accumulating until a change
+        if local_rows is not None:
+            here = local_rows
+        elif not self._warm:
+            here = None
+            if self._steps:  # the first episode is over: measure from the next one
+                self._warm = True
+                self._clear_stats()
+        else:
+            here = self.balanced_rows()
+            if here is not None and abs(here - self.local_rows) < max(1, self.num_envs // 10):
+                here = None  # within the noise: keep the split and keep measuring
+        if here is not None and here != self.local_rows:
             self._slices = self.split(self.num_envs, self.num_workers, here)
             self._clear_stats()
         self._mark = None  # the pause between episodes (or trials: training) is not a step

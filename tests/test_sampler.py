@@ -1,6 +1,9 @@
 import itertools
+import time
 
+import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from algorithms.common.trial_inputs import PreviousStep, trial_features
@@ -277,6 +280,7 @@ def test_process_batch_env_split_gives_the_sampling_process_a_smaller_share():
     assert split(20, 2, here=0) == [(0, 0), (0, 20)]  # a rebalanced split may leave this process no rows
     assert split(20, 3, here=4) == [(0, 4), (4, 12), (12, 20)]
     assert split(5, 3, here=9) == [(0, 3), (3, 4), (4, 5)]  # every worker keeps at least one env
+    assert split(5, 1, here=2) == [(0, 5)] and split(1, 3, here=0) == [(0, 1)]  # no worker: every row here
     for n in range(1, 30):
         for w in range(1, 5):
             groups = split(n, w)
@@ -339,8 +343,9 @@ def test_process_batch_env_balances_the_policy_against_the_physics():
         assert measured(env, 0.0, 50e-6, here=3) == 10  # no policy: half each
         assert measured(env, 2e-3, 50e-6, here=8) == 0  # the policy alone outweighs the worker's batch
         assert measured(env, 500e-6, 50e-6, here=8, steps=5) is None  # too few steps to judge
-        # the split follows at the next reset
+        # the split follows at the next reset (after the warm-up episode)
         env.set_tasks(HalfCheetahVel().tasks("train")[:20])
+        env._warm = True
         measured(env, 500e-6, 50e-6, here=8)
         env.reset(list(range(20)))
         assert env.local_rows == 5 and env._slices == [(0, 5), (5, 20)]
@@ -349,5 +354,51 @@ def test_process_batch_env_balances_the_policy_against_the_physics():
     env = HalfCheetahVel().make_batch_env(20, 3)  # two workers: r = 2
     try:
         assert measured(env, 200e-6, 50e-6, here=5) == 4  # (20 * 50 - 2 * 200) / (3 * 50)
+    finally:
+        env.close()
+
+
+class SleepEnv(gym.Env):
+    """A task env whose step takes a known wall time, for the load-balance measurements."""
+
+    STEP_S = 1e-3
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def set_task(self, task):
+        pass
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        time.sleep(self.STEP_S)
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+def test_process_batch_env_measures_the_policy_and_the_physics_from_real_steps():
+    """Two halves stepped like the sampler's groups, 1 ms of "policy" before each, 1 ms per env step:
+    the measured times, and the split they give (n = (6 t - P) / (2 t) = 2), come out of real steps."""
+    from benchmark.vec import ProcessBatchEnv
+
+    env = ProcessBatchEnv(SleepEnv, 6, 2)
+    try:
+        env.set_tasks([Task(i, "train", {}, f"t{i}") for i in range(6)])
+        active = np.ones(3, bool)
+        for episode in range(2):
+            env.reset(list(range(6)))  # the first episode is warm-up: its times are dropped
+            assert env._steps == 0 and env.local_rows == 2  # no change yet (LOCAL_WEIGHT's first split)
+            for _ in range(30):
+                for rows in ((0, 3), (3, 6)):
+                    time.sleep(1e-3)  # the policy call for these rows
+                    env.step_async(rows, np.zeros((3, 1), np.float32), active)
+                    env.step_wait(rows)
+            assert env._warm == (episode == 1)
+        assert env._steps == pytest.approx(29.5)  # every half-step counts half a batch step (the first not)
+        t = env._busy / env._row_steps
+        other = (env._cycle - env._here_busy - env._wait) / env._steps
+        # the env steps sleep 1 ms, the policy 2 x 1 ms per batch step (sleeps overshoot alike under load)
+        assert 1e-3 <= t < 2e-3 and 1.5 * t <= other < 3 * t, (t, other)
+        assert env.balanced_rows() == round((6 * t - other) / (2 * t)) in (1, 2)
     finally:
         env.close()

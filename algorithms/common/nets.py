@@ -26,8 +26,9 @@ def mlp(
 def gru_step(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """One step of a single-layer ``nn.GRU``: x (B, in), hidden (B, H) -> next hidden (B, H).
 
-    ``torch.gru_cell`` on the module's own weights: the same kernel ``nn.GRU`` runs per step, so the
-    result is bitwise equal to ``gru(x[:, None], hidden[None])`` (tests/test_nets.py), without the
+    ``torch.gru_cell`` on the module's own weights: the same kernel ``nn.GRU`` runs per step on CPU, so
+    the result is bitwise equal to ``gru(x[:, None], hidden[None])`` there (tests/test_nets.py; on CUDA,
+    cuDNN's fused kernel may round differently), without the
     module's per-call checks (acting calls this every env step; about half the cost of ``nn.GRU``).
     """
     if gru.num_layers != 1 or gru.bidirectional or not gru.bias:

@@ -281,8 +281,8 @@ def render_index(results: Results, made: list[tuple[Artifact, list[Path]]], out_
         "Wall (min): the run's own clock in progress.csv (`wall_time_s` of its last iteration: training "
         "and periodic evaluations, not the final evaluation), on whatever machine and load it ran: "
         "compare wall times only between runs made side by side on one machine. Commit: `git_commit` "
-        'in config.json (the checkout the run started from; "(modified)": its tracked files had '
-        "uncommitted edits, `git_dirty`).",
+        'in config.json (the checkout the run was last started or resumed from; "(modified)": tracked '
+        "files had uncommitted edits at a start or resume, `git_dirty`).",
     ]
     missing = [(s, a) for s in results.suites for a in results.algos if not results.select(s, a)]
     if missing:
