@@ -200,11 +200,16 @@ def test_resume_refuses_changed_settings_naming_them_and_writes_nothing(capsys, 
     assert _snapshot(run) == before
 
 
-def test_resume_with_a_longer_budget_equals_a_fresh_run_with_that_budget(capsys, tmp_path):
+def test_resume_with_a_longer_budget_equals_a_fresh_run_with_that_budget(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmark.runner.git_dirty", lambda where=None: False)  # a clean checkout
     short, fresh = tmp_path / "short", tmp_path / "fresh"
     assert run_cli(capsys, *quick_run(short))[0] == 0  # finished at 1,600 steps
+    # as if the first 1,600 steps had run from a checkout with uncommitted edits: that sticks
+    config_path = short / "point-nav" / "rl2" / "seed0" / "config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"git_dirty": True}))
     longer = ["--set", "budget_steps=3200"]
     assert run_cli(capsys, *quick_run(short, "--resume", *longer))[0] == 0
+    assert json.loads(config_path.read_text())["git_dirty"] is True
     assert run_cli(capsys, *quick_run(fresh, *longer))[0] == 0
     a, b = (p / "point-nav" / "rl2" / "seed0" for p in (short, fresh))
     for name in ("progress.csv", "eval.csv"):
