@@ -71,21 +71,19 @@ class RL2Network(nn.Module):
         out, hidden = self.core(features, hidden)
         return self.policy(out), self.value(out).squeeze(-1), hidden
 
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """Step inputs (..., in) with the observation part normalised (identity when normalisation is off)."""
+        if self.obs_norm is None:
+            return features
+        return torch.cat([self.obs_norm(features[..., : self.obs_dim]), features[..., self.obs_dim :]], -1)
+
     def core(self, features: torch.Tensor, hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, T, in) -> GRU outputs (B, T, H) and last hidden (1, B, H)."""
-        if self.obs_norm is not None:
-            features = torch.cat(
-                [self.obs_norm(features[..., : self.obs_dim]), features[..., self.obs_dim :]], -1
-            )
-        return self.gru(self.encoder(features), hidden)
+        return self.gru(self.encoder(self.normalize(features)), hidden)
 
     def core_step(self, features: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """One acting step of ``core``: features (B, in), hidden (B, H) -> next hidden = output (B, H)."""
-        if self.obs_norm is not None:
-            features = torch.cat(
-                [self.obs_norm(features[..., : self.obs_dim]), features[..., self.obs_dim :]], -1
-            )
-        return gru_step(self.gru, self.encoder(features), hidden)
+        return gru_step(self.gru, self.encoder(self.normalize(features)), hidden)
 
 
 class RL2Agent(AdaptiveAgent):

@@ -217,6 +217,7 @@ class Runner:
                 f"{self.dir} already holds {state}; pass --resume to continue it or --overwrite"
             )
         self.resuming = exists and resume
+        self._was_dirty = False  # a resumed run started or resumed from a modified checkout before
         if self.resuming and (self.dir / "config.json").exists():
             self._check_resume_config()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -232,6 +233,7 @@ class Runner:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ResultsError(f"{path}: unreadable config of the run to resume ({exc})") from None
+        self._was_dirty = bool(old.get("git_dirty"))
         new = json.loads(json.dumps(self.config_record(), default=str))
         diffs = []
         for key in ("profile", "device"):
@@ -314,10 +316,8 @@ class Runner:
             truncate_csv(self.dir / "progress.csv", lambda r: int(r["iteration"]) <= it)
             truncate_csv(self.dir / "eval.csv", lambda r: int(r["iteration"]) < it)
         record = self.config_record()
-        if self.resuming and (self.dir / "config.json").exists():
-            # dirty if any start or resume of the run was from a modified checkout (the commit is the latest)
-            old = json.loads((self.dir / "config.json").read_text())
-            record["git_dirty"] = bool(old.get("git_dirty")) or record["git_dirty"]
+        # dirty if any start or resume of the run was from a modified checkout (the commit is the latest)
+        record["git_dirty"] = self._was_dirty or record["git_dirty"]
         write_json(self.dir / "config.json", record)
 
         progress_log = CsvLog(self.dir / "progress.csv")

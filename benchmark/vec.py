@@ -57,7 +57,7 @@ class _Slice:
         self.tasks: list[Task] = []
         self.generation = 0  # bumped by set_tasks
         self.applied: dict[int, int] = {}  # row -> generation whose task its env holds
-        self.lo = self.hi = 0
+        self.lo = 0  # first row this process owns
         self.low = self.high = None
         self.obs_dim = 0
 
@@ -80,7 +80,7 @@ class _Slice:
         for row in [r for r in self.envs if not lo <= r < hi]:  # rows that moved away: free their envs
             self.envs.pop(row).close()
             self.applied.pop(row, None)
-        self.lo, self.hi = lo, hi
+        self.lo = lo
         envs = [self.env(row) for row in range(lo, hi)]  # (built first: the dimensions come from an env)
         self.last_obs = np.zeros((hi - lo, self.obs_dim), dtype=np.float32)
         for i, (row, env, seed) in enumerate(zip(range(lo, hi), envs, seeds, strict=True)):
@@ -188,6 +188,7 @@ class ProcessBatchEnv(BatchEnv):
             self._conns.append(parent)
             self._procs.append(proc)
         self._gather()
+        self._warm = False  # the env's first episode (first policy calls, caches) is not measured
         self._clear_stats()
 
     @classmethod
@@ -208,8 +209,6 @@ class ProcessBatchEnv(BatchEnv):
         self._mark: float | None = None  # end of the last step_wait of this episode
         self._cycle = self._steps = self._here_busy = self._wait = 0.0  # s, batch steps, s, s
         self._busy = self._row_steps = 0.0  # physics seconds in every process, env steps they took
-        if not hasattr(self, "_warm"):
-            self._warm = False  # the env's first episode (first policy calls, caches) is not measured
 
     def balanced_rows(self) -> int | None:
         """This process's share n (see the class docstring) from the measurements so far; None if too few."""
@@ -315,8 +314,9 @@ class ProcessBatchEnv(BatchEnv):
                 actions, active, x, y = self._pending.pop(rows)  # type: ignore[misc]
                 t0 = time.perf_counter()
                 parts.append(self._local().step(actions, active, x, y))
-                local += time.perf_counter() - t0
-                busy += time.perf_counter() - t0
+                dt = time.perf_counter() - t0
+                local += dt
+                busy += dt
                 stepped += int(np.count_nonzero(active))
             else:
                 t0 = time.perf_counter()

@@ -28,8 +28,8 @@ def gru_step(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor
 
     ``torch.gru_cell`` on the module's own weights: the same kernel ``nn.GRU`` runs per step on CPU, so
     the result is bitwise equal to ``gru(x[:, None], hidden[None])`` there (tests/test_nets.py; on CUDA,
-    cuDNN's fused kernel may round differently), without the
-    module's per-call checks (acting calls this every env step; about half the cost of ``nn.GRU``).
+    cuDNN's fused kernel may round differently), without the module's per-call checks (acting calls
+    this every env step; about half the cost of ``nn.GRU``).
     """
     if gru.num_layers != 1 or gru.bidirectional or not gru.bias:
         raise ValueError("gru_step supports single-layer, unidirectional GRUs with biases only")
