@@ -151,6 +151,37 @@ def apply(obj: Any, values: dict[str, Any]) -> Any:
     return dataclasses.replace(obj, **values)
 
 
+def _is_tuple(typ: Any) -> bool:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_tuple(arg) for arg in typing.get_args(typ))
+    return typ is tuple or origin is tuple
+
+
+def from_record(config_cls: type, record: dict[str, Any]) -> Any:
+    """The config dataclass a run recorded in its config.json (``run`` or ``algo_config``), rebuilt.
+
+    JSON lists become tuples where the field is a tuple; fields missing from ``record`` keep their
+    defaults. Raises ``ConfigError`` (one line) for a key the class does not have or a value outside
+    its declared range.
+    """
+    types_ = field_types(config_cls)
+    unknown = sorted(set(record) - set(types_))
+    if unknown:
+        raise ConfigError(f"recorded setting(s) {', '.join(unknown)} not in {config_cls.__name__}")
+    values = {}
+    for key, value in record.items():
+        if isinstance(value, list) and _is_tuple(types_[key]):
+            value = tuple(value)
+        values[key] = value
+    try:
+        config = apply(config_cls(), values)
+        check_settings(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"recorded {config_cls.__name__}: {exc}") from None
+    return config
+
+
 def resolve(
     profile: str,
     family: str,

@@ -1,10 +1,10 @@
 """MAML's own few-shot check (Finn et al. 2017, Sec. 5.3 / Fig. 4) on a finished run's checkpoint.
 
 ``python -m scripts.maml_few_shot RUN_DIR [--rollouts 20] [--split test] [--seed 0]`` loads the MAML run
-in RUN_DIR (its ``config.json`` and ``checkpoint.pt``, the method config resolved from the run's recorded
-command), and for every task of ``--split`` plays ``--rollouts`` single-episode rollouts with the
-meta-learned parameters theta (sampled actions), takes one inner step on them (the training inner step:
-linear-baseline policy gradient, step size ``inner_lr``), and plays ``--rollouts`` more with theta'.
+in RUN_DIR (its ``checkpoint.pt``, with the settings recorded in its ``config.json``) and, for every task
+of ``--split``, plays ``--rollouts`` single-episode rollouts with the meta-learned parameters theta
+(sampled actions), takes one inner step on them (the training inner step: linear-baseline policy
+gradient, step size ``inner_lr``), and plays ``--rollouts`` more with theta' (sampled actions).
 It prints the mean return per task before and after the step, and their normalised values where the
 split has harness references (``(R - R_random) / (R_oracle - R_random)``, per episode).
 
@@ -49,16 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     if not config_path.is_file() or not ckpt_path.is_file():
         fail(f"{run}: not a run directory with config.json and checkpoint.pt")
     try:
-        cfg = json.loads(config_path.read_text())
-        algo, suite_name, profile, command = cfg["algo"], cfg["suite"], cfg["profile"], cfg["command"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        record = json.loads(config_path.read_text())
+        algo, suite_name = record["algo"], record["suite"]
+        run_record, algo_record = dict(record["run"]), dict(record["algo_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         fail(f"{config_path}: unreadable run config ({type(exc).__name__}: {exc})")
     if algo != "maml":
         fail(f"{run}: a run of {algo!r}; this check is MAML's (accepted: runs with algo 'maml')")
 
     import torch
 
-    from benchmark.launch import resolve_run
+    from algorithms.maml import MAML, MAMLConfig, few_shot_returns
+    from benchmark.config import HarnessConfig, from_record
+    from benchmark.registry import load_suite
     from benchmark.results import load_checkpoint
     from benchmark.runner import validation_split
     from benchmark.sampler import TrialSampler
@@ -69,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--device {args.device!r}: not a torch device (accepted: cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         fail(f"--device {args.device}: CUDA is not available on this machine (accepted: cpu)")
-    sets = [command[i + 1] for i, a in enumerate(command[:-1]) if a == "--set"]
-    try:
-        learner_cls, suite, run_cfg, algo_cfg = resolve_run(algo, suite_name, profile, sets)
+    try:  # the settings the run recorded (config.json), not today's profile
+        suite = load_suite(suite_name)
+        run_cfg, algo_cfg = from_record(HarnessConfig, run_record), from_record(MAMLConfig, algo_record)
         state = load_checkpoint(ckpt_path, device)
-    except ValueError as exc:  # ConfigError, RegistryError, ResultsError: one line each
-        fail(str(exc))
+    except ValueError as exc:  # RegistryError, ConfigError, ResultsError: one line each
+        fail(f"{run}: {exc}")
     if args.split == "validation":
         if not run_cfg.validation_tasks:
             fail(f"--split validation: {run} was not a tuning run (accepted: test, ood, train)")
@@ -84,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         fail(f"--split {args.split!r}: suite {suite_name} has {', '.join(suite.splits())} (and validation)")
 
-    torch.manual_seed(args.seed)
-    learner = learner_cls(suite.spec(), algo_cfg, device)
+    learner = MAML(suite.spec(), algo_cfg, device)
     learner.load_state_dict(state["learner"])
-    from algorithms.maml import few_shot_returns
+    torch.manual_seed(args.seed)  # the action noise
 
     sampler = TrialSampler(suite, num_workers=1)
     try:

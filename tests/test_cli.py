@@ -320,3 +320,24 @@ def test_every_profile_of_every_method_passes_its_declared_ranges():
         for profile in PROFILES:
             for family in ("point-nav", "locomotion", "metaworld"):
                 resolve(profile, family, cls.Config, cls.profile(profile, family), {})  # raises if not
+
+
+def test_from_record_rebuilds_the_recorded_configs():
+    """config.json records configs as JSON (tuples become lists): from_record gives back the same objects."""
+    from dataclasses import asdict
+
+    from algorithms.maml import MAML, MAMLConfig
+    from benchmark.config import from_record
+
+    run, algo = resolve(
+        "quick", "point-nav", MAMLConfig, MAML.profile("quick", "point-nav"), {"hidden_sizes": "8,4"}
+    )
+    for config in (run, algo):
+        record = json.loads(json.dumps(asdict(config)))
+        assert from_record(type(config), record) == config
+    assert from_record(MAMLConfig, {}) == MAMLConfig()
+    with pytest.raises(ConfigError, match="not_a_setting"):
+        from_record(MAMLConfig, {"not_a_setting": 1})
+    with pytest.raises(ConfigError, match="inner_lr"):
+        from_record(MAMLConfig, {"inner_lr": -1.0})
+    assert isinstance(from_record(HarnessConfig, {"budget_steps": 5}), HarnessConfig)
