@@ -53,7 +53,6 @@ class RL2Network(nn.Module):
     def __init__(self, spec: SuiteSpec, cfg: RL2Config) -> None:
         super().__init__()
         in_dim = spec.obs_dim + spec.act_dim + 2
-        self.obs_dim = spec.obs_dim
         self.obs_norm = RunningNorm(spec.obs_dim) if cfg.normalize_observations else None
         if cfg.encoder_hidden > 0:
             self.encoder: nn.Module = mlp(in_dim, (cfg.encoder_hidden,), None, nn.ReLU)
@@ -73,9 +72,7 @@ class RL2Network(nn.Module):
 
     def normalize(self, features: torch.Tensor) -> torch.Tensor:
         """Step inputs (..., in) with the observation part normalised (identity when normalisation is off)."""
-        if self.obs_norm is None:
-            return features
-        return torch.cat([self.obs_norm(features[..., : self.obs_dim]), features[..., self.obs_dim :]], -1)
+        return features if self.obs_norm is None else self.obs_norm.leading(features)
 
     def core(self, features: torch.Tensor, hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, T, in) -> GRU outputs (B, T, H) and last hidden (1, B, H)."""

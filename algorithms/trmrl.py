@@ -212,7 +212,6 @@ class TrMRLNetwork(nn.Module):
         full = spec.horizon if cfg.memory == "episode" else spec.horizon * spec.episodes_per_trial
         self.window = min(cfg.window, full) if cfg.window > 0 else full
         in_dim = spec.obs_dim + spec.act_dim + 2
-        self.obs_dim = spec.obs_dim
         self.obs_norm = RunningNorm(spec.obs_dim) if cfg.normalize_observations else None
         self.embed = nn.Linear(in_dim, cfg.d_model, bias=False)
         self.register_buffer("positions", sinusoidal_positions(spec.horizon, cfg.d_model), persistent=False)
@@ -260,9 +259,7 @@ class TrMRLNetwork(nn.Module):
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         """Step inputs with the observation part normalised (identity when normalisation is off)."""
-        if self.obs_norm is None:
-            return feats
-        return torch.cat([self.obs_norm(feats[..., : self.obs_dim]), feats[..., self.obs_dim :]], -1)
+        return feats if self.obs_norm is None else self.obs_norm.leading(feats)
 
     # -- the two paths through the encoder -----------------------------------------------------------
     def encode(self, feats: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ def test_running_norm_matches_numpy_over_several_updates():
     out = norm(torch.tensor(data, dtype=torch.float32)).numpy()
     assert np.allclose(out.mean(0), 0, atol=1e-3) and np.allclose(out.std(0), 1, atol=1e-3)
     assert "mean" in norm.state_dict() and float(norm.state_dict()["count"]) == len(data)
+    feats = torch.tensor(np.concatenate([data[:3], rng.normal(size=(3, 2))], 1), dtype=torch.float32)
+    lead = norm.leading(feats)  # (3, 6): the first 4 entries normalised, the last 2 unchanged
+    assert torch.equal(lead[:, :4], norm(feats[:, :4])) and torch.equal(lead[:, 4:], feats[:, 4:])
 
 
 def test_gaussian_head_log_prob_and_entropy():

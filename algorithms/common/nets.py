@@ -118,3 +118,9 @@ class RunningNorm(nn.Module):
         if self.count == 0:
             return x
         return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
+
+    def leading(self, features: torch.Tensor) -> torch.Tensor:
+        """features (..., in) with their first ``dim`` entries (the observation) normalised, the rest
+        (previous action, reward, flags of the trial features) unchanged."""
+        dim = self.mean.shape[0]
+        return torch.cat([self(features[..., :dim]), features[..., dim:]], -1)
