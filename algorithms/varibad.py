@@ -13,8 +13,9 @@ carried across the episodes of the trial and cleared only at a new trial. The po
 
 Training iteration (``VariBAD.train_step``), all counted in environment steps by the harness:
 
-1. sample ``meta_batch_size`` trials of K = ``spec.episodes_per_trial`` episodes on training tasks with
-   the current (stochastic) policy; the agent updates the belief in ``observe``;
+1. sample ``meta_batch_size`` trials of K = ``train_episodes`` (default ``spec.episodes_per_trial``)
+   episodes on training tasks with the current (stochastic) policy; the agent updates the belief in
+   ``observe``;
 2. append the trials to the VAE trajectory buffer (``AppendOnlyArrays`` in the run directory);
 3. recompute the beliefs of every step from the recorded trials with the encoder under
    ``torch.no_grad()`` (equal to the online ones; the RL loss never reaches the encoder, as the
@@ -105,6 +106,10 @@ class VariBADConfig:
     rl_through_encoder: bool = False
     # PPO (shared block)
     meta_batch_size: int = setting(16, low=1)  # trials per iteration (num_processes = 16)
+    # episodes per training trial (max_rollouts_per_task, 2 on MuJoCo); 0 = the suite's training trial
+    # length. The belief is carried over the meta-test trial (6 episodes on point-nav): trials as long as
+    # that train the encoder and the policy on the belief of every episode it will be asked to act in
+    train_episodes: int = setting(0, low=0)
     lr: float = setting(7e-4, low=0.0, low_open=True)  # lr_policy
     adam_eps: float = setting(1e-8, low=0.0, low_open=True)  # policy_eps
     epochs: int = setting(2, low=1)  # ppo_num_epochs
@@ -369,7 +374,8 @@ class VariBAD(MetaLearner):
             [*self.encoder.parameters(), *self.decoder.parameters()], lr=cfg.vae_lr
         )
         self.ppo = PPOParams.from_config(cfg)
-        T = spec.episodes_per_trial * spec.horizon
+        self.train_episodes = cfg.train_episodes or spec.episodes_per_trial
+        T = self.train_episodes * spec.horizon
         self.buffer = AppendOnlyArrays(
             None if storage_dir is None else Path(storage_dir) / "vae_buffer",
             {
@@ -570,7 +576,8 @@ class VariBAD(MetaLearner):
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
         cfg = self.config
-        batch = ctx.sample_trials(self.make_agent(), ctx.sample_tasks(cfg.meta_batch_size))
+        tasks = ctx.sample_tasks(cfg.meta_batch_size)
+        batch = ctx.sample_trials(self.make_agent(), tasks, episodes=self.train_episodes)
         packed, lengths, _ = pack_valid(
             batch.valid,
             obs=batch.obs,

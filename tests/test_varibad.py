@@ -2,6 +2,8 @@
 out of the encoder unless ``rl_through_encoder``, the contract (incl. exact resume with the on-disk VAE
 buffer) holds; it learns point-nav (slow)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +224,17 @@ def test_vae_buffer_lives_on_disk_and_resumes(tmp_path):
     resumed, _ = make(storage=tmp_path / "store")
     resumed.load_state_dict(state)
     assert len(resumed.buffer) == 4 and np.array_equal(resumed.buffer.view("reward"), rewards)
+
+
+def test_train_episodes_sets_the_training_trial_length(tmp_path):
+    """train_episodes=3: trials of 3 episodes are sampled, stored whole in the VAE buffer and trained on."""
+    learner, suite = make(replace(TINY, train_episodes=3), storage=tmp_path / "store")
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    stats = learner.train_step(ctx)
+    assert ctx.env_steps == 4 * 3 * 100 and all(np.isfinite(v) for v in stats.values())
+    assert learner.buffer.view("reward").shape == (4, 300)
+    assert (learner.buffer.get("length", np.arange(4)) == 300).all()
+    check_learner(VariBAD, suite, replace(TINY, train_episodes=3))
 
 
 def test_evaluation_agent_acts_with_the_mean_and_the_belief_resets_per_trial():
