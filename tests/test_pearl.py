@@ -214,19 +214,19 @@ def test_validate_names_bad_settings():
 def test_pearl_adapts_on_point_nav(tmp_path):
     """A third of the quick budget: the posterior episodes beat the prior one and doing nothing (0.29).
 
-    Measured (seed 0, shared 2-core machine): normalised 0.167 0.456 0.471 0.456 0.472 0.459 (3m12) with a
-    mean-action exploration episode; 0.163 0.481 0.473 0.478 0.477 0.479 (3m57) with a sampled one
-    (``eval_stochastic_episodes=1``). The full quick budget reaches 0.815 / 0.845 (seeds 3 / 4).
+    Measured (seed 0, 2-core machine shared with one other run): normalised 0.094 0.757 0.763 0.757 0.766
+    0.764 (2m43) with the quick profile's 500 gradient steps per iteration; with 250 it was 0.163 0.481
+    0.473 0.478 0.477 0.479 (3m57, busier machine). The full quick budget reaches 0.845-0.903 (seeds 3-7).
     """
     code = main(["run", "--algo", "pearl", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
-                 "--set", "budget_steps=1280000",  # 50 iterations, 12,500 grad steps
+                 "--set", "budget_steps=1280000",  # 50 iterations, 25,000 grad steps
                  "--set", "eval_every_steps=10000000"])  # fmt: skip
     assert code == 0
     run = tmp_path / "point-nav" / "pearl" / "seed0"
     normalized = final_test_normalized(run)
     print("normalised return per meta-test episode:", normalized.round(3).to_dict())
     assert normalized.iloc[-1] > normalized.iloc[0] + 0.15, normalized.round(3).to_dict()
-    assert normalized.iloc[-1] >= 0.40, normalized.round(3).to_dict()
+    assert normalized.iloc[-1] >= 0.60, normalized.round(3).to_dict()
 
 
 def test_evaluation_context_can_stop_after_the_prior_episodes():
