@@ -226,7 +226,8 @@ class Runner:
         """Refuse to resume with settings that differ from the run's (nothing is written before this).
 
         A longer ``budget_steps`` continues the run (a finished one too: its final evaluation is
-        replaced by the one at the new budget); a shorter one is refused.
+        replaced by the one at the new budget); a shorter one is refused. A setting the run's
+        config.json lacks (added to the code later) counts as unchanged while it has its default.
         """
         path = self.dir / "config.json"
         try:
@@ -239,10 +240,15 @@ class Runner:
         for key in ("profile", "device"):
             if old.get(key) != new[key]:
                 diffs.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
-        for section in ("run", "algo_config"):
+        for section, config in (("run", self.run_cfg), ("algo_config", self.algo_config)):
             before, after = old.get(section, {}), new[section]
+            # a setting added to the code after the run was made, left at its default, is no change
+            # (new settings default to the behaviour from before they existed)
+            defaults = json.loads(json.dumps(asdict(type(config)()), default=str))
             for key in sorted(set(before) | set(after)):
                 if key in RESUMABLE_CHANGES and section == "run":
+                    continue
+                if key not in before and key in defaults and after.get(key) == defaults[key]:
                     continue
                 if before.get(key) != after.get(key):
                     diffs.append(f"{key} {before.get(key)!r} -> {after.get(key)!r}")

@@ -200,6 +200,30 @@ def test_resume_refuses_changed_settings_naming_them_and_writes_nothing(capsys, 
     assert _snapshot(run) == before
 
 
+def test_resume_of_a_run_made_before_a_setting_existed(capsys, tmp_path):
+    """A setting missing from config.json (added to the code later) is no change at its dataclass default
+    only: the behaviour from before it existed. A profile value away from the default is a change."""
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    (run / "done").unlink()  # as if killed before the end
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo_config"].pop("normalize_observations") is True  # RL2Config's default
+    assert config["run"].pop("validation_tasks") == 0
+    (run / "config.json").write_text(json.dumps(config))
+    before = _snapshot(run)
+    code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume", "--set", "normalize_observations=false"))
+    assert code == 2 and "normalize_observations None -> False" in err, err  # away from its default
+    assert _snapshot(run) == before
+    profiled = json.loads(json.dumps(config))
+    assert profiled["algo_config"].pop("target_kl") == 0.05  # the quick point-nav profile's, default None
+    (run / "config.json").write_text(json.dumps(profiled))
+    code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume"))
+    assert code == 2 and "target_kl None -> 0.05" in err, err
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_cli(capsys, *quick_run(tmp_path, "--resume"))[0] == 0  # at their defaults: resumes
+    assert json.loads((run / "config.json").read_text())["algo_config"]["normalize_observations"] is True
+
+
 def test_resume_with_a_longer_budget_equals_a_fresh_run_with_that_budget(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("benchmark.runner.git_dirty", lambda where=None: False)  # a clean checkout
     short, fresh = tmp_path / "short", tmp_path / "fresh"
