@@ -208,8 +208,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_device(device: str, here: bool = True) -> None:
-    """Refuse a malformed ``--device``; with ``here``, also a CUDA device this machine lacks."""
+def check_device(device: str, here: bool = True) -> None:
+    """Refuse a malformed ``--device`` (``UsageError``, one line); with ``here``, also a CUDA device this
+    machine lacks. Accepted: cpu, cuda, cuda:N."""
     import torch
 
     try:
@@ -223,7 +224,7 @@ def _check_device(device: str, here: bool = True) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _check_device(args.device)
+    check_device(args.device)
     summary = run_one(args.algo, args.suite, args.seed, args)
     print_summary(args.algo, args.suite, args.seed, summary)
     return 0
@@ -253,7 +254,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     args.jobs = args.jobs or 1
-    _check_device(args.device, here=args.backend == "local")
+    check_device(args.device, here=args.backend == "local")
     if "all" in args.algo:
         if len(args.algo) > 1:
             raise UsageError(

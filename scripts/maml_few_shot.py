@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(config_path.read_text())
         algo, suite_name = record["algo"], record["suite"]
         run_record, algo_record = dict(record["run"]), dict(record["algo_config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSONDecodeError too
         fail(f"{config_path}: unreadable run config ({type(exc).__name__}: {exc})")
     if algo != "maml":
         fail(f"{run}: a run of {algo!r}; this check is MAML's (accepted: runs with algo 'maml')")
@@ -60,22 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from algorithms.maml import MAML, MAMLConfig, few_shot_returns
+    from benchmark.cli import check_device
     from benchmark.config import HarnessConfig, from_record
+    from benchmark.errors import UsageError
     from benchmark.registry import load_suite
     from benchmark.results import load_checkpoint
     from benchmark.runner import validation_split
     from benchmark.sampler import TrialSampler
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        fail(f"--device {args.device!r}: not a torch device (accepted: cpu, cuda, cuda:N)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {args.device}: CUDA is not available on this machine (accepted: cpu)")
     try:  # the settings the run recorded (config.json), not today's profile
+        check_device(args.device)
+        device = torch.device(args.device)
         suite = load_suite(suite_name)
         run_cfg, algo_cfg = from_record(HarnessConfig, run_record), from_record(MAMLConfig, algo_record)
         state = load_checkpoint(ckpt_path, device)
+    except UsageError as exc:
+        fail(str(exc))
     except ValueError as exc:  # RegistryError, ConfigError, ResultsError: one line each
         fail(f"{run}: {exc}")
     if args.split == "validation":

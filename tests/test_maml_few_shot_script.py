@@ -51,7 +51,8 @@ def test_prints_the_few_shot_returns_of_the_run_checkpoint(maml_run, capsys):
         (["--rollouts", "0"], "--rollouts 0"),
         (["--split", "nope"], "--split 'nope'"),
         (["--split", "validation"], "not a tuning run"),
-        (["--device", "tpu"], "--device"),
+        (["--device", "tpu"], "--device 'tpu'"),
+        (["--device", "mps"], "--device 'mps': expected cpu or cuda"),  # a torch device, not one we run on
     ],
 )
 def test_bad_input_is_one_line_exit_2(maml_run, capsys, argv, needle):
