@@ -28,7 +28,8 @@ Training iteration (``VariBAD.train_step``), all counted in environment steps by
    (officially the VAE loss is added to every PPO minibatch). The paper's VariBAD does not do this
    (the point-nav quick profile does, docs/tuning/varibad.md);
 4. PPO on the policy (GAE across the episodes of a trial, ``algorithms.common.ppo``), rewards divided
-   by a running std of the discounted return (``norm_rew_for_policy=True``);
+   by a running std of the discounted return (``norm_rew_for_policy=True``); with ``lr_anneal_steps``
+   (the official ``policy_anneal_lr``) its learning rates fall linearly to 0 over that many env steps;
 5. ``vae_updates`` Adam steps on the ELBO of ``vae_batch_trials`` trials drawn from the newest
    ``vae_buffer_size`` trials of the buffer.
 
@@ -111,6 +112,10 @@ class VariBADConfig:
     # that train the encoder and the policy on the belief of every episode it will be asked to act in
     train_episodes: int = setting(0, low=0)
     lr: float = setting(7e-4, low=0.0, low_open=True)  # lr_policy
+    # policy_anneal_lr (official mujoco configs: False): PPO's learning rates (policy, and the encoder's
+    # group with rl_through_encoder) fall linearly to 0 at this many env steps, factor 1 - steps / this at
+    # the start of each iteration as the official LambdaLR over num_updates; 0 = constant
+    lr_anneal_steps: int = setting(0, low=0)
     adam_eps: float = setting(1e-8, low=0.0, low_open=True)  # policy_eps
     epochs: int = setting(2, low=1)  # ppo_num_epochs
     minibatches: int = setting(4, low=1)  # ppo_num_minibatch (split over trials)
@@ -370,6 +375,7 @@ class VariBAD(MetaLearner):
         if cfg.rl_through_encoder:
             groups.append({"params": list(self.encoder.parameters()), "lr": cfg.vae_lr})
         self.policy_optimizer = torch.optim.Adam(groups, eps=cfg.adam_eps)
+        self.base_lrs = [g["lr"] for g in groups]
         self.vae_optimizer = torch.optim.Adam(
             [*self.encoder.parameters(), *self.decoder.parameters()], lr=cfg.vae_lr
         )
@@ -574,8 +580,17 @@ class VariBAD(MetaLearner):
         self.policy.update_norms(obs[valid], mu[valid], logvar[valid])
         return stats
 
+    def lr_factor(self, env_steps: int) -> float:
+        """Multiplier of PPO's learning rates in an iteration starting at ``env_steps`` (1: no annealing)."""
+        if not self.config.lr_anneal_steps:
+            return 1.0
+        return max(0.0, 1.0 - env_steps / self.config.lr_anneal_steps)
+
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
         cfg = self.config
+        factor = self.lr_factor(ctx.env_steps)
+        for group, base in zip(self.policy_optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
         tasks = ctx.sample_tasks(cfg.meta_batch_size)
         batch = ctx.sample_trials(self.make_agent(), tasks, episodes=self.train_episodes)
         packed, lengths, _ = pack_valid(
@@ -596,6 +611,7 @@ class VariBAD(MetaLearner):
         stats["train_return"] = float(batch.episode_returns().mean())
         stats["action_std"] = self.policy.head.log_std.exp().mean().item()
         stats["vae_buffer_trials"] = float(len(self.buffer))
+        stats["policy_lr"] = self.base_lrs[0] * factor
         return stats
 
     def make_agent(self, evaluation: bool = False) -> VariBADAgent:

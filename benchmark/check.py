@@ -304,7 +304,7 @@ def check_learner(
 
             # state_dict loads with weights_only=True and resumes exactly
             loaded = _check_weights_only(state)
-            rng_state = ctx.rng.bit_generator.state
+            rng_state, steps = ctx.rng.bit_generator.state, ctx.env_steps
             torch.manual_seed(seed + 2)
             ma = learner.train_step(ctx)
             after_a = learner.state_dict()
@@ -315,6 +315,7 @@ def check_learner(
             _require(diff is None, f"load_state_dict(state_dict()) does not restore key {diff}")
             ctx2 = Recording(suite, sampler, np.random.default_rng(), dev)
             ctx2.rng.bit_generator.state = rng_state
+            ctx2.env_steps = steps  # the runner restores the step count with the generator
             torch.manual_seed(seed + 2)
             mb = resumed.train_step(ctx2)
             _require(

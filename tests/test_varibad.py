@@ -237,6 +237,24 @@ def test_train_episodes_sets_the_training_trial_length(tmp_path):
     check_learner(VariBAD, suite, replace(TINY, train_episodes=3))
 
 
+def test_lr_anneal_steps_decays_ppo_learning_rates_linearly_to_zero():
+    """Factor 1 - steps / lr_anneal_steps at the start of each iteration (800 steps here), on the policy's
+    and the encoder's PPO groups; at 0 the PPO step leaves the policy unchanged. Resume is exact."""
+    cfg = replace(TINY, lr_anneal_steps=2000, rl_through_encoder=True)
+    learner, suite = make(cfg)
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    for factor in (1.0, 0.6, 0.2):
+        stats = learner.train_step(ctx)
+        lrs = [g["lr"] for g in learner.policy_optimizer.param_groups]
+        assert lrs == pytest.approx([cfg.lr * factor, cfg.vae_lr * factor])
+        assert stats["policy_lr"] == pytest.approx(cfg.lr * factor)
+    before = [p.detach().clone() for p in learner.policy.parameters()]
+    learner.train_step(ctx)  # starts at 2400 steps: factor 0
+    assert all(torch.equal(a, p) for a, p in zip(before, learner.policy.parameters(), strict=True))
+    assert learner.lr_factor(0) == 1.0 and make()[0].lr_factor(10**9) == 1.0  # default: constant
+    check_learner(VariBAD, suite, cfg)
+
+
 def test_evaluation_agent_acts_with_the_mean_and_the_belief_resets_per_trial():
     learner, suite = make()
     sampler = TrialSampler(suite)
