@@ -116,6 +116,9 @@ class VariBADConfig:
     # group with rl_through_encoder) fall linearly to 0 at this many env steps, factor 1 - steps / this at
     # the start of each iteration as the official LambdaLR over num_updates; 0 = constant
     lr_anneal_steps: int = setting(0, low=0)
+    anneal_vae_lr: bool = (
+        False  # the VAE's learning rate follows the same schedule (not in the official code)
+    )
     adam_eps: float = setting(1e-8, low=0.0, low_open=True)  # policy_eps
     epochs: int = setting(2, low=1)  # ppo_num_epochs
     minibatches: int = setting(4, low=1)  # ppo_num_minibatch (split over trials)
@@ -591,6 +594,9 @@ class VariBAD(MetaLearner):
         factor = self.lr_factor(ctx.env_steps)
         for group, base in zip(self.policy_optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
+        if cfg.anneal_vae_lr:
+            for group in self.vae_optimizer.param_groups:
+                group["lr"] = cfg.vae_lr * factor
         tasks = ctx.sample_tasks(cfg.meta_batch_size)
         batch = ctx.sample_trials(self.make_agent(), tasks, episodes=self.train_episodes)
         packed, lengths, _ = pack_valid(

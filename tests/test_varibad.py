@@ -251,8 +251,14 @@ def test_lr_anneal_steps_decays_ppo_learning_rates_linearly_to_zero():
     before = [p.detach().clone() for p in learner.policy.parameters()]
     learner.train_step(ctx)  # starts at 2400 steps: factor 0
     assert all(torch.equal(a, p) for a, p in zip(before, learner.policy.parameters(), strict=True))
+    assert learner.vae_optimizer.param_groups[0]["lr"] == cfg.vae_lr  # the VAE's stays unless asked
     assert learner.lr_factor(0) == 1.0 and make()[0].lr_factor(10**9) == 1.0  # default: constant
     check_learner(VariBAD, suite, cfg)
+    learner, _ = make(replace(cfg, anneal_vae_lr=True))
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    learner.train_step(ctx)
+    learner.train_step(ctx)  # starts at 800 steps
+    assert learner.vae_optimizer.param_groups[0]["lr"] == pytest.approx(cfg.vae_lr * 0.6)
 
 
 def test_evaluation_agent_acts_with_the_mean_and_the_belief_resets_per_trial():
