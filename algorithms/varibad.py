@@ -116,9 +116,7 @@ class VariBADConfig:
     # group with rl_through_encoder) fall linearly to 0 at this many env steps, factor 1 - steps / this at
     # the start of each iteration as the official LambdaLR over num_updates; 0 = constant
     lr_anneal_steps: int = setting(0, low=0)
-    anneal_vae_lr: bool = (
-        False  # the VAE's learning rate follows the same schedule (not in the official code)
-    )
+    anneal_vae_lr: bool = False  # the VAE's learning rate follows that schedule too (not official)
     adam_eps: float = setting(1e-8, low=0.0, low_open=True)  # policy_eps
     epochs: int = setting(2, low=1)  # ppo_num_epochs
     minibatches: int = setting(4, low=1)  # ppo_num_minibatch (split over trials)
