@@ -411,13 +411,11 @@ class TrMRL(MetaLearner):
         if profile == "paper":
             return {}
         # (validation split, seeds 100-101: constant learning rates, policy lr 5e-4, init std 0.5 as RL²'s;
-        # a 25-step window instead of the paper's 5; the official AntDir / Meta-World output gain 0.01;
-        # a value function on the memory without gradient into the encoder, not the official one on the step)
+        # a 25-step window instead of the paper's 5; the official AntDir / Meta-World output gain 0.01)
         return {"d_model": 64, "n_heads": 8, "n_layers": 2, "d_ff": 256, "window": 25, "policy_lr": 5e-4,
                 "value_lr": 1e-3, "lr_min_factor": 1.0, "init_std": 0.5, "output_gain": 0.01,
-                "value_fn": "detached", "normalize_observations": True, "normalize_advantages": True,
-                "clip": 0.2, "gae_lambda": 0.95, "epochs": 8, "minibatch_steps": 1600,
-                "target_kl": 0.03}  # fmt: skip
+                "normalize_observations": True, "normalize_advantages": True, "clip": 0.2, "gae_lambda": 0.95,
+                "epochs": 8, "minibatch_steps": 1600, "target_kl": 0.03}  # fmt: skip
 
     def make_agent(self, evaluation: bool = False) -> TrMRLAgent:
         """Evaluation: mean actions (the episodic memory is the only thing that adapts)."""
