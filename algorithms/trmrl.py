@@ -40,6 +40,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from algorithms.common.nets import GaussianHead, RunningNorm, mlp
+from algorithms.common.numpy_acting import MLP, GaussianActing, Normaliser, apply, linear, usable, view
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from algorithms.common.trial_inputs import PreviousStep, trial_features
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
@@ -102,6 +103,10 @@ class TrMRLConfig:
     lr_decay_end: int = 750  # iteration where the factor reaches lr_min_factor (then stays)
     lr_min_factor: float = setting(0.1, low=0.0, high=1.0, low_open=True)  # 1.0 = constant learning rates
     decay_value_lr: bool = False  # HalfCheetahVel decays the policy lr only
+    # -- acting ---------------------------------------------------------------------------------------
+    # on the CPU, act through the numpy copy of the step (NumpyStep: the same math, about 2.5x faster at
+    # 10 envs; equal to the torch modules up to float32 rounding); False: the torch modules
+    numpy_acting: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,6 +310,70 @@ class TrMRLNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
+class NumpyStep:
+    """``TrMRLNetwork.encode_step`` and the heads in numpy, for acting on the CPU (numpy_acting.py).
+
+    The same computation as the torch path, written out: working memory = embed_scale * W_e x + position;
+    per layer, the new key / value go to ring-buffer slot ``count % N`` and the query attends over the
+    filled slots, softmax(q K^T / sqrt(d_head)) V, then the residual FFN. Holds views of the network's
+    parameters, so build it at the start of each trial (statistics of the normaliser are read then).
+    Cache per layer: keys and values (B, heads, N, d_head), float32.
+    """
+
+    def __init__(self, net: TrMRLNetwork, num_envs: int) -> None:
+        cfg = net.cfg
+        self.scale, self.window, self.d_model = cfg.embed_scale, net.window, cfg.d_model
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.normalize = Normaliser(net.obs_norm)
+        self.embed, self.positions = linear(net.embed), view(net.positions)
+        self.layers = [
+            (linear(m.attn.qkv), linear(m.attn.out), linear(m.ff1), linear(m.ff2), _layer_norm(m.norm1),
+             _layer_norm(m.norm2))
+            for m in net.layers
+        ]  # fmt: skip
+        shape = (num_envs, self.n_heads, self.window, self.d_head)
+        self.cache = [(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in net.layers]
+        self.policy_body, self.policy = MLP(net.policy_body), GaussianActing(net.policy)
+        self.value = MLP(net.value)
+        self.value_on_step = cfg.value_fn == "step"
+
+    def __call__(
+        self, features: np.ndarray, position: int, count: int, deterministic: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """features (B, in) raw step inputs -> action (B, act_dim), log-probability (B,), value (B,)."""
+        B, d = features.shape[0], self.d_model
+        feats = self.normalize(features)
+        slot, filled = count % self.window, min(count + 1, self.window)
+        x = self.scale * apply(self.embed, feats) + self.positions[position]
+        for (qkv, out, ff1, ff2, norm1, norm2), (keys, values) in zip(self.layers, self.cache, strict=True):
+            y = apply(qkv, x)  # (B, 3d): q | k | v
+            q = y[:, :d].reshape(B, self.n_heads, 1, self.d_head)
+            keys[:, :, slot] = y[:, d : 2 * d].reshape(B, self.n_heads, self.d_head)
+            values[:, :, slot] = y[:, 2 * d :].reshape(B, self.n_heads, self.d_head)
+            scores = (q @ keys[:, :, :filled].transpose(0, 1, 3, 2)) * self.d_head**-0.5
+            weights = np.exp(scores - scores.max(-1, keepdims=True))
+            weights /= weights.sum(-1, keepdims=True)
+            attended = (weights @ values[:, :, :filled]).reshape(B, d)  # heads merged back to (B, d)
+            x = norm1(x + apply(out, attended))
+            x = norm2(x + apply(ff2, np.maximum(apply(ff1, x), 0.0)))
+        action, log_prob = self.policy(self.policy_body(x), deterministic)
+        value = self.value(feats if self.value_on_step else x)[:, 0]
+        return action, log_prob, value
+
+
+def _layer_norm(norm: nn.Module) -> Any:
+    """nn.LayerNorm over the last axis in numpy (biased variance, as torch); identity for nn.Identity."""
+    if isinstance(norm, nn.Identity):
+        return lambda x: x
+    w, b, eps = view(norm.weight), view(norm.bias), norm.eps
+
+    def layer_norm(x: np.ndarray) -> np.ndarray:
+        centred = x - x.mean(-1, keepdims=True)
+        return centred / np.sqrt(np.square(centred).mean(-1, keepdims=True) + np.float32(eps)) * w + b
+
+    return layer_norm
+
+
 class TrMRLAgent(AdaptiveAgent):
     """Acts step by step; keeps the key/value cache (cleared per episode or per trial)."""
 
@@ -312,6 +381,7 @@ class TrMRLAgent(AdaptiveAgent):
         self.net, self.spec, self.device, self.evaluation = net, spec, device, evaluation
         self.prev: PreviousStep | None = None
         self.cache: list[KV] | None = None
+        self.fast: NumpyStep | None = None  # the numpy step (numpy_acting on the CPU), built per trial
         self.count = 0  # steps written since the memory was last cleared
         self.position = 0  # step index inside the current episode
 
@@ -320,9 +390,17 @@ class TrMRLAgent(AdaptiveAgent):
         self.prev = PreviousStep(num_envs, self.spec.act_dim)
         self.num_envs, self.cache = num_envs, None  # allocated lazily, under the caller's grad mode
         self.count = self.position = 0
+        numpy_path = usable(self.device, self.net.cfg.numpy_acting)
+        self.fast = NumpyStep(self.net, num_envs) if numpy_path else None
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.prev is not None, "call new_trial() first"
+        if self.fast is not None:
+            features = self.prev.features(obs)
+            action, log_prob, value = self.fast(features, self.position, self.count, self.evaluation)
+            self.count += 1
+            self.position += 1
+            return action, {"log_prob": log_prob, "value": value}
         # nothing here enters a gradient later: inference mode is cheaper than the sampler's no_grad
         with torch.inference_mode():
             if self.cache is None:

@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from algorithms.common.nets import GaussianHead, RunningNorm, gru_step, mlp
+from algorithms.common.numpy_acting import MLP, GaussianActing, GRUCell, Normaliser, apply, linear, usable
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
 from metarl_protocol.settings import setting
@@ -102,6 +103,9 @@ class VariBADConfig:
     normalize_latent: bool = True  # norm_latent_for_policy
     normalize_rewards: bool = True  # norm_rew_for_policy (running std of the discounted return)
     init_std: float = setting(1.0, low=0.0, low_open=True)  # policy_init_std
+    # on the CPU, act and update the belief through the numpy copies (NumpyActing: the same math, faster at
+    # ~10 envs; equal to the torch modules up to float32 rounding); False: the torch modules
+    numpy_acting: bool = True
     # rlloss_through_encoder (official default False): the PPO loss also trains the encoder, through the
     # beliefs the policy reads; its encoder gradient is applied with the VAE learning rate
     rl_through_encoder: bool = False
@@ -310,6 +314,42 @@ class BeliefPolicy(nn.Module):
 
 
 # -- agent ----------------------------------------------------------------------------------------------
+class NumpyActing:
+    """``BeliefPolicy`` and ``BeliefEncoder.step`` in numpy, for acting on the CPU (numpy_acting.py).
+
+    Holds views of the parameters; build it at the start of each trial (the normalisers' statistics are
+    read then). Arrays are (B, ·) float32.
+    """
+
+    def __init__(self, encoder: BeliefEncoder, policy: BeliefPolicy) -> None:
+        self.embed_action, self.embed_reward = MLP(encoder.action), MLP(encoder.reward)
+        self.embed_state, self.gru = MLP(encoder.state), GRUCell(encoder.gru)
+        self.mu, self.logvar = linear(encoder.mu), linear(encoder.logvar)
+        self.state_norm, self.latent_norm = Normaliser(policy.state_norm), Normaliser(policy.latent_norm)
+        self.policy_state, self.policy_latent = MLP(policy.state), MLP(policy.latent)
+        self.actor, self.critic = MLP(policy.actor), MLP(policy.critic)
+        self.head = GaussianActing(policy.head)
+
+    def act(
+        self, obs: np.ndarray, mu: np.ndarray, logvar: np.ndarray, deterministic: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``BeliefPolicy``: (action (B, act_dim), log-probability (B,), value (B,))."""
+        latent = self.latent_norm(np.concatenate([mu, logvar], -1))
+        x = np.concatenate([self.policy_state(self.state_norm(obs)), self.policy_latent(latent)], -1)
+        action, log_prob = self.head(self.actor(x), deterministic)
+        return action, log_prob, self.critic(x)[:, 0]
+
+    def step(
+        self, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, hidden: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``BeliefEncoder.step``: one transition per row -> mu, logvar (B, L), next hidden (B, H)."""
+        x = np.concatenate(
+            [self.embed_action(action), self.embed_reward(reward[:, None]), self.embed_state(next_obs)], -1
+        )
+        hidden = self.gru(x, hidden)
+        return apply(self.mu, hidden), apply(self.logvar, hidden), hidden
+
+
 class VariBADAgent(AdaptiveAgent):
     """Acts on [s, belief]; ``observe`` advances the encoder one transition on the rows still active.
 
@@ -321,32 +361,58 @@ class VariBADAgent(AdaptiveAgent):
         self.encoder, self.policy = learner.encoder, learner.policy
         self.latent_dim, self.gru_hidden = learner.config.latent_dim, learner.config.gru_hidden
         self.device, self.evaluation = learner.device, evaluation
-        self.hidden: torch.Tensor | None = None
-        self.mu: torch.Tensor | None = None
-        self.logvar: torch.Tensor | None = None
+        self.numpy_path = usable(learner.device, learner.config.numpy_acting)
+        self.fast: NumpyActing | None = None  # the numpy copies (numpy_acting on the CPU), built per trial
+        # torch tensors, or numpy arrays on the numpy path
+        self.hidden: Any = None
+        self.mu: Any = None
+        self.logvar: Any = None
 
     def new_trial(self, task_keys: np.ndarray) -> None:
         B = len(task_keys)  # rebinding (never mutating) keeps shallow clones independent
+        if self.numpy_path:
+            self.fast = NumpyActing(self.encoder, self.policy)
+            self.hidden = np.zeros((B, self.gru_hidden), np.float32)
+            self.mu = np.zeros((B, self.latent_dim), np.float32)  # prior N(0, I)
+            self.logvar = np.zeros((B, self.latent_dim), np.float32)
+            return
         self.hidden = torch.zeros(B, self.gru_hidden, device=self.device)
         self.mu = torch.zeros(B, self.latent_dim, device=self.device)  # prior N(0, I)
         self.logvar = torch.zeros(B, self.latent_dim, device=self.device)
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.mu is not None and self.logvar is not None, "call new_trial() first"
+        if self.fast is not None:
+            obs = np.asarray(obs, np.float32)
+            action, log_prob, value = self.fast.act(obs, self.mu, self.logvar, self.evaluation)
+            beliefs = {"belief_mu": self.mu, "belief_logvar": self.logvar}  # never mutated: rebound
+            return action, {"log_prob": log_prob, "value": value, **beliefs}
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         x = self.policy.features(o, self.mu, self.logvar)
-        action, log_prob = self.policy.head.act(self.policy.actor(x), deterministic=self.evaluation)
-        value = self.policy.critic(x).squeeze(-1)
+        action_t, log_prob_t = self.policy.head.act(self.policy.actor(x), deterministic=self.evaluation)
+        value_t = self.policy.critic(x).squeeze(-1)
         extras = {
-            "log_prob": log_prob.cpu().numpy(),
-            "value": value.cpu().numpy(),
+            "log_prob": log_prob_t.cpu().numpy(),
+            "value": value_t.cpu().numpy(),
             "belief_mu": self.mu.cpu().numpy(),
             "belief_logvar": self.logvar.cpu().numpy(),
         }
-        return action.cpu().numpy(), extras
+        return action_t.cpu().numpy(), extras
 
     def observe(self, transition: Transition) -> None:
         assert self.mu is not None and self.logvar is not None
+        if self.fast is not None:
+            mu, logvar, hidden = self.fast.step(
+                np.asarray(transition.action, np.float32),
+                np.asarray(transition.reward, np.float32),
+                np.asarray(transition.next_obs, np.float32),
+                self.hidden,
+            )
+            active = np.asarray(transition.active, bool)[:, None]
+            self.mu = np.where(active, mu, self.mu)
+            self.logvar = np.where(active, logvar, self.logvar)
+            self.hidden = np.where(active, hidden, self.hidden)
+            return
         dev = self.device
         a = torch.as_tensor(transition.action, dtype=torch.float32, device=dev)
         r = torch.as_tensor(transition.reward, dtype=torch.float32, device=dev)

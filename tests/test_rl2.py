@@ -73,3 +73,24 @@ def test_rl2_adapts_on_point_nav(tmp_path):
     normalized = final_test_normalized(run)
     assert normalized.iloc[1] > normalized.iloc[0], normalized.round(3).to_dict()
     assert normalized.iloc[-1] >= 0.5, normalized.round(3).to_dict()
+
+
+@pytest.mark.parametrize("encoder_hidden", [16, 0])
+@pytest.mark.parametrize("evaluation", [False, True])
+def test_numpy_acting_equals_torch_acting(encoder_hidden, evaluation):
+    """The numpy step (CPU default) draws the same noise and matches the torch modules to float rounding."""
+    out = {}
+    for numpy_acting in (True, False):
+        torch.manual_seed(0)
+        learner, suite = make(
+            RL2Config(hidden_size=32, encoder_hidden=encoder_hidden, numpy_acting=numpy_acting)
+        )
+        learner.net.obs_norm.update(torch.randn(500, suite.spec().obs_dim) * 2.0 + 0.5)  # as after training
+        agent = learner.make_agent(evaluation)
+        torch.manual_seed(1)
+        out[numpy_acting] = TrialSampler(suite).run(agent, suite.tasks("train")[:4], episodes=2, seed=3)
+        assert (agent.fast is not None) == numpy_acting
+    fast, ref = out[True], out[False]
+    assert np.abs(fast.actions - ref.actions).max() < 1e-4
+    for key in ("log_prob", "value"):
+        assert np.abs(fast.extras[key] - ref.extras[key]).max() < 1e-4, key

@@ -171,3 +171,31 @@ def test_observation_normalisation_keeps_rollout_and_reencode_equal():
     assert torch.allclose(value, torch.as_tensor(batch.extras["value"]), atol=1e-5)
     log_prob = dist.log_prob(torch.as_tensor(batch.actions)).sum(-1)
     assert torch.allclose(log_prob, torch.as_tensor(batch.extras["log_prob"]), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"memory": "episode", "window": 5, "value_fn": "step"},
+     {"memory": "trial", "window": 30, "value_fn": "shared", "normalize_observations": True},
+     {"memory": "trial", "window": 0, "value_fn": "detached", "tfixup": False}],
+)  # fmt: skip
+@pytest.mark.parametrize("evaluation", [False, True])
+def test_numpy_acting_equals_torch_acting(overrides, evaluation):
+    """The numpy step (CPU default) draws the same noise and matches the torch modules to float rounding."""
+    suite = PointNav()
+    out = {}
+    for numpy_acting in (True, False):
+        cfg = TrMRLConfig(numpy_acting=numpy_acting, meta_batch_size=4, epochs=1, **SMALL, **overrides)
+        torch.manual_seed(0)
+        learner = TrMRL(POINT, cfg, torch.device("cpu"))
+        if cfg.normalize_observations:  # non-trivial statistics, as after training
+            learner.net.obs_norm.update(torch.randn(500, POINT.obs_dim) * 2.0 + 0.5)
+        agent = learner.make_agent(evaluation)
+        torch.manual_seed(1)
+        out[numpy_acting] = TrialSampler(suite).run(agent, suite.tasks("train")[:3], episodes=3, seed=4)
+        assert (agent.fast is not None) == numpy_acting
+    fast, ref = out[True], out[False]
+    assert np.abs(fast.actions - ref.actions).max() < 1e-4
+    for key in ("log_prob", "value"):
+        assert np.abs(fast.extras[key] - ref.extras[key]).max() < 1e-4, key
+    assert fast.actions.dtype == ref.actions.dtype == np.float32

@@ -296,3 +296,25 @@ def test_varibad_learns_point_nav(tmp_path):
     print("normalised return per meta-test episode:", normalized.round(3).to_dict())
     assert normalized.iloc[-1] >= 0.6, normalized.round(3).to_dict()
     assert normalized.iloc[-1] >= normalized.iloc[0] - 0.02, normalized.round(3).to_dict()
+
+
+@pytest.mark.parametrize("evaluation", [False, True])
+def test_numpy_acting_equals_torch_acting(evaluation):
+    """The numpy copies (CPU default) draw the same noise and match the torch modules to float rounding,
+    beliefs included, with non-trivial normaliser statistics."""
+    out = {}
+    for numpy_acting in (True, False):
+        learner, suite = make(replace(TINY, numpy_acting=numpy_acting))
+        L, n = TINY.latent_dim, 300
+        learner.policy.update_norms(
+            torch.randn(n, suite.spec().obs_dim) + 1.0, torch.randn(n, L), torch.randn(n, L)
+        )
+        agent = learner.make_agent(evaluation)
+        torch.manual_seed(1)
+        out[numpy_acting] = TrialSampler(suite).run(agent, suite.tasks("train")[:4], episodes=2, seed=3)
+        assert (agent.fast is not None) == numpy_acting
+    fast, ref = out[True], out[False]
+    assert np.abs(fast.actions - ref.actions).max() < 1e-4
+    for key in ("log_prob", "value", "belief_mu", "belief_logvar"):
+        assert np.abs(fast.extras[key] - ref.extras[key]).max() < 1e-4, key
+        assert fast.extras[key].dtype == ref.extras[key].dtype == np.float32, key
