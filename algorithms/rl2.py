@@ -91,7 +91,7 @@ class RL2Network(nn.Module):
 class NumpyStep:
     """``RL2Network.core_step`` and the heads in numpy, for acting on the CPU (numpy_acting.py).
 
-    Holds views of the network's parameters and the hidden state (B, H); build it at the start of each
+    Holds copies of the network's parameters and the hidden state (B, H); build it at the start of each
     trial (the normaliser's statistics are read then).
     """
 

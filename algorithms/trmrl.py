@@ -315,7 +315,7 @@ class NumpyStep:
 
     The same computation as the torch path, written out: working memory = embed_scale * W_e x + position;
     per layer, the new key / value go to ring-buffer slot ``count % N`` and the query attends over the
-    filled slots, softmax(q K^T / sqrt(d_head)) V, then the residual FFN. Holds views of the network's
+    filled slots, softmax(q K^T / sqrt(d_head)) V, then the residual FFN. Holds copies of the network's
     parameters, so build it at the start of each trial (statistics of the normaliser are read then).
     Cache per layer: keys and values (B, heads, N, d_head), float32.
     """
@@ -365,7 +365,7 @@ def _layer_norm(norm: nn.Module) -> Any:
     """nn.LayerNorm over the last axis in numpy (biased variance, as torch); identity for nn.Identity."""
     if isinstance(norm, nn.Identity):
         return lambda x: x
-    w, b, eps = view(norm.weight), view(norm.bias), norm.eps
+    w, b, eps = view(norm.weight).copy(), view(norm.bias).copy(), norm.eps
 
     def layer_norm(x: np.ndarray) -> np.ndarray:
         centred = x - x.mean(-1, keepdims=True)

@@ -317,7 +317,7 @@ class BeliefPolicy(nn.Module):
 class NumpyActing:
     """``BeliefPolicy`` and ``BeliefEncoder.step`` in numpy, for acting on the CPU (numpy_acting.py).
 
-    Holds views of the parameters; build it at the start of each trial (the normalisers' statistics are
+    Holds copies of the parameters; build it at the start of each trial (the normalisers' statistics are
     read then). Arrays are (B, ·) float32.
     """
 

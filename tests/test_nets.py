@@ -67,3 +67,34 @@ def test_gru_step_is_bitwise_one_step_of_the_module():
         assert torch.equal(h_step, h_module[0])
     with pytest.raises(ValueError, match="single-layer"):
         gru_step(nn.GRU(7, 16, num_layers=2), xs[:, 0], h_step)
+
+
+def test_numpy_acting_blocks_equal_the_torch_modules():
+    """numpy_acting's MLP, GRU cell, normaliser and Gaussian head against the modules they copy."""
+    from algorithms.common import numpy_acting as na
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 5)
+    seq = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        assert np.allclose(na.MLP(seq)(x.numpy()), seq(x).numpy(), atol=1e-6)
+        gru = nn.GRU(5, 6)
+        h = torch.randn(7, 6)
+        ref = torch.gru_cell(x, h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+        assert np.allclose(na.GRUCell(gru)(x.numpy(), h.numpy()), ref.numpy(), atol=1e-6)
+        norm = RunningNorm(3)
+        assert np.array_equal(na.Normaliser(norm)(x.numpy()), x.numpy())  # no statistics yet: identity
+        norm.update(torch.randn(100, 3) * 0.01 + 2.0)  # tiny variance: the clip at 10 is reached
+        assert np.allclose(na.Normaliser(norm)(x.numpy()), norm.leading(x).numpy(), atol=1e-5)
+        head = GaussianHead(5, 2, init_std=0.3)
+        for deterministic in (False, True):
+            torch.manual_seed(3)
+            a_ref, lp_ref = head.act(x, deterministic)
+            torch.manual_seed(3)
+            a, lp = na.GaussianActing(head)(x.numpy(), deterministic)
+            assert np.allclose(a, a_ref.numpy(), atol=1e-6) and np.allclose(lp, lp_ref.numpy(), atol=1e-5)
+    with pytest.raises(TypeError, match="Linear, Tanh and ReLU"):
+        na.MLP(nn.Sequential(nn.Linear(2, 2), nn.Sigmoid()))
+    with pytest.raises(ValueError, match="single-layer"):
+        na.GRUCell(nn.GRU(2, 3, num_layers=2))
+    assert na.usable("cpu", True) and not na.usable("cpu", False) and not na.usable("cuda", True)
