@@ -98,3 +98,20 @@ def test_numpy_acting_blocks_equal_the_torch_modules():
     with pytest.raises(ValueError, match="single-layer"):
         na.GRUCell(nn.GRU(2, 3, num_layers=2))
     assert na.usable("cpu", True) and not na.usable("cpu", False) and not na.usable("cuda", True)
+
+
+def test_numpy_acting_sets_numpy_blas_threads_to_torch_threads():
+    from threadpoolctl import threadpool_info
+
+    from algorithms.common import numpy_acting as na
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert na.usable("cpu", True)
+            blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+            assert blas and all(p["num_threads"] == threads for p in blas), blas
+    finally:
+        torch.set_num_threads(before)
+        na.usable("cpu", True)

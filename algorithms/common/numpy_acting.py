@@ -7,6 +7,12 @@ map takes about 10 us through ``F.linear`` and about 5 us as a numpy matmul, and
 on a transposed view was up to 3x slower at 128 x 128): build them at the start of each trial, since the
 weights never change during one and a method may change them between trials.
 
+numpy's BLAS (OpenBLAS in the numpy wheels) starts as many threads as there are cores, which at these sizes
+only contends with the env workers (RL²'s 256-unit GRU step on ml1-reach took 870 us instead of 260 us
+with the machine busy). ``usable`` therefore sets numpy's BLAS pool to torch's thread count
+(``torch.get_num_threads()``, which a run sets from ``torch_threads``) through threadpoolctl, so both
+paths use the same number of threads.
+
 Results equal the torch modules' up to float32 rounding (different summation order in the matrix
 products): about 1e-6 on actions and values, checked per method in its tests. Random draws come from
 torch's global generator exactly as ``GaussianHead.act`` draws them, so a seeded run draws the same
@@ -20,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from algorithms.common.nets import GaussianHead, RunningNorm
@@ -151,6 +158,19 @@ def linear_parts(weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
     return np.ascontiguousarray(view(weight).T), None if bias is None else view(bias).copy()
 
 
+_blas_threads: int | None = None  # the size numpy's BLAS pool was last set to here
+
+
 def usable(device: torch.device | str, enabled: bool) -> bool:
-    """Whether a method acts in numpy: enabled by its config and acting on the CPU."""
-    return enabled and torch.device(device).type == "cpu"
+    """Whether a method acts in numpy: enabled by its config and acting on the CPU.
+
+    When it does, numpy's BLAS pool is set to ``torch.get_num_threads()`` threads (once per change).
+    """
+    global _blas_threads
+    if not (enabled and torch.device(device).type == "cpu"):
+        return False
+    threads = torch.get_num_threads()
+    if threads != _blas_threads:
+        threadpool_limits(limits=threads, user_api="blas")
+        _blas_threads = threads
+    return True
