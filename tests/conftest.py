@@ -42,3 +42,21 @@ def final_test_normalized(run: Path) -> pd.Series:
     final = ev[(ev["mark"] == ev["mark"].max()) & (ev["split"] == "test")]
     per_episode = final.groupby("episode")["return"].mean()
     return (per_episode - ref["random"]) / (ref["oracle"] - ref["random"])
+
+
+def rollout_with_acting_path(agent, suite, tasks: int, episodes: int, seed: int):
+    """One sampler run of ``agent`` on the first training tasks with torch's noise stream seeded to 1,
+    for comparing the numpy and torch acting paths on the same draws."""
+    from benchmark.sampler import TrialSampler
+
+    torch.manual_seed(1)
+    return TrialSampler(suite).run(agent, suite.tasks("train")[:tasks], episodes=episodes, seed=seed)
+
+
+def assert_acting_paths_agree(fast, ref, keys: tuple[str, ...] = ("log_prob", "value")) -> None:
+    """Actions and the named extras of two TrialBatches agree to 1e-4 and are float32 on both paths."""
+    assert np.abs(fast.actions - ref.actions).max() < 1e-4
+    assert fast.actions.dtype == ref.actions.dtype == np.float32
+    for key in keys:
+        assert np.abs(fast.extras[key] - ref.extras[key]).max() < 1e-4, key
+        assert fast.extras[key].dtype == ref.extras[key].dtype == np.float32, key

@@ -15,7 +15,7 @@ from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
 from metarl_protocol import SuiteSpec
-from tests.conftest import final_test_normalized
+from tests.conftest import assert_acting_paths_agree, final_test_normalized, rollout_with_acting_path
 from tests.test_sampler import FallingSuite
 
 POINT = PointNav().spec()
@@ -191,11 +191,6 @@ def test_numpy_acting_equals_torch_acting(overrides, evaluation):
         if cfg.normalize_observations:  # non-trivial statistics, as after training
             learner.net.obs_norm.update(torch.randn(500, POINT.obs_dim) * 2.0 + 0.5)
         agent = learner.make_agent(evaluation)
-        torch.manual_seed(1)
-        out[numpy_acting] = TrialSampler(suite).run(agent, suite.tasks("train")[:3], episodes=3, seed=4)
+        out[numpy_acting] = rollout_with_acting_path(agent, suite, tasks=3, episodes=3, seed=4)
         assert (agent.fast is not None) == numpy_acting
-    fast, ref = out[True], out[False]
-    assert np.abs(fast.actions - ref.actions).max() < 1e-4
-    for key in ("log_prob", "value"):
-        assert np.abs(fast.extras[key] - ref.extras[key]).max() < 1e-4, key
-    assert fast.actions.dtype == ref.actions.dtype == np.float32
+    assert_acting_paths_agree(out[True], out[False])
