@@ -40,7 +40,16 @@ from torch import nn
 from torch.distributions import Normal
 
 from algorithms.common.nets import GaussianHead, RunningNorm, mlp
-from algorithms.common.numpy_acting import MLP, GaussianActing, Normaliser, apply, linear, usable, view
+from algorithms.common.numpy_acting import (
+    MLP,
+    GaussianActing,
+    Normaliser,
+    apply,
+    layer_norm,
+    linear,
+    usable,
+    view,
+)
 from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
 from algorithms.common.trial_inputs import PreviousStep, trial_features
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
@@ -327,8 +336,8 @@ class NumpyStep:
         self.normalize = Normaliser(net.obs_norm)
         self.embed, self.positions = linear(net.embed), view(net.positions)
         self.layers = [
-            (linear(m.attn.qkv), linear(m.attn.out), linear(m.ff1), linear(m.ff2), _layer_norm(m.norm1),
-             _layer_norm(m.norm2))
+            (linear(m.attn.qkv), linear(m.attn.out), linear(m.ff1), linear(m.ff2), layer_norm(m.norm1),
+             layer_norm(m.norm2))
             for m in net.layers
         ]  # fmt: skip
         shape = (num_envs, self.n_heads, self.window, self.d_head)
@@ -361,19 +370,6 @@ class NumpyStep:
         return action, log_prob, value
 
 
-def _layer_norm(norm: nn.Module) -> Any:
-    """nn.LayerNorm over the last axis in numpy (biased variance, as torch); identity for nn.Identity."""
-    if isinstance(norm, nn.Identity):
-        return lambda x: x
-    w, b, eps = view(norm.weight).copy(), view(norm.bias).copy(), norm.eps
-
-    def layer_norm(x: np.ndarray) -> np.ndarray:
-        centred = x - x.mean(-1, keepdims=True)
-        return centred / np.sqrt(np.square(centred).mean(-1, keepdims=True) + np.float32(eps)) * w + b
-
-    return layer_norm
-
-
 class TrMRLAgent(AdaptiveAgent):
     """Acts step by step; keeps the key/value cache (cleared per episode or per trial)."""
 
@@ -395,25 +391,28 @@ class TrMRLAgent(AdaptiveAgent):
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.prev is not None, "call new_trial() first"
+        features = self.prev.features(obs)
         if self.fast is not None:
-            features = self.prev.features(obs)
             action, log_prob, value = self.fast(features, self.position, self.count, self.evaluation)
-            self.count += 1
-            self.position += 1
-            return action, {"log_prob": log_prob, "value": value}
+        else:
+            action, log_prob, value = self._torch_step(features)
+        self.count += 1
+        self.position += 1
+        return action, {"log_prob": log_prob, "value": value}
+
+    def _torch_step(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The same step through the torch modules (off the CPU, or with numpy_acting off)."""
         # nothing here enters a gradient later: inference mode is cheaper than the sampler's no_grad
         with torch.inference_mode():
             if self.cache is None:
                 self.cache = self.net.new_cache(self.num_envs, self.device)
-            feats = self.net.normalize(torch.as_tensor(self.prev.features(obs), device=self.device))
+            feats = self.net.normalize(torch.as_tensor(features, device=self.device))
             memory = self.net.encode_step(feats, self.position, self.cache, self.count)
             action, log_prob = self.net.policy.act(
                 self.net.policy_body(memory), deterministic=self.evaluation
             )
             value = self.net.value_of(memory, feats)
-        self.count += 1
-        self.position += 1
-        return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}
+        return action.cpu().numpy(), log_prob.cpu().numpy(), value.cpu().numpy()
 
     def observe(self, transition: Transition) -> None:
         assert self.prev is not None

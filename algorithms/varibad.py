@@ -361,7 +361,7 @@ class VariBADAgent(AdaptiveAgent):
         self.encoder, self.policy = learner.encoder, learner.policy
         self.latent_dim, self.gru_hidden = learner.config.latent_dim, learner.config.gru_hidden
         self.device, self.evaluation = learner.device, evaluation
-        self.numpy_path = usable(learner.device, learner.config.numpy_acting)
+        self.numpy_acting = learner.config.numpy_acting
         self.fast: NumpyActing | None = None  # the numpy copies (numpy_acting on the CPU), built per trial
         # torch tensors, or numpy arrays on the numpy path
         self.hidden: Any = None
@@ -370,8 +370,8 @@ class VariBADAgent(AdaptiveAgent):
 
     def new_trial(self, task_keys: np.ndarray) -> None:
         B = len(task_keys)  # rebinding (never mutating) keeps shallow clones independent
-        if self.numpy_path:
-            self.fast = NumpyActing(self.encoder, self.policy)
+        self.fast = NumpyActing(self.encoder, self.policy) if usable(self.device, self.numpy_acting) else None
+        if self.fast is not None:
             self.hidden = np.zeros((B, self.gru_hidden), np.float32)
             self.mu = np.zeros((B, self.latent_dim), np.float32)  # prior N(0, I)
             self.logvar = np.zeros((B, self.latent_dim), np.float32)
@@ -389,15 +389,15 @@ class VariBADAgent(AdaptiveAgent):
             return action, {"log_prob": log_prob, "value": value, **beliefs}
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         x = self.policy.features(o, self.mu, self.logvar)
-        action_t, log_prob_t = self.policy.head.act(self.policy.actor(x), deterministic=self.evaluation)
-        value_t = self.policy.critic(x).squeeze(-1)
+        action, log_prob = self.policy.head.act(self.policy.actor(x), deterministic=self.evaluation)
+        value = self.policy.critic(x).squeeze(-1)
         extras = {
-            "log_prob": log_prob_t.cpu().numpy(),
-            "value": value_t.cpu().numpy(),
+            "log_prob": log_prob.cpu().numpy(),
+            "value": value.cpu().numpy(),
             "belief_mu": self.mu.cpu().numpy(),
             "belief_logvar": self.logvar.cpu().numpy(),
         }
-        return action_t.cpu().numpy(), extras
+        return action.cpu().numpy(), extras
 
     def observe(self, transition: Transition) -> None:
         assert self.mu is not None and self.logvar is not None

@@ -79,6 +79,19 @@ class MLP:
         return x
 
 
+def layer_norm(norm: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``nn.LayerNorm`` over the last axis (biased variance, as torch); the identity for ``nn.Identity``."""
+    if isinstance(norm, nn.Identity):
+        return lambda x: x
+    w, b, eps = view(norm.weight).copy(), view(norm.bias).copy(), np.float32(norm.eps)
+
+    def normalise(x: np.ndarray) -> np.ndarray:
+        centred = x - x.mean(-1, keepdims=True)
+        return centred / np.sqrt(np.square(centred).mean(-1, keepdims=True) + eps) * w + b
+
+    return normalise
+
+
 class Normaliser:
     """``RunningNorm.leading``: the first ``dim`` features normalised and clipped, the rest unchanged.
 
@@ -87,7 +100,7 @@ class Normaliser:
 
     def __init__(self, norm: RunningNorm | None) -> None:
         self.active = norm is not None and float(norm.count) > 0
-        if norm is not None and self.active:
+        if self.active:
             self.dim, self.clip = norm.mean.shape[0], norm.clip
             self.mean = view(norm.mean).copy()
             self.std = np.sqrt(view(norm.var) + np.float32(norm.eps)).astype(np.float32)
