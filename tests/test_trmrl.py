@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from algorithms.common.trial_inputs import trial_features
-from algorithms.trmrl import TrMRL, TrMRLConfig, TrMRLNetwork
+from algorithms.trmrl import Band, TrMRL, TrMRLConfig, TrMRLNetwork, band_mask
 from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
@@ -194,3 +194,24 @@ def test_numpy_acting_equals_torch_acting(overrides, evaluation):
         out[numpy_acting] = rollout_with_acting_path(agent, suite, tasks=3, episodes=3, seed=4)
         assert (agent.fast is not None) == numpy_acting
     assert_acting_paths_agree(out[True], out[False])
+
+
+@pytest.mark.parametrize(
+    "length,window", [(200, 5), (203, 7), (200, 25), (400, 100), (40, 3), (64, 16), (65, 1)]
+)
+def test_band_attention_equals_full_masked_attention(length, window):
+    """Chunked (narrow band) or full layout: the same outputs and gradients as the (T, T) band mask."""
+    band = Band(length, window)
+    assert band.chunk == (max(16, window) if 4 * max(16, window) <= length else 0)
+    q, k, v = (torch.randn(3, 2, length, 4, requires_grad=True) for _ in range(3))
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(length, window))
+    out = band.attend(q, k, v)
+    assert out.shape == full.shape
+    assert torch.allclose(out, full, atol=1e-5)
+    weights = torch.randn_like(full)
+    for a, b in zip(
+        torch.autograd.grad((full * weights).sum(), (q, k, v)),
+        torch.autograd.grad((out * weights).sum(), (q, k, v)),
+        strict=True,
+    ):
+        assert torch.allclose(a, b, atol=1e-5)
