@@ -263,10 +263,10 @@ class PEARL(MetaLearner):
         self.v = QNet(o + L, cfg).to(device)
         self.v_target = copy.deepcopy(self.v)
         self.opt = {
-            "policy": torch.optim.Adam(self.policy.parameters(), lr=cfg.lr),
-            "q": torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr),
-            "v": torch.optim.Adam(self.v.parameters(), lr=cfg.lr),
-            "context": torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr),
+            "policy": torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, foreach=True),
+            "q": torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr, foreach=True),
+            "v": torch.optim.Adam(self.v.parameters(), lr=cfg.lr, foreach=True),
+            "context": torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr, foreach=True),
         }
         self.buffer = AppendOnlyArrays(
             None if storage_dir is None else Path(storage_dir) / "replay",
@@ -533,7 +533,9 @@ class PEARL(MetaLearner):
         policy_loss = (log_pi - min_q_new).mean()
         reg = cfg.policy_mean_reg * mean.square().mean() + cfg.policy_std_reg * log_std.square().mean()
         self.opt["policy"].zero_grad()
-        (policy_loss + reg).backward()
+        # gradients into the policy only: the Q nets pass the gradient through to the action but their
+        # own weight gradients (unused, zeroed before the next Q step) are not computed
+        (policy_loss + reg).backward(inputs=list(self.policy.parameters()))
         self.opt["policy"].step()
         self.grad_steps += 1
         return {
