@@ -117,6 +117,10 @@ class TrMRLConfig:
     # on the CPU, act through the numpy copy of the step (NumpyStep: the same math, about 2.5x faster at
     # 10 envs; equal to the torch modules up to float32 rounding); False: the torch modules
     numpy_acting: bool = True
+    # training's re-encode attends chunk by chunk where the window is narrow (Band: the same softmax at
+    # O(T N) instead of O(T^2)); False: always the full (T, T) band mask, as before 39451ee. Both agree to
+    # float rounding; False with numpy_acting=False reproduces runs of earlier commits exactly
+    chunked_attention: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,13 +159,16 @@ class Band:
     O(length * chunk) instead of O(length^2). On the CPU (one thread), forward + backward of the
     attention alone: paper HalfCheetahVel (window 5, 200-step episodes, 16 heads) 3.3 against 9.9 ms per
     layer for 2 episodes; quick locomotion (window 25, 8 heads) 14 against 19 ms for 8 episodes.
-    Otherwise (short sequences, wide windows) the full (length, length) mask of ``band_mask``.
+    Otherwise (short sequences, wide windows, or ``chunked=False``) the full (length, length) mask of
+    ``band_mask``.
     Attributes: ``chunk`` (0 = full mask) and ``mask``.
     """
 
-    def __init__(self, length: int, window: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, length: int, window: int, device: torch.device | str = "cpu", chunked: bool = True
+    ) -> None:
         chunk = max(16, window)
-        if 4 * chunk <= length:
+        if chunked and 4 * chunk <= length:
             self.chunk = chunk
             n = -(-length // chunk)
             i = (
@@ -328,7 +335,7 @@ class TrMRLNetwork(nn.Module):
         else:
             x = feats
             positions = torch.arange(T, device=feats.device) % H
-        band = Band(x.shape[1], self.window, feats.device)
+        band = Band(x.shape[1], self.window, feats.device, self.cfg.chunked_attention)
         x = self.cfg.embed_scale * self.embed(x) + self.positions[positions]
         for layer in self.layers:
             x = layer(x, band)

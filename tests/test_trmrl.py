@@ -203,6 +203,7 @@ def test_band_attention_equals_full_masked_attention(length, window):
     """Chunked (narrow band) or full layout: the same outputs and gradients as the (T, T) band mask."""
     band = Band(length, window)
     assert band.chunk == (max(16, window) if 4 * max(16, window) <= length else 0)
+    assert Band(length, window, chunked=False).chunk == 0
     q, k, v = (torch.randn(3, 2, length, 4, requires_grad=True) for _ in range(3))
     full = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(length, window))
     out = band.attend(q, k, v)
