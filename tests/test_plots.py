@@ -311,6 +311,57 @@ def test_headline_table_matches_pandas(tree, results, tmp_path):
     assert lines["MAML"].rstrip(" |").endswith("not run")  # MAML has no ml1-reach run
 
 
+def test_task_bins_table_matches_pandas(tree, results, tmp_path):
+    """Per group of test tasks ordered by their parameter (synthetic tasks "goal=0" .. "goal=3": groups
+    {0, 1}, {2}, {3}): per seed the mean over the group's tasks of the headline episode(s), normalised
+    where the suite has references (point-nav) and success in % where not (ml1-reach)."""
+    table = plots.task_bins_table(results)
+    assert set(table["suite"]) == {"point-nav", "ml1-reach"}
+    groups = [[0, 1], [2], [3]]
+    for suite, info, algos in (
+        ("point-nav", POINT_NAV, ("trmrl", "rl2", "maml")),
+        ("ml1-reach", ML1, ("trmrl", "rl2")),
+    ):
+        for algo in algos:
+            rows = _final_rows(tree, suite, algo, "test")
+            rows = rows[rows["episode"].isin(info["headline_episodes"])]
+            value = (rows["return"] + 40.0) / 35.0 if suite == "point-nav" else rows["success"] * 100.0
+            rows = rows.assign(value=value)
+            got = table[(table["suite"] == suite) & (table["algo"] == algo)].set_index("bin")
+            assert list(got.index) == [0, 1, 2] and list(got["n_tasks"]) == [2, 1, 1]
+            assert list(got["lo"]) == [0.0, 2.0, 3.0] and list(got["hi"]) == [1.0, 2.0, 3.0]
+            for b, ids in enumerate(groups):
+                sub = rows[rows["task_id"].isin(ids)]
+                # each task weighs once within a seed, then seeds weigh the same
+                per_seed = sub.groupby(["seed", "task_id"])["value"].mean().groupby("seed").mean()
+                assert got.loc[b, "mean"] == pytest.approx(per_seed.mean())
+                assert got.loc[b, "n_seeds"] == len(per_seed)
+    # rl2 seed 1 on point-nav is in progress: its latest evaluation covers tasks 0-1 only
+    rl2 = table[(table["suite"] == "point-nav") & (table["algo"] == "rl2")].set_index("bin")
+    assert list(rl2["n_seeds"]) == [2, 1, 1]
+    md = plots.write_task_bins_table(results, tmp_path)[0].read_text()
+    assert "0.00–1.00 (2 tasks)" in md and "goal of the test tasks" in md
+
+
+@pytest.mark.parametrize(
+    "tasks, expected",
+    [
+        (["v_goal=0.42", "v_goal=2.95", "v_goal=1e-1"], ("v_goal", [0.42, 2.95, 0.1])),
+        (["goal=(+0.046,-0.470)", "goal=(0.1,0.2)"], None),
+        (["reach-v3 goal 0", "reach-v3 goal 1"], None),
+        (["v_goal=0.4", "angle=1.0"], None),
+    ],
+)
+def test_scalar_task_parameter(tasks, expected):
+    from benchmark.plots.tables import scalar_task_parameter
+
+    got = scalar_task_parameter(pd.Series(tasks))
+    if expected is None:
+        assert got is None
+    else:
+        assert got[0] == expected[0] and got[1].tolist() == pytest.approx(expected[1])
+
+
 def test_index_states_wall_time_and_commit(tree, tmp_path):
     plots.make_all(tree, tmp_path / "out")
     index = (tmp_path / "out" / "README.md").read_text()

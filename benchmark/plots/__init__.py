@@ -24,10 +24,12 @@ from .tables import (
     headline_table,
     metaworld_table,
     ood_table,
+    task_bins_table,
     write_final_table,
     write_headline_table,
     write_metaworld_table,
     write_ood_table,
+    write_task_bins_table,
 )
 
 __all__ = [
@@ -60,9 +62,11 @@ __all__ = [
     "probability_of_improvement_ci",
     "stratified_bootstrap_ci",
     "t_interval",
+    "task_bins_table",
     "write_aggregate_table",
     "write_final_table",
     "write_headline_table",
     "write_metaworld_table",
     "write_ood_table",
+    "write_task_bins_table",
 ]

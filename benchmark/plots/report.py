@@ -15,10 +15,12 @@ from .curves import metaworld_suites_with_train, plot_learning_curves, plot_meta
 from .data import Results, ResultsError, Run, load_results
 from .tables import (
     metaworld_suites,
+    task_bin_suites,
     write_final_table,
     write_headline_table,
     write_metaworld_table,
     write_ood_table,
+    write_task_bins_table,
 )
 
 
@@ -110,6 +112,14 @@ ARTIFACTS = (
         ood_suites,
         lambda run: run.latest_mark("ood") is not None,
         "no OOD evaluation yet",
+    ),
+    Artifact(
+        "table",
+        "task_bins",
+        write_task_bins_table,
+        "Headline per group of test tasks ordered by their one parameter (halfcheetah-vel: target "
+        "velocity), with 95% CIs: which tasks each method solves.",
+        task_bin_suites,
     ),
     Artifact(
         "table",

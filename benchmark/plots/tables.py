@@ -1,5 +1,5 @@
 """Tables (Markdown + LaTeX + tidy CSV): final performance, OOD generalisation, Meta-World vs the
-published numbers.
+published numbers, and the headline by task parameter (e.g. halfcheetah-vel's target velocity).
 
 Every table has a numeric builder (``*_table(results) -> DataFrame``, one row per number, with the
 mean over seeds and its 95 % Student-t CI over seeds) and a writer (``write_*_table``).
@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import style
 from .adaptation import ood_suites, seed_episode_matrix
-from .data import Results, headline, method_order
+from .data import Results, episode_values, headline, method_order
 from .stats import Estimate, t_interval
 
 # Meta-World paper (Yu et al., CoRL 2019; updated manuscript), 10 seeds, "average max success" in %.
@@ -493,6 +493,132 @@ def write_metaworld_table(results: Results, out_dir: Path, name: str = "metaworl
             f"Published: {PUBLISHED_SOURCE}. Published numbers are maxima over training and come from "
             "different implementations and protocols; they are context, not a like-for-like comparison.",
             *_left_out(results, metaworld_suites(results), "train", "no meta-train evaluation yet"),
+        ],
+    )
+    return _write(table, numbers, out_dir, name)
+
+
+# ------------------------------------------------------------------------------------------------
+# headline by task parameter (suites whose tasks differ in one number, e.g. a target velocity)
+# ------------------------------------------------------------------------------------------------
+TASK_BINS = 3  # equal-count groups of the test tasks, ordered by their parameter
+_SCALAR_TASK = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+def scalar_task_parameter(descriptions: pd.Series) -> tuple[str, pd.Series] | None:
+    """``("v_goal", values)`` when every task description reads ``name=number`` with one shared name
+    (halfcheetah-vel: ``v_goal=1.52``), else None (point-nav's 2-D goals, Meta-World goal indices)."""
+    parsed = descriptions.astype(str).str.extract(_SCALAR_TASK)
+    if parsed.isna().any().any() or parsed[0].nunique() != 1:
+        return None
+    return str(parsed[0].iloc[0]), parsed[1].astype(float)
+
+
+def _final_task_values(run) -> pd.DataFrame:
+    """Per test task at the run's latest test evaluation: ``task_id, task, value`` (mean over the
+    headline episodes, normalised where the suite has reference returns, else the measured metric)."""
+    mark = run.latest_mark("test")
+    df = episode_values(run, normalized=run.references is not None)
+    rows = df[(df["split"] == "test") & (df["mark"] == mark) & df["episode"].isin(run.info.headline_episodes)]
+    return rows.groupby(["task_id", "task"], as_index=False, sort=True)["value"].mean()
+
+
+def task_bins_table(results: Results, bins: int = TASK_BINS) -> pd.DataFrame:
+    """Headline metric per group of test tasks, for suites whose tasks differ in one number.
+
+    The test tasks of the suite (those of every run's latest evaluation) are ordered by the parameter
+    and cut into ``bins`` groups of (nearly) equal count; per seed, the headline value (as in the final
+    table: normalised where the suite has references) is averaged over the group's tasks; mean over
+    seeds with the 95 % Student-t CI. Columns: suite, algo, parameter, bin (0-based), lo / hi (the
+    group's smallest / largest parameter), n_tasks, mean, low, high, n_seeds.
+    """
+    rows = []
+    for suite in results.suites:
+        per_run = {
+            r.name: _final_task_values(r) for r in results.select(suite) if r.latest_mark("test") is not None
+        }
+        if not per_run:
+            continue
+        tasks = pd.concat(per_run.values()).drop_duplicates("task_id").set_index("task_id")["task"]
+        param = scalar_task_parameter(tasks)
+        if param is None:
+            continue
+        name, values = param
+        values.index = tasks.index
+        order = values.sort_values(kind="stable")
+        groups = [g for g in np.array_split(order.index.to_numpy(), min(bins, len(order))) if len(g)]
+        for algo in results.algos_for(suite):
+            runs = [r for r in results.select(suite, algo) if r.name in per_run]
+            for b, ids in enumerate(groups):
+                per_seed = []
+                for r in runs:
+                    v = per_run[r.name].set_index("task_id")["value"]
+                    hit = v[v.index.isin(ids)]
+                    if len(hit):
+                        per_seed.append(float(hit.mean()))
+                rows.append(
+                    {
+                        "suite": suite,
+                        "algo": algo,
+                        "parameter": name,
+                        "bin": b,
+                        "lo": float(values[ids].min()),
+                        "hi": float(values[ids].max()),
+                        "n_tasks": len(ids),
+                        **_est_row(t_interval(per_seed)),
+                    }
+                )
+    columns = ["suite", "algo", "parameter", "bin", "lo", "hi", "n_tasks", *NUMBER_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def task_bin_suites(results: Results) -> list[str]:
+    return list(dict.fromkeys(task_bins_table(results)["suite"]))
+
+
+def write_task_bins_table(results: Results, out_dir: Path, name: str = "task_bins") -> list[Path]:
+    numbers = task_bins_table(results)
+    if numbers.empty:
+        return []
+    rows, breaks = [], []
+    n_bins = int(numbers["bin"].max()) + 1
+    for suite in [s for s in results.suites if s in set(numbers["suite"])]:
+        grp = numbers[numbers["suite"] == suite]
+        normalized = results.references(suite) is not None
+        dec = 2 if normalized else decimals_for(grp["mean"].tolist())
+        breaks.append(len(rows))
+        # the group header row: which tasks each column holds
+        edges = grp.drop_duplicates("bin").set_index("bin")
+        rows.append(
+            [suite, f"{edges['parameter'].iloc[0]} of the test tasks", ""]
+            + [
+                f"{edges.loc[b, 'lo']:.2f}–{edges.loc[b, 'hi']:.2f} ({int(edges.loc[b, 'n_tasks'])} tasks)"
+                if b in edges.index
+                else ""
+                for b in range(n_bins)
+            ]
+        )
+        for algo in [a for a in results.algos if a in set(grp["algo"])]:
+            sub = grp[grp["algo"] == algo].set_index("bin")
+            runs = [r for r in results.select(suite, algo) if r.latest_mark("test") is not None]
+            cells = [fmt_estimate(sub.loc[b], dec) if b in sub.index else "—" for b in range(n_bins)]
+            rows.append(["", style.display_name(algo), _seeds_text(runs), *cells])
+    table = TextTable(
+        title="Headline by task parameter: the test tasks in groups of equal count, ordered by the parameter",
+        header=["Suite", "Method", "Seeds"] + [f"Group {b + 1}" for b in range(n_bins)],
+        rows=rows,
+        breaks=breaks,
+        n_text=3,
+        label="tab:task-bins",
+        notes=[
+            "Suites whose task descriptions read name=number (one parameter per task, e.g. halfcheetah-vel's "
+            "target velocity v_goal in m/s). Per seed: the headline value (normalized where the suite has "
+            "reference returns) at the latest evaluation, averaged over the group's tasks; mean over seeds "
+            "with 95% Student-t CI over seeds; '(1 seed)' = no CI.",
+            "The normalization uses the suite's one pair of reference returns for every task, so a "
+            "group's number also reflects how far its tasks are from what a random policy scores.",
         ],
     )
     return _write(table, numbers, out_dir, name)
