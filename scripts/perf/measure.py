@@ -112,7 +112,9 @@ def measure_raw(job: Job) -> dict[str, Any]:
     finally:
         env.close()
     where = f"{workers} processes (this one + {workers - 1} worker)" if workers > 1 else "in-process"
-    return {"count": steps, "seconds": dt, "notes": f"{episodes} episodes x H={suite.horizon}, {where}"}
+    valid = steps / (episodes * suite.horizon * batch)
+    notes = f"{episodes} episodes x H={suite.horizon}, {where}; {valid:.0%} of row-steps valid"
+    return {"count": steps, "seconds": dt, "notes": notes}
 
 
 # -- the sampler -----------------------------------------------------------------------------------
@@ -140,7 +142,10 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     return {
         "count": out.env_steps,
         "seconds": dt,
-        "notes": f"trials of {job['episodes']} episodes, {job['profile']} profile agent",
+        # the loop runs every row to the horizon (terminated rows are masked, the policy still acts): on
+        # terminating suites the rate counts only the valid steps, so a policy that falls sooner rates lower
+        "notes": f"trials of {job['episodes']} episodes, {job['profile']} profile agent; "
+        f"{out.valid.mean():.0%} of row-steps valid",
     }
 
 
