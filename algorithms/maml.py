@@ -341,9 +341,11 @@ class MAMLAgent(AdaptiveAgent):
         device: torch.device,
         evaluation: bool,
         adapted: dict[int, Params] | None = None,
+        mean_actions: bool = False,
     ) -> None:
         self.policy, self.spec, self.cfg, self.device, self.evaluation = policy, spec, cfg, device, evaluation
         self.adapted = adapted or {}
+        self.mean_actions = mean_actions  # act with the policy mean in every episode (few-shot check only)
         self.params: Params = {}
 
     def new_trial(self, task_keys: np.ndarray) -> None:
@@ -388,7 +390,7 @@ class MAMLAgent(AdaptiveAgent):
         mean, log_std = per_task_forward(self.policy, self.params, o[self.pad_index])
         mean = mean[self.row_task, self.row_pos]  # (B, A)
         log_std = log_std[self.row_task]  # (B, A)
-        deterministic = (
+        deterministic = self.mean_actions or (
             self.evaluation and self.cfg.eval_mean_when_done and not self._learns_from_episode(self.episode)
         )
         action = mean if deterministic else mean + torch.randn_like(mean) * log_std.exp()
@@ -678,9 +680,13 @@ class MAML(MetaLearner):
         if any(h < 1 for h in config.hidden_sizes):
             raise ValueError(f"hidden_sizes={config.hidden_sizes}: expected positive widths")
 
-    def make_agent(self, evaluation: bool = False, adapted: dict[int, Params] | None = None) -> MAMLAgent:
-        """The agent; ``adapted`` (task key -> parameters) gives the post-update policy of training tasks."""
-        return MAMLAgent(self.policy, self.spec, self.config, self.device, evaluation, adapted)
+    def make_agent(
+        self, evaluation: bool = False, adapted: dict[int, Params] | None = None, mean_actions: bool = False
+    ) -> MAMLAgent:
+        """The agent; ``adapted`` (task key -> parameters) gives the post-update policy of training tasks;
+        ``mean_actions`` makes it act with the policy mean throughout (the few-shot check's second
+        reading)."""
+        return MAMLAgent(self.policy, self.spec, self.config, self.device, evaluation, adapted, mean_actions)
 
     def adapt_tasks(self, batch: TrialBatch, num_tasks: int) -> tuple[dict[int, Params], TaskData]:
         """Inner step for each of ``num_tasks`` tasks of a batch (contiguous, equal rows per task).
@@ -729,18 +735,26 @@ class MAML(MetaLearner):
 
 def few_shot_returns(
     learner: MAML, sampler: Any, tasks: list[Any], rollouts: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MAML's own few-shot check (Finn et al. 2017, Fig. 2): per task, mean return of ``rollouts``
     single-episode rollouts with theta (pre-update) and with theta' after one inner step on them.
 
     ``sampler`` is a ``benchmark.sampler.TrialSampler``; ``tasks`` may be any split (keys are fresh).
-    Returns (pre (n_tasks,), post (n_tasks,)) mean undiscounted returns. Leaves the learner unchanged.
+    Returns (pre, post, post_mean), each (n_tasks,) mean undiscounted returns: ``post`` plays theta' with
+    sampled actions (Finn's reading, as in ``cbfinn/maml_rl`` and ``tristandeleu/pytorch-maml-rl``, whose
+    post-update rollouts are sampled), ``post_mean`` plays the same theta' with its mean action (how the
+    benchmark protocol acts once no inner step follows), which separates the step's direction from the
+    action noise. Leaves the learner unchanged.
     """
     rows = [t for t in tasks for _ in range(rollouts)]
     keys = np.repeat(-1 - np.arange(len(tasks)), rollouts)
     pre_batch = sampler.run(learner.make_agent(), rows, 1, seed=seed, task_keys=keys)
     adapted, _ = learner.adapt_tasks(pre_batch, len(tasks))
     post_batch = sampler.run(learner.make_agent(adapted=adapted), rows, 1, seed=seed + 1, task_keys=keys)
-    pre = pre_batch.episode_returns().reshape(len(tasks), rollouts).mean(1)
-    post = post_batch.episode_returns().reshape(len(tasks), rollouts).mean(1)
-    return pre, post
+    mean_batch = sampler.run(
+        learner.make_agent(adapted=adapted, mean_actions=True), rows, 1, seed=seed + 1, task_keys=keys
+    )
+    pre, post, post_mean = (
+        b.episode_returns().reshape(len(tasks), rollouts).mean(1) for b in (pre_batch, post_batch, mean_batch)
+    )
+    return pre, post, post_mean

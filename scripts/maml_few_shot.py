@@ -4,9 +4,11 @@
 in RUN_DIR (its ``checkpoint.pt``, with the settings recorded in its ``config.json``) and, for every task
 of ``--split``, plays ``--rollouts`` single-episode rollouts with the meta-learned parameters theta
 (sampled actions), takes one inner step on them (the training inner step: linear-baseline policy
-gradient, step size ``inner_lr``), and plays ``--rollouts`` more with theta' (sampled actions).
-It prints the mean return per task before and after the step, and their normalised values where the
-split has harness references (``(R - R_random) / (R_oracle - R_random)``, per episode).
+gradient, step size ``inner_lr``), and plays ``--rollouts`` more with theta' (sampled actions, Finn's
+reading) and ``--rollouts`` more with theta' acting with its mean (the protocol's way of acting once no
+inner step follows; it separates the direction of the step from the action noise). It prints the mean
+return per task before and after the step, and their normalised values where the split has harness
+references (``(R - R_random) / (R_oracle - R_random)``, per episode).
 
 This is Finn et al.'s setting (20 rollouts per inner step on 2D navigation), not the benchmark protocol:
 the protocol's meta-test trial (``eval.csv``) adapts on the episodes it plays itself. Nothing is written;
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sampler = TrialSampler(suite, num_workers=1)
     try:
-        pre, post = few_shot_returns(learner, sampler, list(tasks), args.rollouts, seed=args.seed)
+        pre, post, post_mean = few_shot_returns(learner, sampler, list(tasks), args.rollouts, seed=args.seed)
     finally:
         sampler.close()
     ref = suite.reference_returns(args.split) if args.split != "validation" else None
@@ -101,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{run}: {suite_name}, {len(tasks)} {args.split} tasks, {args.rollouts} rollouts per task, "
         f"inner_lr {algo_cfg.inner_lr}, checkpoint at {state.get('env_steps', '?')} env steps"
     )
-    print(f"{'task':>8s} {'pre':>9s} {'post':>9s}")
-    for task, a, b in zip(tasks, pre, post, strict=True):
-        print(f"{task.task_id:8d} {a:9.2f} {b:9.2f}")
-    print(f"mean return: pre {pre.mean():.2f}, post {post.mean():.2f}")
+    print(f"{'task':>8s} {'pre':>9s} {'post':>9s} {'post_mean':>9s}")
+    for task, a, b, c in zip(tasks, pre, post, post_mean, strict=True):
+        print(f"{task.task_id:8d} {a:9.2f} {b:9.2f} {c:9.2f}")
+    print(f"mean return: pre {pre.mean():.2f}, post {post.mean():.2f}, post_mean {post_mean.mean():.2f}")
     if ref is not None:
-        norm = (np.array([pre.mean(), post.mean()]) - ref.random) / (ref.oracle - ref.random)
+        means = np.array([pre.mean(), post.mean(), post_mean.mean()])
+        norm = (means - ref.random) / (ref.oracle - ref.random)
         print(
-            f"normalised: pre {norm[0]:.3f}, post {norm[1]:.3f} "
+            f"normalised: pre {norm[0]:.3f}, post {norm[1]:.3f}, post_mean {norm[2]:.3f} "
             f"(random {ref.random:.2f}, oracle {ref.oracle:.2f} per episode)"
         )
     return 0

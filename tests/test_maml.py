@@ -355,6 +355,29 @@ def test_post_update_agent_acts_with_each_keys_adapted_parameters():
     np.testing.assert_allclose(actions[1:3] - actions[[0, 3]], 5.0, rtol=1e-5)
 
 
+def test_mean_action_agent_acts_with_the_adapted_mean_in_training_rollouts():
+    """The few-shot check's second reading: a training agent (no inner steps) that acts with the mean."""
+    learner = MAML(spec(), MAMLConfig(hidden_sizes=(8,)), torch.device("cpu"))
+    meta = {k: v.detach().clone() for k, v in learner.policy.named_parameters()}
+    shifted = dict(meta)
+    shifted["head.mean.bias"] = meta["head.mean.bias"] + 0.5
+    obs = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32)
+    with torch.no_grad():
+        want, _ = torch.func.functional_call(learner.policy, shifted, (torch.as_tensor(obs),))
+    for seed in (0, 1):  # no noise: the same actions under any torch seed
+        torch.manual_seed(seed)
+        agent = learner.make_agent(adapted={-1: shifted}, mean_actions=True)
+        agent.new_trial(np.array([-1, -1, -1]))
+        with torch.no_grad():
+            actions, _ = agent.act(obs)
+        np.testing.assert_allclose(actions, want.numpy(), rtol=1e-5, atol=1e-6)
+    sampled = learner.make_agent(adapted={-1: shifted})  # the default samples around that mean
+    sampled.new_trial(np.array([-1, -1, -1]))
+    with torch.no_grad():
+        noisy, _ = sampled.act(obs)
+    assert np.abs(noisy - want.numpy()).max() > 1e-3
+
+
 def test_validate_names_the_bad_setting():
     for bad, name in [
         (MAMLConfig(activation="gelu"), "activation"),
@@ -392,7 +415,7 @@ def test_maml_learns_point_nav(tmp_path):
         suite.spec(), replace(MAMLConfig(), **MAML.profile("quick", "point-nav")), torch.device("cpu")
     )
     learner.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["learner"])
-    pre, post = few_shot_returns(learner, TrialSampler(suite), list(suite.tasks("test")), 20, seed=0)
+    pre, post, _ = few_shot_returns(learner, TrialSampler(suite), list(suite.tasks("test")), 20, seed=0)
     ref = json.loads((run / "config.json").read_text())["reference_returns"]["test"]
     pre_n, post_n = (
         (np.array([pre.mean(), post.mean()]) - ref["random"]) / (ref["oracle"] - ref["random"])
