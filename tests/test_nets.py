@@ -115,3 +115,46 @@ def test_numpy_acting_sets_numpy_blas_threads_to_torch_threads():
     finally:
         torch.set_num_threads(before)
         na.usable("cpu", True)
+
+
+@pytest.mark.parametrize(("batch", "steps", "hidden"), [(4, 400, 128), (3, 7, 5), (1, 1, 3)])
+def test_numpy_gru_equals_nn_gru_outputs_and_every_gradient(batch, steps, hidden):
+    from algorithms.common.numpy_gru import gru_over_trials
+
+    torch.manual_seed(0)
+    gru = nn.GRU(6, hidden, batch_first=True)
+    with torch.no_grad():  # biases large enough that a swapped gate or bias shows
+        for p in (gru.bias_ih_l0, gru.bias_hh_l0):
+            p.normal_()
+    x = torch.randn(batch, steps, 6, requires_grad=True)
+    h0 = (0.5 * torch.randn(1, batch, hidden)).requires_grad_()
+    weights = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    want, want_last = gru(x, h0)
+    got, got_last = gru_over_trials(gru, x, h0)
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_last.detach().numpy(), want_last.detach().numpy(), rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(want)
+    grads_want = torch.autograd.grad((want * g).sum() + want_last.sum(), [x, h0, *weights])
+    grads_got = torch.autograd.grad((got * g).sum() + got_last.sum(), [x, h0, *weights])
+    for name, a, b in zip(["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"], grads_got, grads_want, strict=True):
+        scale = b.abs().max().item()
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=2e-5 * max(scale, 1.0), err_msg=name)
+
+
+def test_numpy_gru_passes_gradcheck_in_float64():
+    from algorithms.common.numpy_gru import NumpyGRU
+
+    torch.manual_seed(1)
+    inputs = [torch.randn(2, 5, 3), torch.randn(2, 4), torch.randn(12, 3), torch.randn(12, 4),
+              torch.randn(12), torch.randn(12)]  # fmt: skip
+    inputs = [t.double().requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(NumpyGRU.apply, inputs)
+
+
+def test_numpy_gru_refuses_other_layouts():
+    from algorithms.common.numpy_gru import gru_over_trials
+
+    with pytest.raises(ValueError, match="batch-first"):
+        gru_over_trials(nn.GRU(3, 4), torch.zeros(5, 2, 3))
+    with pytest.raises(ValueError, match="single-layer"):
+        gru_over_trials(nn.GRU(3, 4, num_layers=2, batch_first=True), torch.zeros(2, 5, 3))

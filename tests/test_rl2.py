@@ -29,6 +29,26 @@ def test_sampled_log_probs_and_values_equal_the_training_recomputation():
     assert torch.allclose(value, batch.tensor("value"), atol=1e-5)
 
 
+def test_numpy_training_pass_equals_nn_gru_pass_and_its_gradients():
+    """numpy_training (the PPO update's GRU pass in numpy) against nn.GRU on the same recorded trials."""
+    learner, suite = make()
+    batch = TrialSampler(suite).run(learner.make_agent(), suite.tasks("train")[:6], episodes=2, seed=0)
+    feats, actions = trial_features(batch), batch.tensor("actions")
+    results = []
+    for numpy_training in (True, False):
+        learner.net.cfg = RL2Config(hidden_size=32, encoder_hidden=16, numpy_training=numpy_training)
+        learner.net.zero_grad()
+        dist, value, _ = learner.net(feats)
+        (GaussianHead.log_prob(dist, actions).sum() + value.square().sum()).backward()
+        grads = [p.grad.clone() for p in learner.net.parameters() if p.grad is not None]
+        results.append((value.detach(), grads))
+    (v_np, g_np), (v_torch, g_torch) = results
+    assert len(g_np) == len(g_torch) == len([p for p in learner.net.parameters() if p.requires_grad])
+    torch.testing.assert_close(v_np, v_torch, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_np, g_torch, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
 def test_evaluation_agent_acts_with_the_mean_and_state_resets_per_trial():
     learner, suite = make()
     sampler = TrialSampler(suite)
