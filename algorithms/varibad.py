@@ -109,6 +109,9 @@ class VariBADConfig:
     # rlloss_through_encoder (official default False): the PPO loss also trains the encoder, through the
     # beliefs the policy reads; its encoder gradient is applied with the VAE learning rate
     rl_through_encoder: bool = False
+    # learning rate of that encoder group in the PPO optimizer (not an official option; 0 = vae_lr, the
+    # official behaviour): a smaller PPO step on the encoder than the VAE's
+    encoder_rl_lr: float = setting(0.0, low=0.0)
     # PPO (shared block)
     meta_batch_size: int = setting(16, low=1)  # trials per iteration (num_processes = 16)
     # episodes per training trial (max_rollouts_per_task, 2 on MuJoCo); 0 = the suite's training trial
@@ -440,7 +443,7 @@ class VariBAD(MetaLearner):
         self.return_norm = RunningNorm(1).to(device)  # running variance of discounted returns
         groups = [{"params": list(self.policy.parameters()), "lr": cfg.lr}]
         if cfg.rl_through_encoder:
-            groups.append({"params": list(self.encoder.parameters()), "lr": cfg.vae_lr})
+            groups.append({"params": list(self.encoder.parameters()), "lr": cfg.encoder_rl_lr or cfg.vae_lr})
         self.policy_optimizer = torch.optim.Adam(groups, eps=cfg.adam_eps)
         self.base_lrs = [g["lr"] for g in groups]
         self.vae_optimizer = torch.optim.Adam(

@@ -253,6 +253,8 @@ def test_lr_anneal_steps_decays_ppo_learning_rates_linearly_to_zero():
     assert all(torch.equal(a, p) for a, p in zip(before, learner.policy.parameters(), strict=True))
     assert learner.vae_optimizer.param_groups[0]["lr"] == cfg.vae_lr  # the VAE's stays unless asked
     assert learner.lr_factor(0) == 1.0 and make()[0].lr_factor(10**9) == 1.0  # default: constant
+    own = make(replace(cfg, encoder_rl_lr=1e-4))[0]  # the encoder's PPO group at its own rate
+    assert [g["lr"] for g in own.policy_optimizer.param_groups] == pytest.approx([cfg.lr, 1e-4])
     check_learner(VariBAD, suite, cfg)
     learner, _ = make(replace(cfg, anneal_vae_lr=True))
     ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
