@@ -110,7 +110,7 @@ class NumpyGRU(torch.autograd.Function):
             dx_np = (d_gi2 @ _np(w_ih)).reshape(T, B, n_in).transpose(1, 0, 2)
             dx = torch.from_numpy(np.ascontiguousarray(dx_np))
         d_w_ih = torch.from_numpy(d_gi2.T @ xt.reshape(T * B, n_in))
-        d_w_hh = torch.from_numpy(d_gh2.T @ hs[:-1].reshape(T * B, H))
+        d_w_hh = torch.from_numpy(d_gh2.T @ h_prev.reshape(T * B, H))
         d_b_ih, d_b_hh = torch.from_numpy(d_gi2.sum(0)), torch.from_numpy(d_gh2.sum(0))
         return dx, torch.from_numpy(dh), d_w_ih, d_w_hh, d_b_ih, d_b_hh
 
