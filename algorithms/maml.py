@@ -62,6 +62,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from algorithms.common.nets import GaussianHead, mlp
+from algorithms.common.numpy_acting import MLP, GaussianActing, usable
 from algorithms.common.ppo import gae_over_trials
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition, TrialBatch
 from metarl_protocol.settings import setting
@@ -103,6 +104,10 @@ class MAMLConfig:
     # ever takes one step from theta; further steps from adapted parameters diverged on point-nav validation
     eval_max_steps: int = 1
     eval_mean_when_done: bool = True  # meta-test: mean actions in episodes no inner step will follow
+    # rows that act with the meta-parameters (all rows, until a key has adapted parameters) act through one
+    # numpy MLP on the CPU (numpy_acting.py); equal to the per-task torch path up to float rounding. False:
+    # every row through the per-task batched matmuls, which reproduces runs of earlier commits exactly
+    numpy_acting: bool = True
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -347,6 +352,7 @@ class MAMLAgent(AdaptiveAgent):
         self.adapted = adapted or {}
         self.mean_actions = mean_actions  # act with the policy mean in every episode (few-shot check only)
         self.params: Params = {}
+        self.fast: tuple[MLP, GaussianActing] | None = None  # numpy theta path, built per trial (new_trial)
 
     def new_trial(self, task_keys: np.ndarray) -> None:
         keys = np.asarray(task_keys).tolist()
@@ -371,6 +377,11 @@ class MAMLAgent(AdaptiveAgent):
         self.params = {
             name: torch.stack([self.adapted.get(k, meta)[name].detach() for k in uniq]) for name in meta
         }
+        # no key has adapted parameters yet: every row acts with theta, so one shared matrix product per layer
+        # serves all rows (the per-task path reads one weight copy per task: memory-bound at 512-512)
+        shared = not any(k in self.adapted for k in uniq)
+        numpy_path = shared and usable(self.device, self.cfg.numpy_acting)
+        self.fast = (MLP(self.policy.body), GaussianActing(self.policy.head)) if numpy_path else None
         self.episode, self.steps, self.since_step = 0, 0, 0
         self.buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_action: np.ndarray | None = None
@@ -386,13 +397,18 @@ class MAMLAgent(AdaptiveAgent):
         return before_last and (cfg.eval_max_steps == 0 or step <= cfg.eval_max_steps)
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        deterministic = self.mean_actions or (
+            self.evaluation and self.cfg.eval_mean_when_done and not self._learns_from_episode(self.episode)
+        )
+        if self.fast is not None:  # every row acts with theta: one numpy MLP over the B rows
+            body, head = self.fast
+            action_np, log_prob_np = head(body(np.asarray(obs, dtype=np.float32)), deterministic)
+            self._pending_action = action_np
+            return action_np, {"log_prob": log_prob_np}
         o = torch.as_tensor(obs, device=self.device)
         mean, log_std = per_task_forward(self.policy, self.params, o[self.pad_index])
         mean = mean[self.row_task, self.row_pos]  # (B, A)
         log_std = log_std[self.row_task]  # (B, A)
-        deterministic = self.mean_actions or (
-            self.evaluation and self.cfg.eval_mean_when_done and not self._learns_from_episode(self.episode)
-        )
         action = mean if deterministic else mean + torch.randn_like(mean) * log_std.exp()
         log_prob = gaussian_log_prob(mean, log_std, action)
         action_np = action.cpu().numpy()
@@ -428,6 +444,7 @@ class MAMLAgent(AdaptiveAgent):
         self.params = {
             k: v.detach() for k, v in adapt(self.policy, self.params, data, self.cfg.inner_lr).items()
         }
+        self.fast = None  # the rows now act with their own adapted parameters
         self.steps += 1
         self.since_step = 0
         self.buffer = []

@@ -51,7 +51,15 @@ import torch
 from torch import nn
 
 from algorithms.common.nets import mlp
-from algorithms.common.sac import TanhGaussianPolicy, q_target, soft_update, v_target
+from algorithms.common.numpy_acting import MLP, Linear, apply, linear, usable
+from algorithms.common.sac import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    TanhGaussianPolicy,
+    q_target,
+    soft_update,
+    v_target,
+)
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition, TrialBatch
 from metarl_protocol.settings import setting
 from metarl_protocol.storage import AppendOnlyArrays
@@ -110,6 +118,10 @@ class PEARLConfig:
     # ``collect_data`` with the stochastic policy); a mean-action exploration episode is data it never saw
     # (docs/tuning/pearl.md, run v1: 0.57 -> 0.86 normalised on validation tasks with 1 instead of 0)
     eval_stochastic_episodes: int = setting(0, low=0)
+    # on the CPU the policy acts through a numpy copy of its MLP (numpy_acting.py; about half the per-call
+    # cost at 10 envs), equal to the torch modules up to float32 rounding and drawing the same noise from
+    # torch's generator; False: the torch modules, which reproduces runs of earlier commits exactly
+    numpy_acting: bool = True
 
 
 # -- the math -------------------------------------------------------------------------------------
@@ -192,10 +204,13 @@ class PEARLAgent(AdaptiveAgent):
         self.cfg, self.device, self.evaluation, self.mode = learner.config, learner.device, evaluation, mode
         self.posteriors = posteriors or {}
         self.z: torch.Tensor | None = None  # (B, L)
+        self.fast: tuple[MLP, Linear, Linear] | None = None  # numpy copy of the policy, built per trial
 
     def new_trial(self, task_keys: np.ndarray) -> None:
         B, L = len(task_keys), self.cfg.latent_dim
         self.episodes = 0
+        if usable(self.device, self.cfg.numpy_acting):
+            self.fast = (MLP(self.policy.body), linear(self.policy.mean), linear(self.policy.log_std))
         if self.mode == "posterior":
             self.post_mu = torch.stack([self.posteriors[int(k)][0] for k in task_keys])
             self.post_var = torch.stack([self.posteriors[int(k)][1] for k in task_keys])
@@ -208,11 +223,17 @@ class PEARLAgent(AdaptiveAgent):
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.z is not None, "call new_trial() first"
+        deterministic = self.evaluation and self.episodes >= self.cfg.eval_stochastic_episodes
+        if self.fast is not None:  # TanhGaussianPolicy.deterministic / .act in numpy, the same noise draw
+            body, mean_head, log_std_head = self.fast
+            h = body(np.concatenate([np.asarray(obs, dtype=np.float32), self.z.numpy()], -1))
+            mean = apply(mean_head, h)
+            if deterministic:
+                return np.tanh(mean), {}
+            log_std = np.clip(apply(log_std_head, h), LOG_STD_MIN, LOG_STD_MAX)
+            return np.tanh(mean + np.exp(log_std) * torch.randn(mean.shape).numpy()), {}
         x = torch.cat([torch.as_tensor(obs, device=self.device), self.z], -1)
-        if self.evaluation and self.episodes >= self.cfg.eval_stochastic_episodes:
-            action = self.policy.deterministic(x)
-        else:
-            action = self.policy.act(x)
+        action = self.policy.deterministic(x) if deterministic else self.policy.act(x)
         return action.cpu().numpy(), {}
 
     def observe(self, transition: Transition) -> None:

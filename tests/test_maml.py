@@ -378,6 +378,41 @@ def test_mean_action_agent_acts_with_the_adapted_mean_in_training_rollouts():
     assert np.abs(noisy - want.numpy()).max() > 1e-3
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_numpy_acting_equals_the_per_task_path_until_the_first_inner_step(activation):
+    """Rows acting with theta go through one numpy MLP; after an inner step, each row's own parameters."""
+    cfg = MAMLConfig(hidden_sizes=(16, 16), activation=activation, inner_lr=0.5, init_std=0.7)
+    learner = MAML(PointNav().spec(), cfg, torch.device("cpu"))
+    with torch.no_grad():
+        learner.policy.head.mean.bias.add_(0.2)  # an off-centre mean, as after training
+    goals, keys = np.array([[0.4, 0.4], [-0.3, 0.2], [0.1, -0.4]]), np.array([-1, -2, -3])
+    fast, slow = (MAML(PointNav().spec(), replace(cfg, numpy_acting=flag), torch.device("cpu"))
+                  for flag in (True, False))  # fmt: skip
+    for other in (fast, slow):
+        other.policy.load_state_dict(learner.policy.state_dict())
+    # training rollouts with theta (sampled actions, log-probabilities): the same draws, float rounding apart
+    obs = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32)
+    out = []
+    for lrn in (fast, slow):
+        agent = lrn.make_agent()
+        agent.new_trial(keys)
+        assert (agent.fast is not None) == (lrn is fast)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            out.append(agent.act(obs))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[0][1]["log_prob"], out[1][1]["log_prob"], rtol=1e-5, atol=1e-5)
+    # a meta-test trial: sampled episode 0 with theta, one step, mean actions with theta'_i after it
+    acts_fast = drive(fast.make_agent(evaluation=True), goals, keys, 3, 100, seed=0)
+    acts_slow = drive(slow.make_agent(evaluation=True), goals, keys, 3, 100, seed=0)
+    np.testing.assert_allclose(acts_fast, acts_slow, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(acts_fast[0, 100:], acts_fast[1, 100:], atol=1e-3)  # rows now differ per task
+    # rows with adapted parameters (post-update training rollouts) never take the shared path
+    adapted = learner.make_agent(adapted={-1: dict(learner.policy.named_parameters())})
+    adapted.new_trial(np.array([-1, -2]))
+    assert adapted.fast is None
+
+
 def test_validate_names_the_bad_setting():
     for bad, name in [
         (MAMLConfig(activation="gelu"), "activation"),

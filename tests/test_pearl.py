@@ -269,3 +269,27 @@ def test_evaluation_samples_actions_only_in_its_first_stochastic_episodes():
             action, _ = agent.act(obs)
         x = torch.cat([torch.as_tensor(obs), agent.z], -1)
         assert np.allclose(action, learner.policy.deterministic(x).detach().numpy())
+
+
+def test_numpy_acting_equals_the_torch_policy_with_the_same_noise():
+    """numpy_acting (the CPU default) acts as the torch modules do, to float32 rounding, drawing the same
+    noise from torch's generator; numpy_acting=False keeps the torch path."""
+    learner, _ = make()
+    with torch.no_grad():  # move the output layers off their near-zero init, so the test can see them
+        for layer in (learner.policy.mean, learner.policy.log_std):
+            layer.weight.normal_(0.0, 0.5)
+            layer.bias.normal_(0.0, 0.3)
+    slow, _ = make(PEARLConfig(**{**TINY.__dict__, "numpy_acting": False}))
+    slow.policy.load_state_dict(learner.policy.state_dict())
+    obs = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)
+    for evaluation in (False, True):
+        actions = []
+        for lrn in (learner, slow):
+            agent = lrn.make_agent(evaluation=evaluation)
+            torch.manual_seed(5)
+            agent.new_trial(np.array([-1, -2, -3, -4]))
+            assert (agent.fast is not None) == (lrn is learner)
+            with torch.no_grad():
+                actions.append(np.concatenate([agent.act(obs)[0] for _ in range(3)]))
+        np.testing.assert_allclose(actions[0], actions[1], rtol=1e-5, atol=1e-6)
+        assert np.abs(actions[0]).max() > 0.05
