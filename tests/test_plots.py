@@ -644,6 +644,43 @@ def test_learning_curve_points_equal_pandas(monkeypatch, tree, results, tmp_path
             np.testing.assert_allclose(y, expected.to_numpy(), rtol=1e-9)
 
 
+def test_final_evaluation_markers_equal_the_headline_over_all_tasks(monkeypatch, tree, results, tmp_path):
+    """The curves average the periodic evaluations' 2 tasks; the final evaluation (all 4 test tasks of
+    the finished seeds) is drawn next to them as a hollow marker at its mean, with its t-interval."""
+    from scipy import stats as st
+
+    from benchmark.plots.style import METHOD_COLORS
+
+    fig = _captured_figure(monkeypatch, plots.plot_learning_curves, results, tmp_path)
+    for suite, info, metric in (("point-nav", POINT_NAV, "return"), ("ml1-reach", ML1, "success")):
+        ax = _panel(fig, f"{suite} (meta-test)")
+        for algo in ("trmrl", "rl2") + (("maml",) if suite == "point-nav" else ()):
+            rows = _final_rows(tree, suite, algo, "test")
+            rows = rows[rows["episode"].isin(info["headline_episodes"])]
+            finished = {p.name for p in (tree / suite / algo).glob("seed*") if (p / "done").exists()}
+            rows = rows[rows["seed"].isin(finished)]
+            values = pd.to_numeric(rows[metric]) * (100 if metric == "success" else 1)
+            per_task = rows.assign(value=values).groupby(["seed", "task_id"])["value"].mean()
+            per_seed = per_task.groupby("seed").mean()
+            hollow = [
+                ln for ln in ax.lines
+                if ln.get_color() == METHOD_COLORS[algo] and ln.get_markerfacecolor() == "white"
+            ]  # fmt: skip
+            assert len(hollow) == 1, f"{suite}/{algo}: {len(hollow)} final markers"
+            np.testing.assert_allclose(np.asarray(hollow[0].get_ydata(), float), [per_seed.mean()], rtol=1e-9)
+            np.testing.assert_allclose(np.asarray(hollow[0].get_xdata(), float), [STEPS_PER_IT * ITERATIONS])
+            caps = [ln for ln in ax.lines if ln.get_color() == METHOD_COLORS[algo] and ln.get_marker() == "_"]
+            if len(per_seed) > 1:
+                half = st.t.ppf(0.975, len(per_seed) - 1) * per_seed.std(ddof=1) / np.sqrt(len(per_seed))
+                ends = sorted(float(y) for ln in caps for y in ln.get_ydata())
+                np.testing.assert_allclose(ends, [per_seed.mean() - half, per_seed.mean() + half], rtol=1e-9)
+            else:
+                assert not caps  # one seed: no interval
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    labels = [t.get_text() for legend in legends for t in legend.get_texts()]
+    assert any(label.startswith("final eval., all tasks") for label in labels)
+
+
 def test_adaptation_points_equal_pandas(monkeypatch, tree, results, tmp_path):
     fig = _captured_figure(monkeypatch, plots.plot_adaptation, results, tmp_path)
     ax = _panel(fig, "point-nav (meta-test)")

@@ -1,5 +1,10 @@
 """Meta-training curves: headline test metric against environment steps, mean over seeds with 95 %
-Student-t confidence bands over seeds; for Meta-World suites also meta-train next to meta-test."""
+Student-t confidence bands over seeds; for Meta-World suites also meta-train next to meta-test.
+
+Every point of a curve averages the same tasks (the periodic evaluations' subset). Where the final
+evaluation covers more tasks than that subset (Meta-World: all 50 test goals against the periodic ones),
+its number, the one the headline table reports, stands next to the curve's last point as a hollow marker
+with its own interval, so the curve and the table can be read together."""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from . import style
-from .data import Results, curve
-from .stats import t_interval
+from .data import Results, curve, final_covers_more_tasks, headline
+from .stats import Estimate, t_interval
 
 CURVE_COLUMNS = ["mark", "env_steps", "mean", "low", "high", "n_seeds"]
 
@@ -44,6 +50,32 @@ def curve_table(
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
+def final_point(results: Results, suite: str, algo: str, split: str = "test") -> tuple[int, Estimate] | None:
+    """(mark, t-interval over seeds) of the final evaluation on all tasks of ``split`` (finished seeds),
+    where it covers more tasks than the curve's points; else None. The value is the headline table's:
+    per seed, the mean over tasks and headline episodes at the latest evaluation (``data.headline``)."""
+    runs = [r for r in results.select(suite, algo) if r.done and r.latest_mark(split) is not None]
+    if not any(final_covers_more_tasks(r, split) for r in runs):
+        return None
+    mark = max(int(r.latest_mark(split)) for r in runs)
+    return mark, t_interval([headline(r, split) for r in runs])
+
+
+def _draw_final(ax, mark: int, est: Estimate, color: str, marker: str) -> None:
+    """A hollow marker (with its error bar where there are 2+ seeds) at the final evaluation."""
+    err = None
+    if np.isfinite(est.low):
+        err = np.array([[est.value - est.low], [est.high - est.value]])
+    line, caps, bars = ax.errorbar(
+        [mark], [est.value], yerr=err, color=color, marker=marker, markersize=6, markerfacecolor="white",
+        markeredgewidth=1.3, capsize=3, linewidth=1.0, linestyle="none", zorder=4,
+    )  # fmt: skip
+    line.set_clip_on(False)  # the marker sits on the right edge of the axes; the interval is clipped to them
+
+
+FINAL_HANDLE_LABEL = "final eval., all tasks"
+
+
 def _draw(ax, table: pd.DataFrame, color: str, marker: str) -> None:
     x = table["mark"].to_numpy()
     few = len(table) <= 25
@@ -63,14 +95,20 @@ def _draw(ax, table: pd.DataFrame, color: str, marker: str) -> None:
         ax.fill_between(x, table["low"], table["high"], color=color, alpha=style.BAND_ALPHA, linewidth=0)
 
 
-def _panel(ax, results: Results, suite: str, split: str, colors, markers) -> dict[str, str]:
+def _panel(ax, results: Results, suite: str, split: str, colors, markers) -> tuple[dict[str, str], bool]:
+    """Draw one suite's curves for ``split``: (legend label per method, whether a final marker was drawn)."""
     info = results.info(suite)
     labels = {}
+    finals = False
     for algo in results.algos_for(suite):
         table = curve_table(results, suite, algo, split)
         if table.empty:
             continue
         _draw(ax, table, colors[algo], markers[algo])
+        final = final_point(results, suite, algo, split)
+        if final is not None:
+            _draw_final(ax, *final, colors[algo], markers[algo])
+            finals = True
         runs = [r for r in results.select(suite, algo) if (r.eval["split"] == split).any()]
         labels[algo] = style.legend_label(algo, len(runs), sum(not r.done for r in runs))
     if split == "test" and not info.has_success:
@@ -81,7 +119,14 @@ def _panel(ax, results: Results, suite: str, split: str, colors, markers) -> dic
     if info.has_success:
         ax.set_ylim(-3, 103)
     ax.set_xlim(left=0)
-    return labels
+    return labels, finals
+
+
+def _final_legend(any_final: bool) -> list[tuple[object, str]]:
+    if not any_final:
+        return []
+    handle = Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none", markersize=6)
+    return [(handle, FINAL_HANDLE_LABEL)]
 
 
 def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_curves") -> list[Path]:
@@ -92,11 +137,13 @@ def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_
     colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
     with style.paper_style():
         fig, axes = style.panel_grid(len(suites))
-        labels = []
+        labels, finals = [], False
         for ax, suite in zip(axes, suites, strict=True):
-            labels.append(_panel(ax, results, suite, "test", colors, markers))
+            panel_labels, panel_final = _panel(ax, results, suite, "test", colors, markers)
+            labels.append(panel_labels)
+            finals |= panel_final
             ax.set_title(f"{suite} (meta-test)")
-        style.add_legends(fig, axes, labels, style.legend_handles(results.algos))
+        style.add_legends(fig, axes, labels, style.legend_handles(results.algos), extra=_final_legend(finals))
         style.suptitle(fig, "Meta-training curves: mean over seeds, 95% Student-t CI over seeds")
         return style.save_figure(fig, out_dir, name)
 
@@ -113,13 +160,15 @@ def plot_metaworld_curves(results: Results, out_dir: Path, name: str = "metaworl
     colors, markers = style.method_colors(results.algos), style.method_markers(results.algos)
     with style.paper_style():
         fig, axes = style.panel_grid(2 * len(suites), ncols=2)
-        labels = []
+        labels, finals = [], False
         for i, suite in enumerate(suites):
             pair = ((axes[2 * i], "train", "meta-train"), (axes[2 * i + 1], "test", "meta-test"))
             for ax, split, title in pair:
-                labels.append(_panel(ax, results, suite, split, colors, markers))
+                panel_labels, panel_final = _panel(ax, results, suite, split, colors, markers)
+                labels.append(panel_labels)
+                finals |= panel_final
                 ax.set_title(f"{suite} ({title})")
-        style.add_legends(fig, axes, labels, style.legend_handles(results.algos))
+        style.add_legends(fig, axes, labels, style.legend_handles(results.algos), extra=_final_legend(finals))
         style.suptitle(
             fig, "Meta-World success during meta-training: mean over seeds, 95% Student-t CI over seeds"
         )

@@ -509,6 +509,16 @@ def _task_means(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return rows.groupby(keys + ["task_id"], as_index=False, sort=True)["value"].mean()
 
 
+def final_covers_more_tasks(run: Run, split: str = "test") -> bool:
+    """Whether a finished run's final evaluation of ``split`` covers tasks its periodic ones did not."""
+    rows = run.eval[run.eval["split"] == split]
+    if not run.done or rows["mark"].nunique() < 2:
+        return False
+    final = rows["mark"].max()
+    periodic = set(rows.loc[rows["mark"] != final, "task_id"])
+    return bool(set(rows.loc[rows["mark"] == final, "task_id"]) - periodic)
+
+
 def curve(run: Run, split: str = "test", normalized: bool = False) -> pd.DataFrame:
     """Headline metric at every evaluation of ``split``: columns ``mark, env_steps, value``.
 

@@ -52,7 +52,9 @@ ARTIFACTS = (
         plot_learning_curves,
         "Meta-training curves: headline test metric (return per episode on the headline episode(s); "
         "success rate in % for success suites) against environment steps, one panel per suite, mean "
-        "over seeds with 95% Student-t CI bands over seeds.",
+        "over seeds with 95% Student-t CI bands over seeds. Every point averages the same tasks (the "
+        "periodic evaluations' subset); where the final evaluation covers more tasks, its mean (the "
+        "headline table's number) stands at the budget as a hollow marker with its own interval.",
         _all_suites,
     ),
     Artifact(
