@@ -51,15 +51,8 @@ import torch
 from torch import nn
 
 from algorithms.common.nets import mlp
-from algorithms.common.numpy_acting import MLP, Linear, apply, linear, usable
-from algorithms.common.sac import (
-    LOG_STD_MAX,
-    LOG_STD_MIN,
-    TanhGaussianPolicy,
-    q_target,
-    soft_update,
-    v_target,
-)
+from algorithms.common.numpy_acting import TanhGaussianActing, usable
+from algorithms.common.sac import TanhGaussianPolicy, q_target, soft_update, v_target
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition, TrialBatch
 from metarl_protocol.settings import setting
 from metarl_protocol.storage import AppendOnlyArrays
@@ -204,13 +197,13 @@ class PEARLAgent(AdaptiveAgent):
         self.cfg, self.device, self.evaluation, self.mode = learner.config, learner.device, evaluation, mode
         self.posteriors = posteriors or {}
         self.z: torch.Tensor | None = None  # (B, L)
-        self.fast: tuple[MLP, Linear, Linear] | None = None  # numpy copy of the policy, built per trial
+        self.fast: TanhGaussianActing | None = None  # numpy copy of the policy, built per trial
 
     def new_trial(self, task_keys: np.ndarray) -> None:
         B, L = len(task_keys), self.cfg.latent_dim
         self.episodes = 0
         if usable(self.device, self.cfg.numpy_acting):
-            self.fast = (MLP(self.policy.body), linear(self.policy.mean), linear(self.policy.log_std))
+            self.fast = TanhGaussianActing(self.policy)
         if self.mode == "posterior":
             self.post_mu = torch.stack([self.posteriors[int(k)][0] for k in task_keys])
             self.post_var = torch.stack([self.posteriors[int(k)][1] for k in task_keys])
@@ -224,14 +217,9 @@ class PEARLAgent(AdaptiveAgent):
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self.z is not None, "call new_trial() first"
         deterministic = self.evaluation and self.episodes >= self.cfg.eval_stochastic_episodes
-        if self.fast is not None:  # TanhGaussianPolicy.deterministic / .act in numpy, the same noise draw
-            body, mean_head, log_std_head = self.fast
-            h = body(np.concatenate([np.asarray(obs, dtype=np.float32), self.z.numpy()], -1))
-            mean = apply(mean_head, h)
-            if deterministic:
-                return np.tanh(mean), {}
-            log_std = np.clip(apply(log_std_head, h), LOG_STD_MIN, LOG_STD_MAX)
-            return np.tanh(mean + np.exp(log_std) * torch.randn(mean.shape).numpy()), {}
+        if self.fast is not None:  # the same policy in numpy, the same noise draw
+            x = np.concatenate([np.asarray(obs, dtype=np.float32), self.z.numpy()], -1)
+            return self.fast(x, deterministic), {}
         x = torch.cat([torch.as_tensor(obs, device=self.device), self.z], -1)
         action = self.policy.deterministic(x) if deterministic else self.policy.act(x)
         return action.cpu().numpy(), {}

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from algorithms.common.nets import GaussianHead, RunningNorm
+from algorithms.common.sac import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianPolicy
 
 Linear = tuple[np.ndarray, np.ndarray | None]  # (W^T (in, out), bias (out,) or None), copies
 
@@ -135,6 +136,28 @@ class GaussianActing:
         noise = torch.randn(mean.shape).numpy()
         log_prob = -0.5 * np.square(noise).sum(-1) - np.float32(self.constant)
         return mean + noise * self.std, log_prob.astype(np.float32)
+
+
+class TanhGaussianActing:
+    """``TanhGaussianPolicy.act`` / ``.deterministic`` in numpy (SAC's policy): h = MLP(x); the action is
+    tanh(mean + exp(clamp(log_std)) * noise), or tanh(mean) when deterministic.
+
+    ``noise`` is drawn as ``torch.randn`` of the mean's shape from torch's global generator, the same draw
+    ``TanhGaussianPolicy.act`` makes with ``randn_like``; no log-probability (acting never uses it).
+    """
+
+    def __init__(self, policy: TanhGaussianPolicy) -> None:
+        self.body = MLP(policy.body)
+        self.mean, self.log_std = linear(policy.mean), linear(policy.log_std)
+
+    def __call__(self, x: np.ndarray, deterministic: bool) -> np.ndarray:
+        """x (B, in) float32 -> actions (B, act_dim) in (-1, 1)."""
+        h = self.body(x)
+        mean = apply(self.mean, h)
+        if deterministic:
+            return np.tanh(mean)
+        log_std = np.clip(apply(self.log_std, h), LOG_STD_MIN, LOG_STD_MAX)
+        return np.tanh(mean + np.exp(log_std) * torch.randn(mean.shape).numpy())
 
 
 class GRUCell:

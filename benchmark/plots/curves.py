@@ -66,11 +66,12 @@ def _draw_final(ax, mark: int, est: Estimate, color: str, marker: str) -> None:
     err = None
     if np.isfinite(est.low):
         err = np.array([[est.value - est.low], [est.high - est.value]])
-    line, caps, bars = ax.errorbar(
+    marker_line = ax.errorbar(
         [mark], [est.value], yerr=err, color=color, marker=marker, markersize=6, markerfacecolor="white",
         markeredgewidth=1.3, capsize=3, linewidth=1.0, linestyle="none", zorder=4,
-    )  # fmt: skip
-    line.set_clip_on(False)  # the marker sits on the right edge of the axes; the interval is clipped to them
+    )[0]  # fmt: skip
+    # the marker sits on the right edge of the axes; the interval stays clipped to them
+    marker_line.set_clip_on(False)
 
 
 FINAL_HANDLE_LABEL = "final eval., all tasks"

@@ -509,14 +509,21 @@ def _task_means(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return rows.groupby(keys + ["task_id"], as_index=False, sort=True)["value"].mean()
 
 
+def _periodic_tasks(run: Run, rows: pd.DataFrame) -> set | None:
+    """Task ids of a finished run's periodic evaluations in ``rows`` (one split; every mark but the last,
+    the final evaluation); None while the run is in progress or has a single evaluation."""
+    if not run.done or rows["mark"].nunique() < 2:
+        return None
+    return set(rows.loc[rows["mark"] != rows["mark"].max(), "task_id"])
+
+
 def final_covers_more_tasks(run: Run, split: str = "test") -> bool:
     """Whether a finished run's final evaluation of ``split`` covers tasks its periodic ones did not."""
     rows = run.eval[run.eval["split"] == split]
-    if not run.done or rows["mark"].nunique() < 2:
+    periodic = _periodic_tasks(run, rows)
+    if periodic is None:
         return False
-    final = rows["mark"].max()
-    periodic = set(rows.loc[rows["mark"] != final, "task_id"])
-    return bool(set(rows.loc[rows["mark"] == final, "task_id"]) - periodic)
+    return bool(set(rows.loc[rows["mark"] == rows["mark"].max(), "task_id"]) - periodic)
 
 
 def curve(run: Run, split: str = "test", normalized: bool = False) -> pd.DataFrame:
@@ -530,11 +537,10 @@ def curve(run: Run, split: str = "test", normalized: bool = False) -> pd.DataFra
     rows = df[(df["split"] == split) & df["episode"].isin(run.info.headline_episodes)]
     if rows.empty:
         return pd.DataFrame({"mark": [], "env_steps": [], "value": []})
-    if run.done and rows["mark"].nunique() > 1:
+    periodic = _periodic_tasks(run, rows)
+    if periodic is not None:
         # every point on the same tasks: the final evaluation covers more tasks than the periodic
         # ones, so the curve's last point keeps only the periodic evaluations' tasks
-        final = rows["mark"].max()
-        periodic = set(rows.loc[rows["mark"] != final, "task_id"])
         rows = rows[rows["task_id"].isin(periodic)]
     per_task = _task_means(rows, ["mark"])
     out = per_task.groupby("mark", as_index=False)["value"].mean()
