@@ -258,6 +258,7 @@ class PEARLAgent(AdaptiveAgent):
 # -- the learner ----------------------------------------------------------------------------------
 class PEARL(MetaLearner):
     name = "pearl"
+    parallel_update = True  # see MetaLearner.parallel_update; measured in README "Performance"
     Config = PEARLConfig
 
     def __init__(

@@ -480,6 +480,7 @@ class TrMRLAgent(AdaptiveAgent):
 
 class TrMRL(MetaLearner):
     name = "trmrl"
+    parallel_update = True  # see MetaLearner.parallel_update; measured in README "Performance"
     Config = TrMRLConfig
 
     def __init__(

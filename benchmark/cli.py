@@ -242,7 +242,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     ``--backend ray``.
     """
     from benchmark.results import run_dir
-    from benchmark.runner import processes_used
+    from benchmark.runner import processes_used, update_threads
     from benchmark.sweep import RunResult, RunSpec
 
     if args.backend == "local" and args.address is not None:
@@ -277,14 +277,15 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     for algo in args.algo:  # validate every name, setting and output directory before any run starts
         for suite_name in args.suite:
             try:
-                _, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
+                learner_cls, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
             except ConfigError as exc:  # this run's own settings: reported, the others go on
                 first_error = first_error or exc
                 for seed in args.seeds:
                     spec = RunSpec(algo, suite_name, seed, budget_steps=0)
                     refused.append(RunResult(spec, "failed", f"refused its settings: {exc}", attempts=0))
                 continue
-            cpus = max(processes_used(suite, run_cfg), run_cfg.torch_threads)
+            threads = update_threads(suite, run_cfg, learner_cls)
+            cpus = max(processes_used(suite, run_cfg), run_cfg.torch_threads, threads)
             gpus = 1 if args.device.startswith("cuda") else 0
             for seed in args.seeds:
                 path = run_dir(args.out, suite_name, algo, seed)

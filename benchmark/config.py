@@ -49,7 +49,12 @@ class HarnessConfig:
     num_workers: int = setting(
         2, low=1
     )  # processes stepping simulators, the sampling one included (point-nav: in-process)
-    torch_threads: int = setting(1, low=1)  # intra-op threads of the learner process
+    torch_threads: int = setting(1, low=1)  # intra-op threads of the learner process while it acts
+    # intra-op threads (torch and numpy's BLAS) of train_step outside its sampling, i.e. the update;
+    # 0 = the method's choice: one per simulator process (num_workers; point-nav: 1), which wait while it
+    # updates, for methods whose update gains from threads (MetaLearner.parallel_update), else
+    # torch_threads. 1 reproduces runs made before this setting existed exactly
+    update_threads: int = setting(0, low=0)
 
 
 # Harness budgets per (profile, family), in environment steps, identical for every method. quick:

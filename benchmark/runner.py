@@ -18,13 +18,15 @@ rows < c, then replays exactly what the uninterrupted run would have done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from benchmark.config import HarnessConfig
 from benchmark.evaluate import evaluate, headline, summarize
@@ -88,6 +91,41 @@ def processes_used(suite: Suite, cfg: HarnessConfig) -> int:
     return 1 if suite.family == "point-nav" else cfg.num_workers
 
 
+def update_threads(suite: Suite, cfg: HarnessConfig, learner_cls: type[MetaLearner]) -> int:
+    """Intra-op threads of a run's updates (``train_step`` outside its sampling): ``update_threads``, or
+    for 0 (the default) one per simulator process of the run (they wait while the learner updates), at
+    least ``torch_threads``, for a method whose update gains from threads (``parallel_update``), and
+    ``torch_threads`` for the others. With 0, a run never holds more CPUs than ``max(processes_used,
+    torch_threads)``, which is what a sweep reserves for it."""
+    if cfg.update_threads:
+        return cfg.update_threads
+    if learner_cls.parallel_update:
+        return max(processes_used(suite, cfg), cfg.torch_threads)
+    return cfg.torch_threads
+
+
+def set_intra_op_threads(n: int) -> None:
+    """Set torch's intra-op pool and numpy's BLAS pool (threadpoolctl) to ``n`` threads, together."""
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")
+
+
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (torch and numpy's BLAS), then restore torch's count
+    from before it (BLAS follows). Nothing is touched when torch already has ``n``: a run whose
+    update and acting thread counts are equal runs exactly as before this existed."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    set_intra_op_threads(n)
+    try:
+        yield
+    finally:
+        set_intra_op_threads(before)
+
+
 def validation_split(suite: Suite, n: int) -> tuple[list[Task], list[Task]]:
     """(training tasks kept for meta-training, ``n`` held-out validation tasks), both from the train split.
 
@@ -110,7 +148,9 @@ class HarnessContext:
     """The ``TrainContext`` a method sees: training tasks, trial sampling, the run's generator.
 
     ``train_pool`` (default: the suite's whole train split) is what ``train_step`` may sample; a
-    tuning run passes the training tasks minus its validation tasks.
+    tuning run passes the training tasks minus its validation tasks. ``acting_threads``: the intra-op
+    threads its sampling runs with (the run's ``torch_threads``; the runner gives ``train_step`` its
+    ``update_threads``, so sampling inside it goes back to the acting count); None leaves them as set.
     """
 
     def __init__(
@@ -120,8 +160,10 @@ class HarnessContext:
         rng: np.random.Generator,
         device: torch.device,
         train_pool: Sequence[Task] | None = None,
+        acting_threads: int | None = None,
     ) -> None:
         self.suite, self.sampler, self.rng, self.device = suite, sampler, rng, device
+        self.acting_threads = acting_threads
         self.pool = list(suite.tasks("train") if train_pool is None else train_pool)
         self._pool_ids = {t.task_id for t in self.pool}
         self.env_steps = 0
@@ -145,7 +187,9 @@ class HarnessContext:
         if agent.evaluation:
             raise ValueError("train_step sampled with an evaluation agent; use make_agent(evaluation=False)")
         seed = int(self.rng.integers(0, 2**31 - 1))
-        batch = self.sampler.run(agent, tasks, episodes or self.suite.episodes_per_trial, seed)
+        threads = torch.get_num_threads() if self.acting_threads is None else self.acting_threads
+        with intra_op_threads(threads):
+            batch = self.sampler.run(agent, tasks, episodes or self.suite.episodes_per_trial, seed)
         self.env_steps += batch.env_steps
         return batch
 
@@ -197,12 +241,14 @@ class Runner:
         overwrite: bool = False,
         progress: bool = True,
     ) -> None:
-        self.run_id, self.suite, self.run_cfg = run_id, suite, run
+        self.run_id, self.suite, self.run_cfg = run_id, suite, dataclasses.replace(run)
         self.learner_cls, self.algo_config = learner_cls, algo_config
         self.progress = progress
         self.dir = run_id.dir
         self.device = torch.device(run_id.device)
-        self._prepare_dir(resume, overwrite)
+        self._prepare_dir(resume, overwrite)  # a resumed run keeps its recorded update_threads
+        # config.json records the update's thread count itself, not the rule (0) that chose it
+        self.run_cfg.update_threads = update_threads(suite, self.run_cfg, learner_cls)
 
     # -- directory ---------------------------------------------------------------------------------
     def _prepare_dir(self, resume: bool, overwrite: bool) -> None:
@@ -228,6 +274,8 @@ class Runner:
         A longer ``budget_steps`` continues the run (a finished one too: its final evaluation is
         replaced by the one at the new budget); a shorter one is refused. A setting the run's
         config.json lacks (added to the code later) counts as unchanged while it has its default.
+        ``update_threads`` left at 0 takes the run's recorded count (a run recorded before the setting
+        existed updated with its ``torch_threads``), so another ``num_workers`` keeps the resume exact.
         """
         path = self.dir / "config.json"
         try:
@@ -235,6 +283,10 @@ class Runner:
         except (OSError, json.JSONDecodeError) as exc:
             raise ResultsError(f"{path}: unreadable config of the run to resume ({exc})") from None
         self._was_dirty = bool(old.get("git_dirty"))
+        recorded = old.setdefault("run", {})
+        recorded.setdefault("update_threads", recorded.get("torch_threads", self.run_cfg.torch_threads))
+        if not self.run_cfg.update_threads:
+            self.run_cfg.update_threads = recorded["update_threads"]
         new = json.loads(json.dumps(self.config_record(), default=str))
         diffs = []
         for key in ("profile", "device"):
@@ -297,7 +349,7 @@ class Runner:
         """Train (or resume) to the env-step budget, evaluate, and return the summary."""
         if self.finished:
             return self._summary_from_disk()
-        torch.set_num_threads(self.run_cfg.torch_threads)
+        set_intra_op_threads(self.run_cfg.torch_threads)
         cfg, suite = self.run_cfg, self.suite
         torch.manual_seed(self.run_id.seed)
         learner = self.learner_cls(suite.spec(), self.algo_config, self.device, self.dir / "storage")
@@ -330,7 +382,8 @@ class Runner:
         eval_log = CsvLog(self.dir / "eval.csv", EVAL_COLUMNS)
         sampler = TrialSampler(suite, num_workers=processes_used(suite, cfg))
         train_pool, validation = validation_split(suite, cfg.validation_tasks)
-        ctx = HarnessContext(suite, sampler, rng, self.device, train_pool)
+        ctx = HarnessContext(suite, sampler, rng, self.device, train_pool, cfg.torch_threads)
+        updating = update_threads(suite, cfg, self.learner_cls)
         ctx.env_steps = env_steps
         bar = _progress_bar(cfg.budget_steps, env_steps, self.run_id, enabled=self.progress)
         last_eval: float | None = None
@@ -353,7 +406,8 @@ class Runner:
                 if ctx.env_steps >= cfg.budget_steps:
                     break
                 before = ctx.env_steps
-                metrics = learner.train_step(ctx)
+                with intra_op_threads(updating):  # its sampling goes back to torch_threads
+                    metrics = learner.train_step(ctx)
                 if ctx.env_steps == before:
                     raise RuntimeError(
                         f"{self.run_id.algo}: train_step consumed no environment steps; the budget counts "

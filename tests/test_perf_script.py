@@ -112,7 +112,7 @@ def test_full_plan_targets_and_references():
     """The full plan (not run): 20-task sampler rows with the issue's bounds, peers at equal sizes."""
     import argparse
 
-    args = argparse.Namespace(quick=False, algos=None, suites=None, torch_threads=1)
+    args = argparse.Namespace(quick=False, algos=None, suites=None, torch_threads=1, update_threads=0)
     jobs, _ = plan.build_plan(args)
     by_id = {j["id"]: j for j in jobs}
     for algo in algorithm_names():

@@ -319,3 +319,82 @@ def test_validation_run_holds_out_training_tasks_and_never_touches_test_or_ood(t
     _, ev = read(run(tmp_path, RL2, TINY_RL2, validation_tasks=20, final_eval_max_tasks=0))
     assert set(ev["split"]) == {"validation"}
     assert set(ev["task_id"]) <= {t.task_id for t in held} and ev["task_id"].nunique() == 20
+
+
+# -- 8. threads: the update with the run's idle simulator cores, acting with torch_threads -----------------
+class ThreadsSeen(ReplayLearner):
+    """Records the intra-op threads (torch, numpy's BLAS) of its update and of its agent's acting."""
+
+    parallel_update = True
+    seen: dict[str, set[tuple[int, int]]] = {"update": set(), "act": set()}
+
+    @staticmethod
+    def now() -> tuple[int, int]:
+        from threadpoolctl import threadpool_info
+
+        blas = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+        assert len(blas) == 1
+        return torch.get_num_threads(), blas.pop()
+
+    def make_agent(self, evaluation: bool = False) -> AdaptiveAgent:
+        agent = super().make_agent(evaluation)
+        act = agent.act
+
+        def recording_act(obs):
+            if not agent.evaluation:
+                ThreadsSeen.seen["act"].add(ThreadsSeen.now())
+            return act(obs)
+
+        agent.act = recording_act
+        return agent
+
+    def train_step(self, ctx):
+        ThreadsSeen.seen["update"].add(self.now())
+        metrics = super().train_step(ctx)
+        ThreadsSeen.seen["update"].add(self.now())
+        return metrics
+
+
+def test_update_threads_default_is_the_simulator_processes_for_parallel_updates_only():
+    from benchmark.runner import update_threads
+    from benchmark.suites.locomotion import HalfCheetahVel
+
+    cheetah, nav = HalfCheetahVel(), PointNav()
+    assert update_threads(cheetah, HarnessConfig(num_workers=2), TrMRL) == 2  # the workers wait meanwhile
+    assert update_threads(cheetah, HarnessConfig(num_workers=3, torch_threads=1), TrMRL) == 3
+    assert update_threads(cheetah, HarnessConfig(num_workers=1, torch_threads=2), TrMRL) == 2
+    assert update_threads(nav, HarnessConfig(num_workers=2), TrMRL) == 1  # point-nav steps in-process
+    assert update_threads(cheetah, HarnessConfig(num_workers=2), RL2) == 1  # RL2's GRU loop: torch_threads
+    assert update_threads(cheetah, HarnessConfig(num_workers=2, update_threads=3), RL2) == 3  # as set
+
+
+def test_train_step_updates_with_update_threads_and_samples_with_torch_threads(tmp_path):
+    ThreadsSeen.seen = {"update": set(), "act": set()}
+    path = run(tmp_path, ThreadsSeen, ReplayConfig(), update_threads=2, torch_threads=1)
+    assert ThreadsSeen.seen == {"update": {(2, 2)}, "act": {(1, 1)}}  # BLAS follows torch's count
+    assert torch.get_num_threads() == 1  # the run's acting count after train_step
+    assert json.loads((path / "config.json").read_text())["run"]["update_threads"] == 2
+
+
+def test_resume_keeps_the_recorded_update_threads_and_refuses_another(tmp_path):
+    from benchmark.runner import ResumeMismatchError
+
+    def runner(**harness: Any) -> Runner:
+        settings = {"budget_steps": 4000, "eval_every_steps": 1500, "checkpoint_every_steps": 1000,
+                    "eval_tasks": 2, "final_eval_max_tasks": 2} | harness  # fmt: skip
+        rid = RunId(algo="replay-toy", suite="point-nav", seed=0, profile="quick", out=tmp_path)
+        return Runner(rid, PointNav(), ThreadsSeen, ReplayConfig(), HarnessConfig(**settings), resume=True)
+
+    first = runner(update_threads=2)
+    first.execute()
+    config = first.dir / "config.json"
+    assert runner().run_cfg.update_threads == 2  # left at 0: the run's own count, whatever the layout
+    assert runner(num_workers=3).run_cfg.update_threads == 2
+    with pytest.raises(ResumeMismatchError, match="update_threads 2 -> 3"):
+        runner(update_threads=3)
+    record = json.loads(config.read_text())
+    del record["run"]["update_threads"]  # a run made before the setting: it updated at torch_threads
+    config.write_text(json.dumps(record))
+    assert runner().run_cfg.update_threads == 1
+    with pytest.raises(ResumeMismatchError, match="update_threads 1 -> 2"):
+        runner(update_threads=2)

@@ -42,7 +42,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--suites", nargs="+", help="suites of the raw / sampler rows")
     p.add_argument("--algos", nargs="+", help="methods (default: every registered one)")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads when measuring (1)")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads when acting (1)")
+    p.add_argument(
+        "--update-threads",
+        type=int,
+        default=0,
+        help="intra-op threads of the updates, the peers' included (0: as a run, the env workers' count)",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement (600)")
     p.add_argument("--no-isolate", action="store_true", help="measure in this process (memory accumulates)")
     p.add_argument(
@@ -94,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load0 = os.getloadavg()
     mode = "in this process" if args.no_isolate else "a fresh subprocess per row or series"
     print(
-        f"{len(jobs)} measurements ({mode}; torch threads {args.torch_threads}; {os.cpu_count()} cores; "
+        f"{len(jobs)} measurements ({mode}; torch threads {args.torch_threads}, update threads "
+        f"{args.update_threads or 'as a run'}; {os.cpu_count()} cores; "
         f"load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f})",
         flush=True,
     )

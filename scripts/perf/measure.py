@@ -171,7 +171,7 @@ def measure_train(job: Job) -> dict[str, Any]:
     import torch
 
     from benchmark.registry import load_suite
-    from benchmark.runner import HarnessContext
+    from benchmark.runner import HarnessContext, intra_op_threads, update_threads
     from benchmark.sampler import TrialSampler
 
     class TimedContext(HarnessContext):
@@ -187,26 +187,37 @@ def measure_train(job: Job) -> dict[str, Any]:
     suite = load_suite(job["suite"])
     cls, run_cfg, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
     workers = 1 if suite.family == "point-nav" else job["workers"]
+    # threads as a run uses them: acting at torch_threads, train_step outside its sampling at update_threads
+    run_cfg.num_workers, run_cfg.torch_threads = job["workers"], job["torch_threads"]
+    run_cfg.update_threads = job.get("update_threads", 0)
+    threads = update_threads(suite, run_cfg, cls)
     torch.manual_seed(0)
     learner = cls(suite.spec(), cfg, torch.device("cpu"))
     sampler = TrialSampler(suite, num_workers=workers)
-    ctx = TimedContext(suite, sampler, np.random.default_rng(0), torch.device("cpu"))
+    ctx = TimedContext(
+        suite, sampler, np.random.default_rng(0), torch.device("cpu"), None, job["torch_threads"]
+    )
+
+    def train_step() -> dict[str, float]:
+        with intra_op_threads(threads):
+            return learner.train_step(ctx)
+
     phases = None
     try:
         first = None
         for _ in range(job["warmup_iterations"]):  # starts env workers, optimiser state, initial data
-            first = learner.train_step(ctx)
+            first = train_step()
         steps0, ctx.sampling = ctx.env_steps, 0.0
         grad0 = (first or {}).get("grad_steps", 0.0)
         stats = []
         t0 = tic()
         for _ in range(job["iterations"]):
-            stats.append(learner.train_step(ctx))
+            stats.append(train_step())
         dt = toc(t0)
         sampling, steps = ctx.sampling, ctx.env_steps - steps0
         if job.get("breakdown"):
             s0 = time.perf_counter()
-            _, pst = profiling.profiled(lambda: learner.train_step(ctx))
+            _, pst = profiling.profiled(train_step)
             phases = profiling.maml_breakdown(pst, time.perf_counter() - s0)
     finally:
         sampler.close()
@@ -252,7 +263,7 @@ def measure_train(job: Job) -> dict[str, Any]:
         )
         if hasattr(cfg, k)
     )
-    out["notes"] = "; ".join([*notes, sizes, f"env workers={workers}"])
+    out["notes"] = "; ".join([*notes, sizes, f"env workers={workers}", f"update threads={threads}"])
     return out
 
 

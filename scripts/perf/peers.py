@@ -8,6 +8,9 @@
 * SAC (PEARL): Stable-Baselines3 ``SAC("MlpPolicy")`` with PEARL's hidden layers (net_layers x net_size)
   and PEARL's transitions per gradient step (meta_batch x batch_size). Rate: gradient steps per second
   of ``SAC.train`` on a replay buffer filled with ``learning_starts`` random steps.
+
+Threads as in a run of the harness: the peers act (collect) with ``torch_threads`` and update (``train``)
+with the update threads of the method they are compared with (``MetaLearner.parallel_update``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,25 @@ from typing import Any
 
 from scripts.perf.measure import ppo_work, sac_work
 from scripts.perf.profiling import tic, toc
+
+
+def update_threads(job: dict[str, Any]) -> int:
+    """The update's intra-op threads: those of the method compared with (the plan resolves them with
+    ``benchmark.runner.update_threads``), else ``torch_threads``."""
+    return job.get("update_threads") or job["torch_threads"]
+
+
+def threaded_train(model: Any, threads: int) -> None:
+    """Make ``model.train`` (the SB3 update) run with ``threads`` intra-op threads, as the harness does."""
+    from benchmark.runner import intra_op_threads
+
+    train = model.train
+
+    def train_with_threads(*args: Any, **kwargs: Any) -> Any:
+        with intra_op_threads(threads):
+            return train(*args, **kwargs)
+
+    model.train = train_with_threads
 
 
 def measure_sb3_ppo(job: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +59,7 @@ def measure_sb3_ppo(job: dict[str, Any]) -> dict[str, Any]:
             seed=0,
             verbose=0,
         )
+        threaded_train(model, update_threads(job))
         model.learn(rollout)  # warm-up iteration
         start = model.num_timesteps
         t0 = tic()
@@ -50,7 +73,7 @@ def measure_sb3_ppo(job: dict[str, Any]) -> dict[str, Any]:
         "seconds": dt,
         "work": ppo_work(rollout, minibatches, epochs),
         "notes": f"{job['iterations']} it after 1 warm-up; {n_envs} envs x {rollout // n_envs} steps "
-        f"({job['vec']} vec env), MlpPolicy (64, 64)",
+        f"({job['vec']} vec env), MlpPolicy (64, 64); update threads={update_threads(job)}",
     }
 
 
@@ -73,6 +96,7 @@ def measure_sb3_sac(job: dict[str, Any]) -> dict[str, Any]:
             verbose=0,
         )
         model.learn(job["learning_starts"] + 1)  # random steps into the buffer; sets up the logger
+        threaded_train(model, update_threads(job))
         model.train(gradient_steps=job["warmup_grad_steps"], batch_size=batch)
         t0 = tic()
         model.train(gradient_steps=job["grad_steps"], batch_size=batch)
@@ -85,5 +109,6 @@ def measure_sb3_sac(job: dict[str, Any]) -> dict[str, Any]:
         "unit": "grad steps/s",
         "work": sac_work(layers, size, batch),
         "notes": f"SAC.train({job['grad_steps']} gradient steps) after {job['warmup_grad_steps']} warm-up; "
-        "twin Q + actor + entropy coefficient (PEARL: twin Q + V + target V + encoder + policy)",
+        "twin Q + actor + entropy coefficient (PEARL: twin Q + V + target V + encoder + policy); "
+        f"update threads={update_threads(job)}",
     }

@@ -149,7 +149,11 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
     skips = [
         {"id": f"*/{n}", "kind": "*", "name": n, "status": "SKIP", "notes": why} for n, why in skipped.items()
     ]
-    common = {"torch_threads": args.torch_threads, "workers": z.workers}
+    common = {
+        "torch_threads": args.torch_threads,
+        "update_threads": args.update_threads,
+        "workers": z.workers,
+    }
     jobs: dict[str, Job] = {}
 
     def add(job: Job) -> str:
@@ -261,16 +265,23 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
             sampler(algo, suite_name, z.batch, z.overrides, min_ratio=SAMPLER_TARGETS.get(suite_name))
 
     # -- training at equal work with the library peer ----------------------------------------------
+    from benchmark.runner import update_threads
+
     suite = load_suite(z.train_suite)
     for algo in algos:
         ov = equal_work(algo, z.overrides)
-        _c, _r, cfg = method_config(algo, suite, "quick", ov)
+        cls, run_cfg, cfg = method_config(algo, suite, "quick", ov)
         limits = {"max_rss_mb": MEMORY_LIMIT_MB}
+        # the peer updates with as many threads as the method does in a run (acting: torch_threads)
+        run_cfg.num_workers, run_cfg.torch_threads = z.workers, args.torch_threads
+        run_cfg.update_threads = args.update_threads
+        threads = update_threads(suite, run_cfg, cls)
+        tag = "" if threads == 1 else f"/u{threads}"
         if algo in PPO_METHODS:
             rollout, mbs, epochs = ppo_sizes(algo, cfg, suite)
             peer = add(
                 {
-                    "id": f"peer/sb3-ppo/HalfCheetah-v5/R{rollout}m{mbs}e{epochs}",
+                    "id": f"peer/sb3-ppo/HalfCheetah-v5/R{rollout}m{mbs}e{epochs}{tag}",
                     "kind": "peer",
                     "name": "sb3-ppo",
                     "suite": "HalfCheetah-v5",
@@ -285,6 +296,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                     "iterations": z.iterations,
                     "reference": single,
                     "expect_work": ppo_work(rollout, mbs, epochs),
+                    "update_threads": threads,
                 }
             )
             train(algo, "quick", ov, reference=peer, min_ratio=1.0, **limits)
@@ -292,7 +304,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
             batch = cfg.meta_batch * cfg.batch_size
             peer = add(
                 {
-                    "id": f"peer/sb3-sac/HalfCheetah-v5/{cfg.net_layers}x{cfg.net_size}b{batch}",
+                    "id": f"peer/sb3-sac/HalfCheetah-v5/{cfg.net_layers}x{cfg.net_size}b{batch}{tag}",
                     "kind": "peer",
                     "name": "sb3-sac",
                     "suite": "HalfCheetah-v5",
@@ -306,6 +318,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                     "grad_steps": z.sac_grad_steps,
                     "warmup_grad_steps": max(1, z.sac_grad_steps // 10),
                     "reference": "",
+                    "update_threads": threads,
                 }
             )
             train(algo, "quick", ov, reference=peer, min_ratio=1.0, **limits)
