@@ -277,15 +277,14 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     for algo in args.algo:  # validate every name, setting and output directory before any run starts
         for suite_name in args.suite:
             try:
-                learner_cls, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
+                _, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
             except ConfigError as exc:  # this run's own settings: reported, the others go on
                 first_error = first_error or exc
                 for seed in args.seeds:
                     spec = RunSpec(algo, suite_name, seed, budget_steps=0)
                     refused.append(RunResult(spec, "failed", f"refused its settings: {exc}", attempts=0))
                 continue
-            threads = update_threads(suite, run_cfg, learner_cls)
-            cpus = max(processes_used(suite, run_cfg), run_cfg.torch_threads, threads)
+            cpus = max(processes_used(suite, run_cfg), run_cfg.torch_threads, update_threads(run_cfg))
             gpus = 1 if args.device.startswith("cuda") else 0
             for seed in args.seeds:
                 path = run_dir(args.out, suite_name, algo, seed)

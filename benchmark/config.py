@@ -7,6 +7,7 @@ method's own ``profile()``; ``--set`` can override a field of either, with its t
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -51,9 +52,10 @@ class HarnessConfig:
     )  # processes stepping simulators, the sampling one included (point-nav: in-process)
     torch_threads: int = setting(1, low=1)  # intra-op threads of the learner process while it acts
     # intra-op threads (torch and numpy's BLAS) of train_step outside its sampling, i.e. the update;
-    # 0 = the method's choice: one per simulator process (num_workers; point-nav: 1), which wait while it
-    # updates, for methods whose update gains from threads (MetaLearner.parallel_update), else
-    # torch_threads. 1 reproduces runs made before this setting existed exactly
+    # 0 = torch_threads, as runs made before this setting existed. 2 on an otherwise idle 2-core machine
+    # speeds up the methods whose update gains from threads (MetaLearner.parallel_update: TrMRL, PEARL,
+    # MAML) by 1.4-1.6x; where other processes hold the cores, threads that spin-wait for each other
+    # make it several times slower (README "Performance")
     update_threads: int = setting(0, low=0)
 
 
@@ -217,4 +219,11 @@ def resolve(
             check_settings(config)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    cores = os.cpu_count() or 1
+    for key in ("torch_threads", "update_threads"):  # torch crashes or hangs at thousands of threads
+        if getattr(run, key) > cores:
+            raise ConfigError(
+                f"--set {key}={getattr(run, key)}: expected at most {cores} (this machine's cores; more "
+                "threads than cores only wait for each other)"
+            )
     return run, algo

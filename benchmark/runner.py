@@ -91,17 +91,12 @@ def processes_used(suite: Suite, cfg: HarnessConfig) -> int:
     return 1 if suite.family == "point-nav" else cfg.num_workers
 
 
-def update_threads(suite: Suite, cfg: HarnessConfig, learner_cls: type[MetaLearner]) -> int:
+def update_threads(cfg: HarnessConfig) -> int:
     """Intra-op threads of a run's updates (``train_step`` outside its sampling): ``update_threads``, or
-    for 0 (the default) one per simulator process of the run (they wait while the learner updates), at
-    least ``torch_threads``, for a method whose update gains from threads (``parallel_update``), and
-    ``torch_threads`` for the others. With 0, a run never holds more CPUs than ``max(processes_used,
-    torch_threads)``, which is what a sweep reserves for it."""
-    if cfg.update_threads:
-        return cfg.update_threads
-    if learner_cls.parallel_update:
-        return max(processes_used(suite, cfg), cfg.torch_threads)
-    return cfg.torch_threads
+    ``torch_threads`` for 0 (the default). More threads help only where the update is made of large
+    batched operations (``MetaLearner.parallel_update``) and the cores are otherwise idle: the threads
+    spin-wait for each other, and other processes on the same cores make them several times slower."""
+    return cfg.update_threads or cfg.torch_threads
 
 
 def set_intra_op_threads(n: int) -> None:
@@ -248,7 +243,7 @@ class Runner:
         self.device = torch.device(run_id.device)
         self._prepare_dir(resume, overwrite)  # a resumed run keeps its recorded update_threads
         # config.json records the update's thread count itself, not the rule (0) that chose it
-        self.run_cfg.update_threads = update_threads(suite, self.run_cfg, learner_cls)
+        self.run_cfg.update_threads = update_threads(self.run_cfg)
 
     # -- directory ---------------------------------------------------------------------------------
     def _prepare_dir(self, resume: bool, overwrite: bool) -> None:
@@ -275,7 +270,7 @@ class Runner:
         replaced by the one at the new budget); a shorter one is refused. A setting the run's
         config.json lacks (added to the code later) counts as unchanged while it has its default.
         ``update_threads`` left at 0 takes the run's recorded count (a run recorded before the setting
-        existed updated with its ``torch_threads``), so another ``num_workers`` keeps the resume exact.
+        existed updated with its ``torch_threads``).
         """
         path = self.dir / "config.json"
         try:
@@ -310,7 +305,8 @@ class Runner:
         if diffs:
             raise ResumeMismatchError(
                 f"{self.dir}: --resume with settings that differ from the run's: {'; '.join(diffs)}; "
-                "resume with the original settings (a longer budget_steps is accepted) or --overwrite"
+                "resume with the original settings (a longer budget_steps or another num_workers is "
+                "accepted; update_threads left unset keeps the run's) or --overwrite"
             )
         if self.finished and old_budget is not None and new_budget > old_budget:
             (self.dir / DONE_MARKER).unlink()  # continue to the new budget
@@ -383,7 +379,7 @@ class Runner:
         sampler = TrialSampler(suite, num_workers=processes_used(suite, cfg))
         train_pool, validation = validation_split(suite, cfg.validation_tasks)
         ctx = HarnessContext(suite, sampler, rng, self.device, train_pool, cfg.torch_threads)
-        updating = update_threads(suite, cfg, self.learner_cls)
+        updating = update_threads(cfg)
         ctx.env_steps = env_steps
         bar = _progress_bar(cfg.budget_steps, env_steps, self.run_id, enabled=self.progress)
         last_eval: float | None = None

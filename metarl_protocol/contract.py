@@ -228,12 +228,12 @@ class MetaLearner(abc.ABC):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
-    # Whether the update (train_step outside its sampling) gains from more intra-op threads: large
-    # batched tensor operations (a transformer over minibatches of trials, SAC's batch-1,024 MLPs, MAML's
-    # Fisher-vector products). Under the harness's default ``update_threads=0`` such a method updates
-    # with one thread per simulator process of the run (they wait while it updates); others with
-    # ``torch_threads``. Per-step loops of small products (RL²'s GRU at 4 x 128) lose from a second
-    # thread: the threads' synchronisation costs more than they compute.
+    # Whether the update (train_step outside its sampling) gains from more intra-op threads on idle
+    # cores: large batched tensor operations (a transformer over minibatches of trials, SAC's batch-1,024
+    # MLPs, MAML's Fisher-vector products). A statement for users and for the perf script, whose training
+    # rows run such methods with one update thread per env worker (a run: ``--set update_threads=N``;
+    # the default is ``torch_threads``). Per-step loops of small products (RL²'s GRU at 4 x 128) lose
+    # from a second thread: the threads' synchronisation costs more than they compute.
     parallel_update: ClassVar[bool] = False
 
     def __init__(

@@ -1,6 +1,7 @@
 """The CLI contract: list / run, and one-line errors with exit code 2 for bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -62,6 +63,12 @@ def test_list_shows_suites_and_algorithms(capsys):
         (["run", "--algo", "rl2", "--profile", "huge"], "invalid choice"),
         (["run", "--algo", "rl2", "--device", "tpu"], "--device"),
         (["sweep", "--algo", "rl2", "--seeds", "4-1"], "empty"),
+        (["run", "--algo", "trmrl", "--set", "update_threads=-1"], "update_threads=-1: expected >= 0"),
+        (
+            ["run", "--algo", "trmrl", "--set", f"update_threads={(os.cpu_count() or 1) + 1}"],
+            f"expected at most {os.cpu_count() or 1} (this machine's cores",
+        ),
+        (["run", "--algo", "rl2", "--set", "torch_threads=100000"], "torch_threads=100000: expected at most"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, tmp_path, argv, needle):

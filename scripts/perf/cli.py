@@ -12,12 +12,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 KINDS = ("raw", "sampler", "train", "peer", "paper", "scaling")
+
+
+def threads_arg(low: int) -> Any:
+    """argparse type: an integer thread count from ``low`` to this machine's cores."""
+    cores = os.cpu_count() or 1
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {low} to {cores}, got {text!r}"
+            ) from None
+        if not low <= value <= cores:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {low} to {cores} (this machine's cores)"
+            )
+        return value
+
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -34,20 +55,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("results/perf.csv"),
-        help="CSV path (results/perf.csv); the scaling table and figure go next to it",
+        default=None,
+        help="CSV path (results/perf.csv; with --quick a temporary directory, so a smoke run never "
+        "replaces the committed numbers); the scaling table and figure go next to it",
     )
     p.add_argument(
         "--only", nargs="+", choices=KINDS, metavar="KIND", help=f"measure only these kinds: {KINDS}"
     )
     p.add_argument("--suites", nargs="+", help="suites of the raw / sampler rows")
     p.add_argument("--algos", nargs="+", help="methods (default: every registered one)")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads when acting (1)")
+    p.add_argument(
+        "--torch-threads", type=threads_arg(1), default=1, help="torch intra-op threads when acting (1)"
+    )
     p.add_argument(
         "--update-threads",
-        type=int,
+        type=threads_arg(0),
         default=0,
-        help="intra-op threads of the updates, the peers' included (0: as a run, the env workers' count)",
+        help="intra-op threads of the training rows' updates and their peers' (0: one per env worker for "
+        "the methods whose update gains from threads, TrMRL, PEARL and MAML; --torch-threads for the others)",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement (600)")
     p.add_argument("--no-isolate", action="store_true", help="measure in this process (memory accumulates)")
@@ -101,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "in this process" if args.no_isolate else "a fresh subprocess per row or series"
     print(
         f"{len(jobs)} measurements ({mode}; torch threads {args.torch_threads}, update threads "
-        f"{args.update_threads or 'as a run'}; {os.cpu_count()} cores; "
+        f"{args.update_threads or 'per method (parallel_update)'}; {os.cpu_count()} cores; "
         f"load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f})",
         flush=True,
     )
@@ -134,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.append(
         report.run_row(elapsed, None if args.quick or args.only else plan.RUN_SECONDS, os.getloadavg())
     )
+    if args.out is None:
+        args.out = (
+            Path(tempfile.mkdtemp(prefix="perf-quick-")) / "perf.csv"
+            if args.quick
+            else Path("results/perf.csv")
+        )
     out = args.out if args.out.is_absolute() else Path.cwd() / args.out
     report.write_csv(rows, out)
     table = report.scaling_rows(rows)

@@ -171,7 +171,7 @@ def measure_train(job: Job) -> dict[str, Any]:
     import torch
 
     from benchmark.registry import load_suite
-    from benchmark.runner import HarnessContext, intra_op_threads, update_threads
+    from benchmark.runner import HarnessContext, intra_op_threads
     from benchmark.sampler import TrialSampler
 
     class TimedContext(HarnessContext):
@@ -188,9 +188,7 @@ def measure_train(job: Job) -> dict[str, Any]:
     cls, run_cfg, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
     workers = 1 if suite.family == "point-nav" else job["workers"]
     # threads as a run uses them: acting at torch_threads, train_step outside its sampling at update_threads
-    run_cfg.num_workers, run_cfg.torch_threads = job["workers"], job["torch_threads"]
-    run_cfg.update_threads = job.get("update_threads", 0)
-    threads = update_threads(suite, run_cfg, cls)
+    threads = job.get("update_threads") or job["torch_threads"]
     torch.manual_seed(0)
     learner = cls(suite.spec(), cfg, torch.device("cpu"))
     sampler = TrialSampler(suite, num_workers=workers)

@@ -137,6 +137,16 @@ def loadable(names: list[str] | None) -> tuple[list[str], dict[str, str]]:
     return ok, skipped
 
 
+def measured_update_threads(cls: type, args: argparse.Namespace, workers: int) -> int:
+    """The update threads a method's training rows run with (and its peer's): ``--update-threads``, or
+    for 0 one per env worker for a method whose update gains from threads (``parallel_update``; a run
+    gets this with ``--set update_threads=N`` on an otherwise idle machine), ``--torch-threads`` for
+    the others."""
+    if args.update_threads:
+        return args.update_threads
+    return max(workers, args.torch_threads) if cls.parallel_update else args.torch_threads
+
+
 def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]]]:
     """Every job, in measuring order (peers right before the rows compared with them), and SKIP rows.
 
@@ -200,8 +210,9 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
 
     def train(algo: str, profile: str, overrides: dict, suffix: str = "", **kw: Any) -> str:
         suite = load_suite(z.train_suite)
-        _c, _r, cfg = method_config(algo, suite, profile, overrides)
+        cls, _r, cfg = method_config(algo, suite, profile, overrides)
         b = tasks_per_iteration(cfg)
+        kw = {"update_threads": measured_update_threads(cls, args, z.workers), **kw}
         kind = "paper" if profile == "paper" else "train"
         return add(
             {
@@ -265,17 +276,12 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
             sampler(algo, suite_name, z.batch, z.overrides, min_ratio=SAMPLER_TARGETS.get(suite_name))
 
     # -- training at equal work with the library peer ----------------------------------------------
-    from benchmark.runner import update_threads
-
     suite = load_suite(z.train_suite)
     for algo in algos:
         ov = equal_work(algo, z.overrides)
-        cls, run_cfg, cfg = method_config(algo, suite, "quick", ov)
+        cls, _r, cfg = method_config(algo, suite, "quick", ov)
         limits = {"max_rss_mb": MEMORY_LIMIT_MB}
-        # the peer updates with as many threads as the method does in a run (acting: torch_threads)
-        run_cfg.num_workers, run_cfg.torch_threads = z.workers, args.torch_threads
-        run_cfg.update_threads = args.update_threads
-        threads = update_threads(suite, run_cfg, cls)
+        threads = measured_update_threads(cls, args, z.workers)  # the peer updates with as many
         tag = "" if threads == 1 else f"/u{threads}"
         if algo in PPO_METHODS:
             rollout, mbs, epochs = ppo_sizes(algo, cfg, suite)
