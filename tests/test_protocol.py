@@ -321,11 +321,10 @@ def test_validation_run_holds_out_training_tasks_and_never_touches_test_or_ood(t
     assert set(ev["task_id"]) <= {t.task_id for t in held} and ev["task_id"].nunique() == 20
 
 
-# -- 8. threads: the update with the run's idle simulator cores, acting with torch_threads -----------------
+# -- 8. threads: the update with update_threads, acting with torch_threads ---------------------------------
 class ThreadsSeen(ReplayLearner):
     """Records the intra-op threads (torch, numpy's BLAS) of its update and of its agent's acting."""
 
-    parallel_update = True
     seen: dict[str, set[tuple[int, int]]] = {"update": set(), "act": set()}
 
     @staticmethod

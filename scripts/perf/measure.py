@@ -39,6 +39,12 @@ def method_config(algo: str, suite: Any, profile: str, overrides: dict[str, str]
     return cls, run_cfg, cfg
 
 
+def update_threads(job: Job) -> int:
+    """The intra-op threads a training row's update (and its peer's) runs with: the job's
+    ``update_threads`` (``plan.measured_update_threads``), else ``torch_threads``."""
+    return job.get("update_threads") or job["torch_threads"]
+
+
 def ppo_work(rollout: int, minibatches: int, epochs: int) -> str:
     """The PPO work of one iteration, written identically for a method and its SB3 peer."""
     return f"rollout={rollout} minibatches={minibatches} epochs={epochs} updates={epochs * minibatches}"
@@ -188,7 +194,7 @@ def measure_train(job: Job) -> dict[str, Any]:
     cls, run_cfg, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
     workers = 1 if suite.family == "point-nav" else job["workers"]
     # threads as a run uses them: acting at torch_threads, train_step outside its sampling at update_threads
-    threads = job.get("update_threads") or job["torch_threads"]
+    threads = update_threads(job)
     torch.manual_seed(0)
     learner = cls(suite.spec(), cfg, torch.device("cpu"))
     sampler = TrialSampler(suite, num_workers=workers)

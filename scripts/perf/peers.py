@@ -17,14 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from scripts.perf.measure import ppo_work, sac_work
+from scripts.perf.measure import ppo_work, sac_work, update_threads
 from scripts.perf.profiling import tic, toc
-
-
-def update_threads(job: dict[str, Any]) -> int:
-    """The update's intra-op threads: those of the method compared with (the plan resolves them with
-    ``benchmark.runner.update_threads``), else ``torch_threads``."""
-    return job.get("update_threads") or job["torch_threads"]
 
 
 def threaded_train(model: Any, threads: int) -> None:
