@@ -67,7 +67,7 @@ from torch import nn
 
 from algorithms.common.nets import GaussianHead, RunningNorm, gru_step, mlp
 from algorithms.common.numpy_acting import MLP, GaussianActing, GRUCell, Normaliser, apply, linear, usable
-from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update
+from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_update, scale_by_return_std
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition
 from metarl_protocol.settings import setting
 from metarl_protocol.storage import AppendOnlyArrays
@@ -612,13 +612,7 @@ class VariBAD(MetaLearner):
         """
         if not self.config.normalize_rewards:
             return rewards
-        ret = torch.zeros_like(rewards)
-        acc = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
-        for t in range(rewards.shape[1]):
-            acc = acc * self.config.gamma + rewards[:, t]
-            ret[:, t] = acc
-        self.return_norm.update(ret[valid].unsqueeze(-1))
-        return rewards / torch.sqrt(self.return_norm.var + 1e-8)
+        return scale_by_return_std(rewards, valid, self.config.gamma, self.return_norm)
 
     def ppo_step(self, batch: Any, rng: np.random.Generator) -> dict[str, float]:
         """PPO update on a recorded TrialBatch: the policy (and the encoder with ``rl_through_encoder``)."""

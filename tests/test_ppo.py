@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_loss
+from algorithms.common.nets import RunningNorm
+from algorithms.common.ppo import PPOParams, gae_over_trials, ppo_loss, scale_by_return_std
 
 
 def reference_gae(r, v, gamma, lam):
@@ -25,6 +26,18 @@ def test_gae_matches_textbook_recursion_across_episode_boundaries():
     for b in range(3):
         assert np.allclose(adv[b].numpy(), reference_gae(r[b], v[b], 0.9, 0.8))
     assert torch.allclose(ret, adv + torch.tensor(v))
+
+
+def test_rewards_are_divided_by_the_std_of_the_discounted_returns_of_valid_steps():
+    r = torch.tensor([[1.0, 2.0, 0.0], [-1.0, 0.5, 3.0]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    norm = RunningNorm(1)
+    norm.update(torch.tensor([[4.0], [6.0]]))  # earlier batches: mean 5, variance 1, count 2
+    out = scale_by_return_std(r, valid, 0.5, norm)
+    returns = [1.0, 2.5, -1.0, 0.0, 3.0]  # sum_k 0.5^k r_{t-k} at the valid steps, trial by trial
+    allr = np.array([4.0, 6.0, *returns])
+    assert norm.count == 7 and np.isclose(norm.var.item(), allr.var())
+    assert torch.allclose(out, r / np.sqrt(allr.var() + 1e-8))
 
 
 def test_gae_skips_invalid_steps():

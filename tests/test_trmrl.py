@@ -104,9 +104,13 @@ def test_cached_rollout_equals_batched_reencode(memory, window, suite):
     assert torch.allclose(log_prob, torch.as_tensor(batch.extras["log_prob"]), atol=1e-4)
 
 
-def test_state_dict_loads_weights_only_and_resumes_exactly():
+@pytest.mark.parametrize("normalize_rewards", [False, True])
+def test_state_dict_loads_weights_only_and_resumes_exactly(normalize_rewards):
     suite = PointNav()
-    cfg = TrMRLConfig(meta_batch_size=4, epochs=1, lr_decay_start=0, lr_decay_end=2, **SMALL)
+    cfg = TrMRLConfig(
+        meta_batch_size=4, epochs=1, lr_decay_start=0, lr_decay_end=2, normalize_rewards=normalize_rewards,
+        **SMALL,
+    )  # fmt: skip
 
     def ctx(seed):
         return HarnessContext(suite, TrialSampler(suite), np.random.default_rng(seed), torch.device("cpu"))
@@ -124,6 +128,7 @@ def test_state_dict_loads_weights_only_and_resumes_exactly():
     torch.manual_seed(5)
     sb = b.train_step(ctx(1))
     assert sa == sb
+    assert torch.equal(a.return_norm.var, b.return_norm.var)  # the reward scale resumed with the run
 
 
 def test_100_iterations_without_layer_norm_stay_finite():

@@ -36,6 +36,25 @@ def gae_over_trials(
     return adv, adv + values
 
 
+def scale_by_return_std(
+    rewards: torch.Tensor, valid: torch.Tensor, gamma: float, return_norm: Any
+) -> torch.Tensor:
+    """Rewards (B, T) divided by the running std of the discounted return sum_k gamma^k r_{t-k}.
+
+    PPO's usual MuJoCo reward scaling (baselines' / SB3's ``VecNormalize(norm_reward=True)``; VariBAD's
+    ``norm_rew_for_policy``, ``utils/helpers.py`` of ``lmzintgraf/varibad``): the return accumulates
+    over the whole trial, as GAE does. ``return_norm`` is a ``RunningNorm(1)`` whose statistics first
+    absorb this batch's returns at the valid steps; the rewards are not centred.
+    """
+    ret = torch.zeros_like(rewards)
+    acc = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    for t in range(rewards.shape[1]):
+        acc = acc * gamma + rewards[:, t]
+        ret[:, t] = acc
+    return_norm.update(ret[valid].unsqueeze(-1))
+    return rewards / torch.sqrt(return_norm.var + 1e-8)
+
+
 @dataclass
 class PPOParams:
     """The knobs of the shared update loop (each method fills them from its own config)."""
