@@ -242,7 +242,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     ``--backend ray``.
     """
     from benchmark.results import run_dir
-    from benchmark.runner import processes_used, update_threads
+    from benchmark.runner import processes_used, recorded_update_threads, update_threads
     from benchmark.sweep import RunResult, RunSpec
 
     if args.backend == "local" and args.address is not None:
@@ -291,7 +291,10 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
                 if not (args.resume or args.overwrite) and path.exists() and any(path.iterdir()):
                     state = "a finished" if (path / "done").exists() else "an unfinished"
                     raise UsageError(f"{path} already holds {state} run; pass --resume or --overwrite")
-                specs.append(RunSpec(algo, suite_name, seed, run_cfg.budget_steps, cpus, gpus))
+                run_cpus = cpus
+                if args.resume and not run_cfg.update_threads:  # the run keeps its recorded count
+                    run_cpus = max(cpus, recorded_update_threads(path) or 0)
+                specs.append(RunSpec(algo, suite_name, seed, run_cfg.budget_steps, run_cpus, gpus))
     if not specs and first_error is not None:
         raise first_error  # no run accepts the settings: a mistake in the command, nothing to run
     return specs, refused

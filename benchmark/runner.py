@@ -91,6 +91,18 @@ def processes_used(suite: Suite, cfg: HarnessConfig) -> int:
     return 1 if suite.family == "point-nav" else cfg.num_workers
 
 
+def recorded_update_threads(run_dir: Path) -> int | None:
+    """The ``update_threads`` a run directory's ``config.json`` recorded (its ``torch_threads`` for a run
+    recorded before the setting existed); None where there is no readable record (a new run, or one
+    that ``--resume`` will refuse with its own message)."""
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text()).get("run", {})
+        count = recorded.get("update_threads", recorded.get("torch_threads"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) and count > 0 else None
+
+
 def update_threads(cfg: HarnessConfig) -> int:
     """Intra-op threads of a run's updates (``train_step`` outside its sampling): ``update_threads``, or
     ``torch_threads`` for 0 (the default). More threads help only where the update is made of large

@@ -8,6 +8,7 @@ what the driver holds came back as bytes, as on a cluster without a shared files
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -196,6 +197,26 @@ def test_algo_all_plans_every_registered_algorithm_and_stands_alone(capsys, tmp_
     err = capsys.readouterr().err
     assert code == 2 and "--algo all stands alone" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_a_resumed_run_reserves_the_update_threads_it_recorded(tmp_path):
+    from benchmark.cli import build_parser, plan_sweep
+    from benchmark.results import run_dir
+
+    out = tmp_path / "runs"
+    recorded = run_dir(out, "point-nav", "rl2", 1)
+    recorded.mkdir(parents=True)
+    (recorded / "config.json").write_text(json.dumps({"run": {"torch_threads": 1, "update_threads": 2}}))
+    argv = ["sweep", "--algo", "rl2", "--suite", "point-nav", "--seeds", "0-1", "--out", str(out)]
+    argv += ["--set", "num_workers=1", "--set", "torch_threads=1"]
+
+    def cpus(*extra):
+        specs, _ = plan_sweep(build_parser().parse_args(argv + list(extra)))
+        return {s.seed: s.cpus for s in specs}
+
+    assert cpus("--resume") == {0: 1, 1: 2}  # seed 1 will update with its recorded 2 threads
+    assert cpus("--resume", "--set", "update_threads=1") == {0: 1, 1: 1}  # an explicit count decides
+    assert cpus("--overwrite") == {0: 1, 1: 1}  # a fresh run: the command's own count
 
 
 def test_backend_ray_without_ray_installed_is_one_line(capsys, tmp_path, monkeypatch):
