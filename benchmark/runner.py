@@ -91,13 +91,18 @@ def processes_used(suite: Suite, cfg: HarnessConfig) -> int:
     return 1 if suite.family == "point-nav" else cfg.num_workers
 
 
+def _update_threads_of_record(run: dict[str, Any], default: Any = None) -> Any:
+    """The update threads a recorded ``run`` section stands for: its ``update_threads``, or for a run
+    recorded before the setting existed its ``torch_threads`` (it updated with those), else ``default``."""
+    return run.get("update_threads", run.get("torch_threads", default))
+
+
 def recorded_update_threads(run_dir: Path) -> int | None:
-    """The ``update_threads`` a run directory's ``config.json`` recorded (its ``torch_threads`` for a run
-    recorded before the setting existed); None where there is no readable record (a new run, or one
-    that ``--resume`` will refuse with its own message)."""
+    """The update threads a run directory's ``config.json`` recorded (``_update_threads_of_record``);
+    None where there is no readable record (a new run, or one that ``--resume`` will refuse with its own
+    message)."""
     try:
-        recorded = json.loads((run_dir / "config.json").read_text()).get("run", {})
-        count = recorded.get("update_threads", recorded.get("torch_threads"))
+        count = _update_threads_of_record(json.loads((run_dir / "config.json").read_text()).get("run", {}))
     except (OSError, ValueError, AttributeError):
         return None
     return count if isinstance(count, int) and count > 0 else None
@@ -291,7 +296,7 @@ class Runner:
             raise ResultsError(f"{path}: unreadable config of the run to resume ({exc})") from None
         self._was_dirty = bool(old.get("git_dirty"))
         recorded = old.setdefault("run", {})
-        recorded.setdefault("update_threads", recorded.get("torch_threads", self.run_cfg.torch_threads))
+        recorded["update_threads"] = _update_threads_of_record(recorded, self.run_cfg.torch_threads)
         if not self.run_cfg.update_threads:
             self.run_cfg.update_threads = recorded["update_threads"]
         new = json.loads(json.dumps(self.config_record(), default=str))
