@@ -1,0 +1,103 @@
+"""scripts/cheetah_posture.py: speed and time on its back of a finished HalfCheetah run, and its errors."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.cli import main as cli_main
+from benchmark.config import from_record
+from benchmark.registry import load_algorithm, load_suite
+from benchmark.sampler import TrialSampler
+from scripts.cheetah_posture import main, posture
+from tests.conftest import TINY_RL2
+
+ROW = re.compile(r"^v_goal=\S+\s+(-?\d+\.\d+)\s+(\d+\.\d+)\s+(-?\d+\.\d+)$", flags=re.M)
+
+
+def test_posture_reads_the_last_episode_after_the_start_up():
+    H = 60
+    obs = np.zeros((2, 2 * H, 17), np.float32)
+    obs[:, :H, 8] = 9.0  # the first episode is ignored
+    obs[:, H : H + 50, 8] = -5.0  # so are the first 50 steps of the last one
+    obs[0, H + 50 :, 8] = 2.0
+    obs[1, H + 50 :, 8] = np.arange(10)  # mean 4.5
+    obs[0, H : H + 15, 1] = 3.1  # on its back for half of the last episode (pitch +-pi: either way over)
+    obs[0, H + 15 : H + 30, 1] = -3.1
+    obs[1, H:, 1] = -1.4  # tilted, not flipped
+    obs[1, :H, 1] = 3.1
+    speed, flipped = posture(obs, H)
+    assert speed.tolist() == pytest.approx([2.0, 4.5])
+    assert flipped.tolist() == pytest.approx([0.5, 0.0])
+
+
+@pytest.fixture(scope="module")
+def cheetah_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    argv = ["run", "--algo", "rl2", "--suite", "halfcheetah-vel", "--out", str(out), "--no-progress",
+            "--set", "budget_steps=1600", "--set", "eval_every_steps=100000000",
+            "--set", "final_eval_max_tasks=2", "--set", "num_workers=1", *TINY_RL2]  # fmt: skip
+    assert cli_main(argv) == 0
+    return out / "halfcheetah-vel" / "rl2" / "seed0"
+
+
+def test_prints_each_test_task_as_the_evaluation_agent_plays_it(cheetah_run, capsys):
+    assert main([str(cheetah_run), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = np.array([[float(v) for v in m] for m in ROW.findall(out)])
+    suite = load_suite("halfcheetah-vel")
+    tasks = suite.tasks("test")
+    assert rows.shape == (len(tasks), 3)
+    # the same trial by hand: the run's recorded settings and weights, the evaluation agent, seed 3
+    record = json.loads((cheetah_run / "config.json").read_text())
+    algo = load_algorithm("rl2")
+    learner = algo(suite.spec(), from_record(algo.Config, record["algo_config"]), torch.device("cpu"))
+    learner.load_state_dict(torch.load(cheetah_run / "checkpoint.pt", weights_only=True)["learner"])
+    torch.manual_seed(3)
+    batch = TrialSampler(suite).run(learner.make_agent(evaluation=True), tasks, suite.eval_episodes, seed=3)
+    last = batch.obs[:, -suite.horizon :]
+    assert rows[:, 0] == pytest.approx(last[:, 50:, 8].mean(1), abs=0.006)
+    assert rows[:, 1] == pytest.approx((np.abs(last[:, :, 1]) > 1.5).mean(1), abs=0.006)
+    assert rows[:, 2] == pytest.approx(batch.rewards[:, -suite.horizon :].sum(1), abs=0.06)
+    summary = re.search(r"mean: speed (\S+) m/s, flipped (\S+) of the steps, .* in (\d+) of (\d+) tasks", out)
+    assert float(summary[1]) == pytest.approx(rows[:, 0].mean(), abs=0.006)
+    assert int(summary[4]) == len(tasks)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--split", "nope"], "--split 'nope'"),
+        (["--split", "validation"], "not a tuning run"),
+        (["--device", "tpu"], "--device 'tpu'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(cheetah_run, capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        main([str(cheetah_run), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_refuses_other_suites_missing_runs_and_bad_configs(cheetah_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "nothing")])
+    assert exc.value.code == 2 and "not a run directory" in capsys.readouterr().err
+    argv = ["run", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
+            "--set", "budget_steps=800", "--set", "eval_every_steps=100000000", *TINY_RL2]  # fmt: skip
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "point-nav" / "rl2" / "seed0")])
+    assert exc.value.code == 2 and "a run on 'point-nav'" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    (bad / "checkpoint.pt").write_bytes((cheetah_run / "checkpoint.pt").read_bytes())
+    with pytest.raises(SystemExit) as exc:
+        main([str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "unreadable run config" in err and len(err.splitlines()) == 1
