@@ -21,11 +21,12 @@ exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from scripts.finished_run import RunError, load_run, read_record
 
 SUITES = ("halfcheetah-vel", "halfcheetah-dir")
 PITCH, SPEED = 1, 8  # HalfCheetah-v5 observation indices: rooty (rad), x velocity of the torso (m/s)
@@ -63,62 +64,31 @@ def fail(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = args.run_dir
-    config_path, ckpt_path = run / "config.json", run / "checkpoint.pt"
-    if not config_path.is_file() or not ckpt_path.is_file():
-        fail(f"{run}: not a run directory with config.json and checkpoint.pt")
     try:
-        record = json.loads(config_path.read_text())
-        algo_name, suite_name = record["algo"], record["suite"]
-        run_record, algo_record = dict(record["run"]), dict(record["algo_config"])
-    except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSONDecodeError too
-        fail(f"{config_path}: unreadable run config ({type(exc).__name__}: {exc})")
-    if suite_name not in SUITES:
-        fail(f"{run}: a run on {suite_name!r}; this check reads HalfCheetah (accepted: {', '.join(SUITES)})")
-
+        record = read_record(run)
+        if record["suite"] not in SUITES:
+            accepted = ", ".join(SUITES)
+            fail(f"{run}: a run on {record['suite']!r}; this check reads HalfCheetah (accepted: {accepted})")
+        loaded = load_run(run, record, args.split, args.device)
+    except RunError as exc:
+        fail(str(exc))
     import torch
 
-    from benchmark.cli import check_device
-    from benchmark.config import HarnessConfig, from_record
-    from benchmark.errors import UsageError
-    from benchmark.registry import load_algorithm, load_suite
-    from benchmark.results import load_checkpoint
-    from benchmark.runner import validation_split
     from benchmark.sampler import TrialSampler
 
-    try:  # the settings the run recorded (config.json), not today's profile
-        check_device(args.device)
-        device = torch.device(args.device)
-        algo = load_algorithm(algo_name)
-        suite = load_suite(suite_name)
-        run_cfg, algo_cfg = from_record(HarnessConfig, run_record), from_record(algo.Config, algo_record)
-        state = load_checkpoint(ckpt_path, device)
-    except UsageError as exc:
-        fail(str(exc))
-    except ValueError as exc:  # RegistryError, ConfigError, ResultsError: one line each
-        fail(f"{run}: {exc}")
-    if args.split == "validation":
-        if not run_cfg.validation_tasks:
-            fail(f"--split validation: {run} was not a tuning run (accepted: test, ood, train)")
-        tasks = validation_split(suite, run_cfg.validation_tasks)[1]
-    elif args.split in suite.splits():
-        tasks = suite.tasks(args.split)
-    else:
-        fail(f"--split {args.split!r}: suite {suite_name} has {', '.join(suite.splits())} (and validation)")
-
-    learner = algo(suite.spec(), algo_cfg, device)
-    learner.load_state_dict(state["learner"])
+    suite, tasks = loaded.suite, loaded.tasks
     torch.manual_seed(args.seed)
     sampler = TrialSampler(suite, num_workers=1)
     try:
-        agent = learner.make_agent(evaluation=True)
-        batch = sampler.run(agent, list(tasks), suite.eval_episodes, seed=args.seed)
+        agent = loaded.learner.make_agent(evaluation=True)
+        batch = sampler.run(agent, tasks, suite.eval_episodes, seed=args.seed)
     finally:
         sampler.close()
     speed, flipped = posture(batch.obs, suite.horizon)
     returns = batch.rewards[:, -suite.horizon :].sum(1)
     print(
-        f"{run}: {algo_name} on {suite_name}, {len(tasks)} {args.split} tasks, episode {suite.eval_episodes} "
-        f"of the meta-test trial, checkpoint at {state.get('env_steps', '?')} env steps"
+        f"{run}: {record['algo']} on {suite.name}, {len(tasks)} {args.split} tasks, episode "
+        f"{suite.eval_episodes} of the meta-test trial, checkpoint at {loaded.env_steps} env steps"
     )
     print(f"{'task':<28s} {'speed m/s':>9s} {'flipped':>8s} {'return':>9s}")
     for task, v, f, r in zip(tasks, speed, flipped, returns, strict=True):

@@ -18,11 +18,12 @@ bad input gets one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from scripts.finished_run import RunError, load_run, read_record
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,50 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.rollouts < 1:
         fail(f"--rollouts {args.rollouts}: must be an integer >= 1")
     run = args.run_dir
-    config_path, ckpt_path = run / "config.json", run / "checkpoint.pt"
-    if not config_path.is_file() or not ckpt_path.is_file():
-        fail(f"{run}: not a run directory with config.json and checkpoint.pt")
     try:
-        record = json.loads(config_path.read_text())
-        algo, suite_name = record["algo"], record["suite"]
-        run_record, algo_record = dict(record["run"]), dict(record["algo_config"])
-    except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSONDecodeError too
-        fail(f"{config_path}: unreadable run config ({type(exc).__name__}: {exc})")
-    if algo != "maml":
-        fail(f"{run}: a run of {algo!r}; this check is MAML's (accepted: runs with algo 'maml')")
-
+        record = read_record(run)
+        if record["algo"] != "maml":
+            fail(
+                f"{run}: a run of {record['algo']!r}; this check is MAML's (accepted: runs with algo 'maml')"
+            )
+        loaded = load_run(run, record, args.split, args.device)
+    except RunError as exc:
+        fail(str(exc))
     import torch
 
-    from algorithms.maml import MAML, MAMLConfig, few_shot_returns
-    from benchmark.cli import check_device
-    from benchmark.config import HarnessConfig, from_record
-    from benchmark.errors import UsageError
-    from benchmark.registry import load_suite
-    from benchmark.results import load_checkpoint
-    from benchmark.runner import validation_split
+    from algorithms.maml import few_shot_returns
     from benchmark.sampler import TrialSampler
 
-    try:  # the settings the run recorded (config.json), not today's profile
-        check_device(args.device)
-        device = torch.device(args.device)
-        suite = load_suite(suite_name)
-        run_cfg, algo_cfg = from_record(HarnessConfig, run_record), from_record(MAMLConfig, algo_record)
-        state = load_checkpoint(ckpt_path, device)
-    except UsageError as exc:
-        fail(str(exc))
-    except ValueError as exc:  # RegistryError, ConfigError, ResultsError: one line each
-        fail(f"{run}: {exc}")
-    if args.split == "validation":
-        if not run_cfg.validation_tasks:
-            fail(f"--split validation: {run} was not a tuning run (accepted: test, ood, train)")
-        tasks = validation_split(suite, run_cfg.validation_tasks)[1]
-    elif args.split in suite.splits():
-        tasks = suite.tasks(args.split)
-    else:
-        fail(f"--split {args.split!r}: suite {suite_name} has {', '.join(suite.splits())} (and validation)")
-
-    learner = MAML(suite.spec(), algo_cfg, device)
-    learner.load_state_dict(state["learner"])
+    learner, algo_cfg, suite, tasks = loaded.learner, loaded.config, loaded.suite, loaded.tasks
     torch.manual_seed(args.seed)  # the action noise
 
     sampler = TrialSampler(suite, num_workers=1)
@@ -100,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler.close()
     ref = suite.reference_returns(args.split) if args.split != "validation" else None
     print(
-        f"{run}: {suite_name}, {len(tasks)} {args.split} tasks, {args.rollouts} rollouts per task, "
-        f"inner_lr {algo_cfg.inner_lr}, checkpoint at {state.get('env_steps', '?')} env steps"
+        f"{run}: {suite.name}, {len(tasks)} {args.split} tasks, {args.rollouts} rollouts per task, "
+        f"inner_lr {algo_cfg.inner_lr}, checkpoint at {loaded.env_steps} env steps"
     )
     print(f"{'task':>8s} {'pre':>9s} {'post':>9s} {'post_mean':>9s}")
     for task, a, b, c in zip(tasks, pre, post, post_mean, strict=True):

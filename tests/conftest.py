@@ -60,3 +60,14 @@ def assert_acting_paths_agree(fast, ref, keys: tuple[str, ...] = ("log_prob", "v
     for key in keys:
         assert np.abs(fast.extras[key] - ref.extras[key]).max() < 1e-4, key
         assert fast.extras[key].dtype == ref.extras[key].dtype == np.float32, key
+
+
+def tiny_rl2_run(out: Path, *extra: str, suite: str = "point-nav") -> Path:
+    """A finished 800-step RL² run (TINY_RL2 settings plus ``extra`` --set arguments) under ``out``; its
+    run directory."""
+    from benchmark.cli import main as cli_main
+
+    argv = ["run", "--algo", "rl2", "--suite", suite, "--out", str(out), "--no-progress", "--set",
+            "budget_steps=800", "--set", "eval_every_steps=100000000", *TINY_RL2, *extra]  # fmt: skip
+    assert cli_main(argv) == 0
+    return out / suite / "rl2" / "seed0"

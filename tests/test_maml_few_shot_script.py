@@ -11,7 +11,7 @@ from benchmark.cli import main as cli_main
 from benchmark.sampler import TrialSampler
 from benchmark.suites.point_nav import PointNav
 from scripts.maml_few_shot import main
-from tests.conftest import TINY_RL2
+from tests.conftest import tiny_rl2_run
 
 TINY_MAML = ["--set", "hidden_sizes=8,8", "--set", "meta_batch_size=2", "--set", "rollouts_per_task=2",
              "--set", "final_eval_max_tasks=2"]  # fmt: skip
@@ -48,10 +48,7 @@ def test_prints_the_few_shot_returns_of_the_run_checkpoint(maml_run, capsys):
     ("argv", "needle"),
     [
         (["--rollouts", "0"], "--rollouts 0"),
-        (["--split", "nope"], "--split 'nope'"),
-        (["--split", "validation"], "not a tuning run"),
-        (["--device", "tpu"], "--device 'tpu'"),
-        (["--device", "mps"], "--device 'mps': expected cpu or cuda"),  # a torch device, not one we run on
+        (["--split", "nope"], "--split 'nope'"),  # the loading errors: tests/test_finished_run.py
     ],
 )
 def test_bad_input_is_one_line_exit_2(maml_run, capsys, argv, needle):
@@ -62,25 +59,9 @@ def test_bad_input_is_one_line_exit_2(maml_run, capsys, argv, needle):
     assert needle in err and len(err.splitlines()) == 1, err
 
 
-def test_refuses_other_methods_and_missing_runs(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(tmp_path / "nothing")])
-    assert exc.value.code == 2 and "not a run directory" in capsys.readouterr().err
-    argv = ["run", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path), "--no-progress",
-            "--set", "budget_steps=800", "--set", "eval_every_steps=100000000", *TINY_RL2]  # fmt: skip
-    assert cli_main(argv) == 0
+def test_refuses_other_methods(tmp_path, capsys):
+    run = tiny_rl2_run(tmp_path)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main([str(tmp_path / "point-nav" / "rl2" / "seed0")])
+        main([str(run)])
     assert exc.value.code == 2 and "a run of 'rl2'" in capsys.readouterr().err
-
-
-def test_bad_config_json_is_one_line(maml_run, tmp_path, capsys):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "config.json").write_text("{not json")
-    (bad / "checkpoint.pt").write_bytes((maml_run / "checkpoint.pt").read_bytes())
-    with pytest.raises(SystemExit) as exc:
-        main([str(bad)])
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and "unreadable run config" in err and len(err.splitlines()) == 1

@@ -1,0 +1,94 @@
+"""A finished run, loaded with the settings it recorded: the front shared by the scripts that replay one.
+
+``read_record(run_dir)`` checks that RUN_DIR holds ``config.json`` and ``checkpoint.pt`` and returns the
+parsed record (cheap: no torch import, so a script can refuse a run of the wrong method or suite first);
+``load_run(run_dir, record, split, device)`` resolves the record's harness and method settings (the ones
+in ``config.json``, not today's profile), builds the method's learner with the checkpoint's weights and
+picks the tasks of ``split`` (``validation``: the held-out tasks of a tuning run). Both raise
+``RunError`` with one line naming what was wrong and what is accepted; the scripts print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class RunError(Exception):
+    """One line: what is wrong with the run directory or the request, and what is accepted."""
+
+
+@dataclass
+class FinishedRun:
+    """A run's learner with its checkpoint's weights, its suite and the tasks of the requested split."""
+
+    learner: Any  # the method's MetaLearner, weights loaded
+    config: Any  # the method's config dataclass as recorded
+    suite: Any  # benchmark.suites.base.Suite
+    tasks: list[Any]  # metarl_protocol.Task of the split
+    env_steps: Any  # env steps of the checkpoint ("?" where it does not say)
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """config.json of a run directory that also holds checkpoint.pt; keys algo, suite, run, algo_config.
+
+    Raises RunError where a file is missing or the record is unreadable.
+    """
+    config_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoint.pt"
+    if not config_path.is_file() or not ckpt_path.is_file():
+        raise RunError(f"{run_dir}: not a run directory with config.json and checkpoint.pt")
+    try:
+        record = json.loads(config_path.read_text())
+        return {
+            "algo": str(record["algo"]),
+            "suite": str(record["suite"]),
+            "run": dict(record["run"]),
+            "algo_config": dict(record["algo_config"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSONDecodeError too
+        raise RunError(f"{config_path}: unreadable run config ({type(exc).__name__}: {exc})") from None
+
+
+def load_run(run_dir: Path, record: dict[str, Any], split: str, device_name: str) -> FinishedRun:
+    """The run's learner (recorded settings, checkpoint weights on ``device_name``) and ``split``'s tasks.
+
+    ``split``: one of the suite's splits, or ``validation`` for a tuning run (``--set validation_tasks=N``).
+    Raises RunError for an unknown device, algorithm, suite or split, a record the config classes reject,
+    or an unreadable checkpoint.
+    """
+    import torch
+
+    from benchmark.cli import check_device
+    from benchmark.config import HarnessConfig, from_record
+    from benchmark.errors import UsageError
+    from benchmark.registry import load_algorithm, load_suite
+    from benchmark.results import load_checkpoint
+    from benchmark.runner import validation_split
+
+    try:
+        check_device(device_name)
+        device = torch.device(device_name)
+        algo = load_algorithm(record["algo"])
+        suite = load_suite(record["suite"])
+        run_cfg = from_record(HarnessConfig, record["run"])
+        config = from_record(algo.Config, record["algo_config"])
+        state = load_checkpoint(run_dir / "checkpoint.pt", device)
+    except UsageError as exc:
+        raise RunError(str(exc)) from None
+    except ValueError as exc:  # RegistryError, ConfigError, ResultsError: one line each
+        raise RunError(f"{run_dir}: {exc}") from None
+    if split == "validation":
+        if not run_cfg.validation_tasks:
+            raise RunError(f"--split validation: {run_dir} was not a tuning run (accepted: test, ood, train)")
+        tasks = validation_split(suite, run_cfg.validation_tasks)[1]
+    elif split in suite.splits():
+        tasks = suite.tasks(split)
+    else:
+        raise RunError(
+            f"--split {split!r}: suite {suite.name} has {', '.join(suite.splits())} (and validation)"
+        )
+    learner = algo(suite.spec(), config, device)
+    learner.load_state_dict(state["learner"])
+    return FinishedRun(learner, config, suite, list(tasks), state.get("env_steps", "?"))

@@ -1,0 +1,63 @@
+"""scripts/finished_run.py: a finished run loaded with its recorded settings, and its one-line errors."""
+
+import pytest
+import torch
+
+from benchmark.runner import validation_split
+from benchmark.suites.point_nav import PointNav
+from scripts.finished_run import RunError, load_run, read_record
+from tests.conftest import tiny_rl2_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_rl2_run(tmp_path_factory.mktemp("runs"))
+
+
+def test_loads_the_recorded_settings_and_the_checkpoint_weights(run_dir):
+    record = read_record(run_dir)
+    assert (record["algo"], record["suite"]) == ("rl2", "point-nav")
+    loaded = load_run(run_dir, record, "test", "cpu")
+    assert loaded.config.hidden_size == 16  # the recorded --set, not the profile's 128
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["learner"]["net"]
+    for name, value in loaded.learner.net.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    assert [t.task_id for t in loaded.tasks] == [t.task_id for t in PointNav().tasks("test")]
+    assert loaded.env_steps == 800
+
+
+def test_validation_split_of_a_tuning_run_is_its_held_out_tasks(tmp_path):
+    run = tiny_rl2_run(tmp_path, "--set", "validation_tasks=3")
+    loaded = load_run(run, read_record(run), "validation", "cpu")
+    assert [t.task_id for t in loaded.tasks] == [t.task_id for t in validation_split(PointNav(), 3)[1]]
+
+
+@pytest.mark.parametrize(
+    ("split", "device", "needle"),
+    [
+        ("nope", "cpu", "--split 'nope': suite point-nav has"),
+        ("validation", "cpu", "was not a tuning run"),
+        ("test", "tpu", "--device 'tpu'"),
+        ("test", "mps", "--device 'mps': expected cpu or cuda"),  # a torch device, not one we run on
+    ],
+)
+def test_bad_requests_raise_one_line(run_dir, split, device, needle):
+    with pytest.raises(RunError) as exc:
+        load_run(run_dir, read_record(run_dir), split, device)
+    assert needle in str(exc.value) and len(str(exc.value).splitlines()) == 1
+
+
+def test_missing_files_and_bad_records_raise_one_line(run_dir, tmp_path):
+    with pytest.raises(RunError, match="not a run directory"):
+        read_record(tmp_path / "nothing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
+    for text in ["{not json", '{"algo": "rl2"}']:
+        (bad / "config.json").write_text(text)
+        with pytest.raises(RunError, match="unreadable run config") as exc:
+            read_record(bad)
+        assert len(str(exc.value).splitlines()) == 1
+    record = read_record(run_dir) | {"algo": "nope"}
+    with pytest.raises(RunError, match="nope"):
+        load_run(run_dir, record, "test", "cpu")
