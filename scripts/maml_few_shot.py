@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sampler = TrialSampler(suite, num_workers=1)
     try:
-        pre, post, post_mean = few_shot_returns(learner, sampler, list(tasks), args.rollouts, seed=args.seed)
+        pre, post, post_mean = few_shot_returns(learner, sampler, tasks, args.rollouts, seed=args.seed)
     finally:
         sampler.close()
     ref = suite.reference_returns(args.split) if args.split != "validation" else None

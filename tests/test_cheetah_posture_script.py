@@ -1,16 +1,14 @@
 """scripts/cheetah_posture.py: speed and time on its back of a finished HalfCheetah run, and its errors."""
 
-import json
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from benchmark.config import from_record
-from benchmark.registry import load_algorithm, load_suite
 from benchmark.sampler import TrialSampler
 from scripts.cheetah_posture import main, posture
+from scripts.finished_run import load_run, read_record
 from tests.conftest import tiny_rl2_run
 
 ROW = re.compile(r"^v_goal=\S+\s+(-?\d+\.\d+)\s+(\d+\.\d+)\s+(-?\d+\.\d+)$", flags=re.M)
@@ -44,16 +42,13 @@ def test_prints_each_test_task_as_the_evaluation_agent_plays_it(cheetah_run, cap
     assert main([str(cheetah_run), "--seed", "3"]) == 0
     out = capsys.readouterr().out
     rows = np.array([[float(v) for v in m] for m in ROW.findall(out)])
-    suite = load_suite("halfcheetah-vel")
-    tasks = suite.tasks("test")
-    assert rows.shape == (len(tasks), 3)
-    # the same trial by hand: the run's recorded settings and weights, the evaluation agent, seed 3
-    record = json.loads((cheetah_run / "config.json").read_text())
-    algo = load_algorithm("rl2")
-    learner = algo(suite.spec(), from_record(algo.Config, record["algo_config"]), torch.device("cpu"))
-    learner.load_state_dict(torch.load(cheetah_run / "checkpoint.pt", weights_only=True)["learner"])
+    # the same trial by hand: the run as loaded (tests/test_finished_run.py), the evaluation agent, seed 3
+    loaded = load_run(cheetah_run, read_record(cheetah_run), "test", "cpu")
+    suite, tasks = loaded.suite, loaded.tasks
+    assert suite.name == "halfcheetah-vel" and rows.shape == (len(tasks), 3)
     torch.manual_seed(3)
-    batch = TrialSampler(suite).run(learner.make_agent(evaluation=True), tasks, suite.eval_episodes, seed=3)
+    agent = loaded.learner.make_agent(evaluation=True)
+    batch = TrialSampler(suite).run(agent, tasks, suite.eval_episodes, seed=3)
     last = batch.obs[:, -suite.horizon :]
     assert rows[:, 0] == pytest.approx(last[:, 50:, 8].mean(1), abs=0.006)
     assert rows[:, 1] == pytest.approx((np.abs(last[:, :, 1]) > 1.5).mean(1), abs=0.006)
