@@ -124,6 +124,12 @@ class TrMRLConfig:
     # O(T N) instead of O(T^2)); False: always the full (T, T) band mask, as before 39451ee. Both agree to
     # float rounding; False with numpy_acting=False reproduces runs of earlier commits exactly
     chunked_attention: bool = True
+    # arithmetic of the PPO update's encoder pass (embedding, attention, FFN; forward and backward):
+    # "bfloat16" runs it under torch.autocast(bfloat16) (mixed precision: weights, optimizer state, heads,
+    # losses and acting stay float32). On a CPU with AVX512-BF16 / AMX (or a CUDA GPU) its matmuls run
+    # 3-4x faster; results then differ beyond float32 rounding (README "Performance"). Elsewhere bf16 is
+    # emulated and slower
+    update_precision: str = setting("float32", choices=("float32", "bfloat16"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -495,9 +501,12 @@ class TrMRL(MetaLearner):
         value_params = list(self.net.value.parameters())
         ids = {id(p) for p in value_params}
         policy_params = [p for p in self.net.parameters() if id(p) not in ids]  # embedding, encoder, policy
+        # fused: one kernel for all parameters (the per-tensor loop cost ~1.2 ms of each paper-profile
+        # update step on the CPU); the same AdamW to float rounding
         self.optimizer = torch.optim.AdamW(
             [{"params": policy_params, "lr": cfg.policy_lr}, {"params": value_params, "lr": cfg.value_lr}],
             weight_decay=cfg.weight_decay,
+            fused=True,
         )
 
         def decay(iteration: int) -> float:  # geometric from lr_decay_start to lr_decay_end
@@ -578,8 +587,12 @@ class TrMRL(MetaLearner):
         _, returns = gae_over_trials(rewards, values, valid, cfg.gamma, cfg.value_lambda)
         self.ppo.minibatches = self._minibatches(*rewards.shape)
 
+        bf16 = cfg.update_precision == "bfloat16"
+
         def evaluate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            dist, value = self.net.heads(self.net.encode(feats[idx]), feats[idx])
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                memory = self.net.encode(feats[idx])
+            dist, value = self.net.heads(memory.float(), feats[idx])  # heads and losses in float32
             return GaussianHead.log_prob(dist, actions[idx]), GaussianHead.entropy(dist), value
 
         stats = ppo_update(

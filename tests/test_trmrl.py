@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -221,3 +222,26 @@ def test_band_attention_equals_full_masked_attention(length, window):
         strict=True,
     ):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_update_runs_the_encoder_in_bf16_and_the_heads_in_float32():
+    """update_precision="bfloat16": the encoder's linear layers compute in bf16 during the update (so
+    autocast is really on), the heads get float32 inputs, the parameters stay float32, and the first
+    minibatch's log-probabilities match the float32 acting's to bf16 rounding (approx KL near 0)."""
+    suite = PointNav()
+    cfg = TrMRLConfig(meta_batch_size=4, epochs=1, minibatch_steps=10**6, **SMALL)
+    for precision in ("float32", "bfloat16"):
+        seen: dict[str, set] = {"encoder": set(), "heads": set()}
+        encoder_dtypes, head_dtypes = seen["encoder"], seen["heads"]
+        torch.manual_seed(0)
+        learner = TrMRL(POINT, replace(cfg, update_precision=precision), torch.device("cpu"))
+        net = learner.net
+        net.layers[0].ff1.register_forward_hook(lambda m, i, o, s=encoder_dtypes: s.add(o.dtype))
+        net.policy_body.register_forward_pre_hook(lambda m, i, s=head_dtypes: s.add(i[0].dtype))
+        ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+        stats = learner.train_step(ctx)
+        want = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        assert seen["encoder"] == {want}, (precision, seen)  # acting goes through numpy: no float32 call
+        assert seen["heads"] == {torch.float32}, (precision, seen)
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+        assert 0 <= stats["approx_kl"] < 1e-3, (precision, stats)

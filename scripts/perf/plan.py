@@ -358,6 +358,16 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
             update_scale=scale.get("grad_steps_per_iter", 1.0),
             max_hours=PAPER_HOURS if algo == "trmrl" else None,
         )
+        if algo == "trmrl":  # the same profile with its encoder's update in bfloat16 (mixed precision)
+            train(
+                algo,
+                "paper",
+                {**ov, "update_precision": "bfloat16"},
+                suffix="/bf16",
+                iterations=iters[0],
+                warmup_iterations=iters[1],
+                max_hours=PAPER_HOURS,
+            )
 
     # -- scaling: tasks per batch, TrMRL windows ----------------------------------------------------------
     for b in z.tasks:
