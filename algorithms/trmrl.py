@@ -130,6 +130,9 @@ class TrMRLConfig:
     # 3-4x faster; results then differ beyond float32 rounding (README "Performance"). Elsewhere bf16 is
     # emulated and slower
     update_precision: str = setting("float32", choices=("float32", "bfloat16"))
+    # AdamW as one fused kernel over all parameters (torch's fused=True); False: torch's per-tensor loop,
+    # as before c184f20. The same update to float32 rounding; False reproduces earlier runs exactly
+    fused_optimizer: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -501,12 +504,12 @@ class TrMRL(MetaLearner):
         value_params = list(self.net.value.parameters())
         ids = {id(p) for p in value_params}
         policy_params = [p for p in self.net.parameters() if id(p) not in ids]  # embedding, encoder, policy
-        # fused: one kernel for all parameters (the per-tensor loop cost ~1.2 ms of each paper-profile
+        # fused: one kernel for all parameters (the per-tensor loop costs ~1.2 ms more per paper-profile
         # update step on the CPU); the same AdamW to float rounding
         self.optimizer = torch.optim.AdamW(
             [{"params": policy_params, "lr": cfg.policy_lr}, {"params": value_params, "lr": cfg.value_lr}],
             weight_decay=cfg.weight_decay,
-            fused=True,
+            fused=cfg.fused_optimizer or None,
         )
 
         def decay(iteration: int) -> float:  # geometric from lr_decay_start to lr_decay_end

@@ -245,3 +245,11 @@ def test_bfloat16_update_runs_the_encoder_in_bf16_and_the_heads_in_float32():
         assert seen["heads"] == {torch.float32}, (precision, seen)
         assert all(p.dtype == torch.float32 for p in net.parameters())
         assert 0 <= stats["approx_kl"] < 1e-3, (precision, stats)
+
+
+def test_fused_optimizer_setting_picks_the_adamw_implementation():
+    """fused_optimizer=true (default): one fused AdamW kernel; false: the per-tensor loop (earlier runs)."""
+    fused = TrMRL(POINT, TrMRLConfig(**SMALL), torch.device("cpu")).optimizer
+    loop = TrMRL(POINT, TrMRLConfig(fused_optimizer=False, **SMALL), torch.device("cpu")).optimizer
+    assert all(g["fused"] for g in fused.param_groups)
+    assert not any(g["fused"] or g["foreach"] for g in loop.param_groups)
