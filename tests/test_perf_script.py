@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import re
+import statistics
 
 import pytest
 
@@ -81,9 +83,13 @@ def test_quick_run_ratios_use_the_right_reference(quick_run):
     by_id = {r["id"]: r for r in rows}
     for r in rows:
         ref = by_id.get(r["reference"])
-        if r["kind"] == "sampler":  # the raw batch env of the same suite and batch
-            assert ref["kind"] == "raw" and ref["name"] == "batch env", r
-            assert (ref["suite"], ref["batch"]) == (r["suite"], r["batch"]), r
+        if r["kind"] == "sampler":  # the raw batch env of the same suite and batch, timed in the same process
+            raw_id, paired = r["reference"].split(", ")
+            assert paired == "paired in-process", r
+            assert by_id[raw_id]["kind"] == "raw" and by_id[raw_id]["name"] == "batch env", r
+            assert (by_id[raw_id]["suite"], by_id[raw_id]["batch"]) == (r["suite"], r["batch"]), r
+            rounds = [float(x) for x in re.search(r"in this process \(([\d. ]+)\)", r["notes"])[1].split()]
+            assert math.isclose(float(r["ratio"]), statistics.median(rounds), abs_tol=0.006), r
         elif r["kind"] == "train" and r["name"] in plan.PPO_METHODS and r["target"].startswith(">="):
             assert ref["kind"] == "peer" and ref["name"] == "sb3-ppo", r
             assert ref["work"] == r["work"] != "", (r["work"], ref["work"])  # equal work, measured
@@ -118,7 +124,7 @@ def test_full_plan_targets_and_references():
     for algo in algorithm_names():
         for suite, bound in (("halfcheetah-vel", 0.8), ("ant-dir", 0.9), ("ml1-reach", 0.9)):
             job = by_id[f"sampler/{algo}/{suite}/B20"]
-            assert job["min_ratio"] == bound and job["reference"] == f"raw/{suite}/B20"
+            assert job["min_ratio"] == bound and job["reference"] == f"raw/{suite}/B20" and job["rounds"] == 3
         assert f"paper/{algo}/halfcheetah-vel" in by_id
     for algo in plan.PPO_METHODS:
         (train,) = [j for j in jobs if j["kind"] == "train" and j["name"] == algo and j.get("min_ratio")]
@@ -146,6 +152,10 @@ def test_report_divides_by_the_reference_and_projects_the_paper_budget():
     }  # fmt: skip
     rows = {r["id"]: r for r in report.finish_rows(jobs, results, [])}
     assert rows["sampler/a/s/B20"]["ratio"] == 0.7 and rows["sampler/a/s/B20"]["status"] == "FAIL >=0.8x ref"
+    results["sampler/a/s/B20"]["ratio"] = 0.85  # paired in its own process: that ratio, not rate / rate
+    rows = {r["id"]: r for r in report.finish_rows(jobs, results, [])}
+    assert rows["sampler/a/s/B20"]["ratio"] == 0.85 and rows["sampler/a/s/B20"]["status"] == "PASS"
+    assert rows["sampler/a/s/B20"]["reference"] == "raw/s/B20, paired in-process"
     paper = rows["paper/a/s"]
     assert paper["rate"] == round(8_000 / (1.0 + 10 * 1.0), 1)  # the cut gradient steps scaled back
     hours = (20_000_000 / (8_000 / 11.0) + 8_000 / 8_000) / 3600

@@ -125,7 +125,19 @@ def measure_raw(job: Job) -> dict[str, Any]:
 
 # -- the sampler -----------------------------------------------------------------------------------
 def measure_sampler(job: Job) -> dict[str, Any]:
-    """``TrialSampler.run`` with the method's freshly initialised training agent (stochastic actions)."""
+    """``TrialSampler.run`` with the method's freshly initialised training agent (stochastic actions),
+    paired with the raw batch env in this same process.
+
+    The machine's speed drifts (a shared host: the raw row alone moved 18k-32k steps/s between three runs
+    a minute apart), so a ratio of two rows timed in different processes minutes apart measures the drift
+    as much as the sampler. Here ``rounds`` rounds each time ``episodes`` episodes of a raw batch env of the
+    same suite, batch and process layout (random actions, its own worker and load balance) and one trial
+    of ``episodes`` episodes of the sampler, back to back in alternating order (raw first in odd rounds),
+    and ``ratio`` is the median of the rounds' sampler / raw rate ratios. ``count`` / ``seconds`` are the
+    sampler's over all rounds.
+    """
+    import statistics
+
     import torch
 
     from benchmark.registry import load_suite
@@ -135,23 +147,43 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     cls, _run, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
     torch.manual_seed(0)
     agent = cls(suite.spec(), cfg, torch.device("cpu")).make_agent()
-    batch = job["batch"]
+    batch, episodes, rounds = job["batch"], job["episodes"], job.get("rounds", 1)
     sampler = TrialSampler(suite, num_workers=job["workers"])
+    raw = suite.make_batch_env(batch, job["workers"])
+    count = seconds = 0.0
+    ratios, valid = [], []
     try:
         tasks = pick_tasks(suite, batch)
+        raw.set_tasks(tasks)
+        _raw_episodes(raw, suite.horizon, batch, job["warmup_episodes"], seed=0)
         sampler.run(agent, tasks, job["warmup_episodes"], seed=0)
-        t0 = tic()
-        out = sampler.run(agent, tasks, job["episodes"], seed=1)
-        dt = toc(t0)
+        for r in range(rounds):
+            rates = {}
+            for side in ("raw", "sampler") if r % 2 == 0 else ("sampler", "raw"):
+                t0 = tic()
+                if side == "raw":
+                    steps = _raw_episodes(raw, suite.horizon, batch, episodes, seed=1 + r)
+                else:
+                    out = sampler.run(agent, tasks, episodes, seed=1 + r)
+                    steps = out.env_steps
+                    valid.append(float(out.valid.mean()))
+                dt = toc(t0)
+                rates[side] = steps / dt
+                if side == "sampler":
+                    count, seconds = count + steps, seconds + dt
+            ratios.append(rates["sampler"] / rates["raw"])
     finally:
         sampler.close()
+        raw.close()
     return {
-        "count": out.env_steps,
-        "seconds": dt,
+        "count": count,
+        "seconds": seconds,
+        "ratio": statistics.median(ratios),
         # the loop runs every row to the horizon (terminated rows are masked, the policy still acts): on
         # terminating suites the rate counts only the valid steps, so a policy that falls sooner rates lower
-        "notes": f"trials of {job['episodes']} episodes, {job['profile']} profile agent; "
-        f"{out.valid.mean():.0%} of row-steps valid",
+        "notes": f"trials of {episodes} episodes, {job['profile']} profile agent; "
+        f"{statistics.mean(valid):.0%} of row-steps valid; ratio: median over {rounds} rounds paired with "
+        f"the raw batch env in this process ({' '.join(f'{x:.2f}' for x in ratios)})",
     }
 
 

@@ -58,10 +58,11 @@ class Sizes:
     sac_grad_steps: int
     tasks: tuple[int, ...]  # scaling: tasks per batch
     windows: tuple[int, ...]  # scaling: TrMRL windows
+    sampler_rounds: int  # sampler rows: rounds paired with the raw batch env (measure.measure_sampler)
     overrides: dict[str, str]  # applied to every method row (each method takes its own fields)
 
 
-FULL = Sizes(TARGET_SUITE, SAMPLER_SUITES, 20, 2, 10_000, 2, 3, 2, 200, SCALING_TASKS, SCALING_WINDOWS, {})
+FULL = Sizes(TARGET_SUITE, SAMPLER_SUITES, 20, 2, 10_000, 2, 3, 2, 200, SCALING_TASKS, SCALING_WINDOWS, 3, {})
 QUICK = Sizes(  # point-nav (numpy, H = 100) keeps the smoke test fast; HalfCheetah only in the peers
     "point-nav",
     ("point-nav",),
@@ -74,6 +75,7 @@ QUICK = Sizes(  # point-nav (numpy, H = 100) keeps the smoke test fast; HalfChee
     2,
     (1, 2),
     (2, 4),
+    1,
     {
         "meta_batch_size": "2",
         "epochs": "1",
@@ -190,6 +192,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
         )
 
     def sampler(algo: str, suite: str, batch: int, overrides: dict, suffix: str = "", **kw: Any) -> str:
+        horizon = load_suite(suite).horizon
         return add(
             {
                 "id": f"sampler/{algo}/{suite}/B{batch}{suffix}",
@@ -201,7 +204,9 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                 "algo": algo,
                 "profile": "quick",
                 "overrides": overrides,
-                "episodes": z.episodes,
+                # per round; a round of 2 episodes at H = 200 is ~0.3 s at 20 tasks (ml1-reach, H = 500: 1)
+                "episodes": z.episodes if z is QUICK else max(1, z.episodes * 200 // horizon),
+                "rounds": z.sampler_rounds,
                 "warmup_episodes": BALANCE_WARMUP_EPISODES,
                 "reference": f"raw/{suite}/B{batch}",
                 **kw,
@@ -373,7 +378,15 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
     for b in z.tasks:
         raw(z.train_suite, b, scaling="tasks", group="scaling/raw")
         for algo in algos:
-            sampler(algo, z.train_suite, b, z.overrides, scaling="tasks", group=f"scaling/sampler/{algo}")
+            sampler(  # one paired round (the 20-task rows above keep theirs)
+                algo,
+                z.train_suite,
+                b,
+                z.overrides,
+                scaling="tasks",
+                group=f"scaling/sampler/{algo}",
+                rounds=1,
+            )
         for algo in (a for a in algos if a in PPO_METHODS):
             ov = equal_work(algo, z.overrides | {"meta_batch_size": str(b)})
             train(
@@ -398,6 +411,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                 suffix=f"/N{w}",
                 scaling="window",
                 group="scaling/window/sampler",
+                rounds=1,
             )
             train(
                 "trmrl",

@@ -3,7 +3,9 @@
 * ``rate``: ``count / seconds`` in the row's ``unit`` (env steps/s unless stated); ``us_per_step``: wall
   microseconds per batched step (``seconds * batch / count``) for env-step rows.
 * ``ratio``: rate / the reference row's rate (``breakdown``: the phase's share of the iteration; window
-  rows: rate / rate at the smallest window). A row's ``reference`` is the id it is divided by.
+  rows: rate / rate at the smallest window). A row's ``reference`` is the id it is divided by; sampler
+  rows (``reference`` "raw/..., paired in-process") carry their own ratio, the median over rounds timed
+  back to back with a raw batch env like that row's in the same process (``measure.measure_sampler``).
 * ``status``: PASS when every target of the row holds (ratio >= min, peak memory <= limit, projected
   hours <= limit, run seconds <= limit), ``FAIL <which>`` otherwise, ``n/a`` without a reference.
 * ``projected_h`` (paper rows): (budget env steps at the measured rate with training, the update time
@@ -127,6 +129,9 @@ def finish_rows(jobs: list[Job], results: dict[str, dict[str, Any]], skips: list
         if ref == "quiet":
             row["reference"] = f"quiet machine {QUIET_HALFCHEETAH:.0f}/s"
             row["ratio"] = _sig(row["rate"] / QUIET_HALFCHEETAH)
+        elif "ratio" in results[job["id"]]:  # measured against a reference in the same process
+            row["ratio"] = _sig(results[job["id"]]["ratio"])
+            row["reference"] = f"{ref}, paired in-process"
         elif ref in rows and rate(ref) and row["rate"] != "":
             row["ratio"] = _sig(row["rate"] / rate(ref))
         _target(job, row)
