@@ -130,8 +130,10 @@ class TrMRLConfig:
     # 3-4x faster; results then differ beyond float32 rounding (README "Performance"). Elsewhere bf16 is
     # emulated and slower
     update_precision: str = setting("float32", choices=("float32", "bfloat16"))
-    # AdamW as one fused kernel over all parameters (torch's fused=True); False: torch's per-tensor loop,
-    # as before c184f20. The same update to float32 rounding; False reproduces earlier runs exactly
+    # AdamW as one fused kernel over all parameters (torch's fused=True); False: torch's default
+    # implementation, as before 3de5ff2 (the per-tensor loop on the CPU, foreach on CUDA). The same update
+    # to float32 rounding; False reproduces runs of earlier commits exactly. A resumed checkpoint takes
+    # this setting's implementation, whichever wrote it
     fused_optimizer: bool = True
 
 
@@ -622,6 +624,8 @@ class TrMRL(MetaLearner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups carry their writer's implementation
+            group["fused"], group["foreach"] = self.config.fused_optimizer or None, None
         self.scheduler.load_state_dict(state["scheduler"])
         if "return_norm" in state:  # checkpoints written before normalize_rewards existed: unused there
             self.return_norm.load_state_dict(state["return_norm"])

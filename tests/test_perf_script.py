@@ -88,7 +88,7 @@ def test_quick_run_ratios_use_the_right_reference(quick_run):
             assert paired == "paired in-process", r
             assert by_id[raw_id]["kind"] == "raw" and by_id[raw_id]["name"] == "batch env", r
             assert (by_id[raw_id]["suite"], by_id[raw_id]["batch"]) == (r["suite"], r["batch"]), r
-            rounds = [float(x) for x in re.search(r"in this process \(([\d. ]+)\)", r["notes"])[1].split()]
+            rounds = [float(x) for x in re.search(r"in this process \(([\d. ]+);", r["notes"])[1].split()]
             assert math.isclose(float(r["ratio"]), statistics.median(rounds), abs_tol=0.006), r
         elif r["kind"] == "train" and r["name"] in plan.PPO_METHODS and r["target"].startswith(">="):
             assert ref["kind"] == "peer" and ref["name"] == "sb3-ppo", r

@@ -247,9 +247,21 @@ def test_bfloat16_update_runs_the_encoder_in_bf16_and_the_heads_in_float32():
         assert 0 <= stats["approx_kl"] < 1e-3, (precision, stats)
 
 
-def test_fused_optimizer_setting_picks_the_adamw_implementation():
-    """fused_optimizer=true (default): one fused AdamW kernel; false: the per-tensor loop (earlier runs)."""
-    fused = TrMRL(POINT, TrMRLConfig(**SMALL), torch.device("cpu")).optimizer
-    loop = TrMRL(POINT, TrMRLConfig(fused_optimizer=False, **SMALL), torch.device("cpu")).optimizer
-    assert all(g["fused"] for g in fused.param_groups)
-    assert not any(g["fused"] or g["foreach"] for g in loop.param_groups)
+def test_fused_optimizer_setting_picks_the_adamw_implementation_also_on_resume():
+    """fused_optimizer=true (default): one fused AdamW kernel; false: torch's default (the per-tensor loop
+    on the CPU, as earlier runs). A checkpoint written under either setting resumes under the learner's."""
+    fused = TrMRL(POINT, TrMRLConfig(**SMALL), torch.device("cpu"))
+    loop = TrMRL(POINT, TrMRLConfig(fused_optimizer=False, **SMALL), torch.device("cpu"))
+    assert all(g["fused"] for g in fused.optimizer.param_groups)
+    assert not any(g["fused"] or g["foreach"] for g in loop.optimizer.param_groups)
+    suite = PointNav()
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    loop.train_step(ctx)  # optimizer state to carry over
+    resumed = TrMRL(POINT, TrMRLConfig(**SMALL), torch.device("cpu"))
+    resumed.load_state_dict(loop.state_dict())
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    stats = resumed.train_step(ctx)  # the loop's state drives the fused kernel
+    assert all(np.isfinite(v) for v in stats.values())
+    back = TrMRL(POINT, TrMRLConfig(fused_optimizer=False, **SMALL), torch.device("cpu"))
+    back.load_state_dict(resumed.state_dict())
+    assert not any(g["fused"] or g["foreach"] for g in back.optimizer.param_groups)

@@ -149,10 +149,11 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     agent = cls(suite.spec(), cfg, torch.device("cpu")).make_agent()
     batch, episodes, rounds = job["batch"], job["episodes"], job.get("rounds", 1)
     sampler = TrialSampler(suite, num_workers=job["workers"])
-    raw = suite.make_batch_env(batch, job["workers"])
-    count = seconds = 0.0
+    raw: Any = None
+    count, seconds, raw_count, raw_seconds = 0, 0.0, 0, 0.0
     ratios, valid = [], []
     try:
+        raw = suite.make_batch_env(batch, job["workers"])
         tasks = pick_tasks(suite, batch)
         raw.set_tasks(tasks)
         _raw_episodes(raw, suite.horizon, batch, job["warmup_episodes"], seed=0)
@@ -171,10 +172,13 @@ def measure_sampler(job: Job) -> dict[str, Any]:
                 rates[side] = steps / dt
                 if side == "sampler":
                     count, seconds = count + steps, seconds + dt
+                else:
+                    raw_count, raw_seconds = raw_count + steps, raw_seconds + dt
             ratios.append(rates["sampler"] / rates["raw"])
     finally:
         sampler.close()
-        raw.close()
+        if raw is not None:
+            raw.close()
     return {
         "count": count,
         "seconds": seconds,
@@ -183,7 +187,8 @@ def measure_sampler(job: Job) -> dict[str, Any]:
         # terminating suites the rate counts only the valid steps, so a policy that falls sooner rates lower
         "notes": f"trials of {episodes} episodes, {job['profile']} profile agent; "
         f"{statistics.mean(valid):.0%} of row-steps valid; ratio: median over {rounds} rounds paired with "
-        f"the raw batch env in this process ({' '.join(f'{x:.2f}' for x in ratios)})",
+        f"the raw batch env in this process ({' '.join(f'{x:.2f}' for x in ratios)}; raw there "
+        f"{raw_count / raw_seconds:.0f} steps/s)",
     }
 
 

@@ -129,7 +129,7 @@ def finish_rows(jobs: list[Job], results: dict[str, dict[str, Any]], skips: list
         if ref == "quiet":
             row["reference"] = f"quiet machine {QUIET_HALFCHEETAH:.0f}/s"
             row["ratio"] = _sig(row["rate"] / QUIET_HALFCHEETAH)
-        elif "ratio" in results[job["id"]]:  # measured against a reference in the same process
+        elif job["kind"] == "sampler" and "ratio" in results[job["id"]]:  # paired in its own process
             row["ratio"] = _sig(results[job["id"]]["ratio"])
             row["reference"] = f"{ref}, paired in-process"
         elif ref in rows and rate(ref) and row["rate"] != "":
