@@ -6,7 +6,8 @@ Rows (``kind``), env steps per second unless the unit says otherwise:
                 core (ratio to 16.5k steps/s of a quiet machine: how busy this one is), one task env of
                 each suite, and the suite's batch env as the sampler builds it (``B<n>`` tasks, 2 processes).
 * ``sampler``   ``TrialSampler.run`` with every method's quick-profile agent at 20 tasks; ratio to ``raw``
-                at the same suite and batch. Target: >= 0.8x on halfcheetah-vel, >= 0.9x on ant-dir and
+                at the same suite and batch, timed in the sampler row's own process (paired rounds, median:
+                ``measure.measure_sampler``). Target: >= 0.8x on halfcheetah-vel, >= 0.9x on ant-dir and
                 ml1-reach.
 * ``train``     ``learner.train_step`` at the quick profile on halfcheetah-vel, KL early stop off;
                 ratio to the library ``peer`` doing the same work (``work`` column, equal for both).
@@ -17,7 +18,8 @@ Rows (``kind``), env steps per second unless the unit says otherwise:
                 search (cProfile function totals): seconds per iteration, ratio = share of it.
 * ``paper``     each method's paper profile on halfcheetah-vel for a few iterations: env steps per second
                 with training, and the projected wall time of the harness's paper budget (20M steps + its
-                evaluations). Target: TrMRL <= 3 h.
+                evaluations). Target: TrMRL <= 3 h (float32, and ``/bf16``: its update's encoder pass in
+                bfloat16, ``update_precision``).
 * scaling rows (column ``scaling``): sampler and training throughput at 10 / 20 / 40 / 80 tasks per
                 batch, and TrMRL (quick, trial memory) at windows 5 / 50 / 400 (``results/perf_scaling.*``).
 * ``run``       the whole run's wall time. Target: <= 900 s (full sizes).
