@@ -625,7 +625,7 @@ class TrMRL(MetaLearner):
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # the saved groups carry their writer's implementation
-            group["fused"], group["foreach"] = self.config.fused_optimizer or None, None
+            group.update({key: self.optimizer.defaults[key] for key in ("fused", "foreach")})
         self.scheduler.load_state_dict(state["scheduler"])
         if "return_norm" in state:  # checkpoints written before normalize_rewards existed: unused there
             self.return_norm.load_state_dict(state["return_norm"])

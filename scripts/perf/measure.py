@@ -150,7 +150,7 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     batch, episodes, rounds = job["batch"], job["episodes"], job.get("rounds", 1)
     sampler = TrialSampler(suite, num_workers=job["workers"])
     raw: Any = None
-    count, seconds, raw_count, raw_seconds = 0, 0.0, 0, 0.0
+    totals = {"raw": [0, 0.0], "sampler": [0, 0.0]}  # env steps, seconds over all rounds
     ratios, valid = [], []
     try:
         raw = suite.make_batch_env(batch, job["workers"])
@@ -170,15 +170,14 @@ def measure_sampler(job: Job) -> dict[str, Any]:
                     valid.append(float(out.valid.mean()))
                 dt = toc(t0)
                 rates[side] = steps / dt
-                if side == "sampler":
-                    count, seconds = count + steps, seconds + dt
-                else:
-                    raw_count, raw_seconds = raw_count + steps, raw_seconds + dt
+                totals[side][0] += steps
+                totals[side][1] += dt
             ratios.append(rates["sampler"] / rates["raw"])
     finally:
         sampler.close()
         if raw is not None:
             raw.close()
+    (count, seconds), (raw_count, raw_seconds) = totals["sampler"], totals["raw"]
     return {
         "count": count,
         "seconds": seconds,
