@@ -46,6 +46,15 @@ def task_groups(task_keys: np.ndarray, max_groups: int = AGENT_GROUPS) -> list[t
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
+def reset_seeds(seed: int, episodes: int, num_envs: int) -> np.ndarray:
+    """The environments' reset seeds of one trial: (episodes, num_envs) int64, row k for episode k.
+
+    ``TrialSampler.run(..., seed)`` resets episode k with row k; replaying a trial's ``env_actions``
+    from these seeds reproduces its physics (the perf script times the raw simulator that way).
+    """
+    return np.random.default_rng(seed).integers(0, 2**31 - 1, size=(episodes, num_envs))
+
+
 class TrialSampler:
     """Runs trials of a suite for any ``AdaptiveAgent``; owns the batch environments.
 
@@ -106,7 +115,7 @@ class TrialSampler:
         valid_buf = np.zeros((B, T), bool)
         succ_buf = np.zeros((B, T), bool)
         extras: dict[str, np.ndarray] = {}
-        seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=(K, B))
+        seeds = reset_seeds(seed, K, B)
         # one agent per group of rows (groups never split a task): with a pipelined env, group g's
         # policy call runs while the other groups' physics runs in the workers
         groups = task_groups(keys)

@@ -184,3 +184,30 @@ def test_profile_prints_the_timed_region_only(capsys):
     assert profiling.PROFILER is None
     assert cli.main(["--quick", "--profile", "sampler/nope"]) == 2
     assert "unknown measurement 'sampler/nope'" in capsys.readouterr().err
+
+
+def test_the_raw_replay_repeats_the_sampler_trial():
+    """The sampler row's reference replays the trial's actions from its reset seeds: on ant-dir, where
+    fresh ants fall, it counts the same valid steps (random actions would keep another share alive)."""
+    import torch
+
+    from benchmark.registry import load_suite
+    from benchmark.sampler import TrialSampler
+    from scripts.perf import measure
+
+    suite = load_suite("ant-dir")
+    cls, _run, cfg = measure.method_config("rl2", suite, "quick", {})
+    torch.manual_seed(0)
+    agent = cls(suite.spec(), cfg, torch.device("cpu")).make_agent()
+    tasks = measure.pick_tasks(suite, 4)
+    sampler, raw = TrialSampler(suite, num_workers=1), suite.make_batch_env(4, 1)
+    try:
+        trial = sampler.run(agent, tasks, 2, seed=7)
+        raw.set_tasks(tasks)
+        valid = int(trial.valid.sum())
+        assert valid < trial.valid.size  # some ants fell: the check means something
+        assert measure._replay(raw, trial, seed=7) == valid
+        assert measure._replay(raw, trial, seed=8) != valid  # other reset seeds: other falls
+    finally:
+        sampler.close()
+        raw.close()

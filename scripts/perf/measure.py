@@ -124,17 +124,46 @@ def measure_raw(job: Job) -> dict[str, Any]:
 
 
 # -- the sampler -----------------------------------------------------------------------------------
+def _replay(env: Any, trial: Any, seed: int) -> int:
+    """A sampler trial's clipped actions through a raw batch env, reset from the trial's seeds; valid steps.
+
+    The same physics as the trial (same tasks, reset seeds and actions; rows masked once terminated, as
+    the sampler masks them) without the policy, so a terminating suite keeps as many rows alive as the
+    trial did. ``trial.valid.sum()`` is the count to expect.
+    """
+    import numpy as np
+
+    from benchmark.sampler import reset_seeds
+
+    batch, horizon = trial.env_actions.shape[0], trial.horizon
+    episodes = trial.env_actions.shape[1] // horizon
+    steps = 0
+    for k, seeds in enumerate(reset_seeds(seed, episodes, batch)):
+        env.reset(seeds)
+        active = np.ones(batch, bool)
+        for h in range(horizon):
+            res = env.step(trial.env_actions[:, k * horizon + h], active.copy())
+            steps += int(active.sum())
+            active &= ~res.terminated
+    return steps
+
+
 def measure_sampler(job: Job) -> dict[str, Any]:
     """``TrialSampler.run`` with the method's freshly initialised training agent (stochastic actions),
-    paired with the raw batch env in this same process.
+    paired with the raw batch env replaying the same trials in this same process.
 
     The machine's speed drifts (a shared host: the raw row alone moved 18k-32k steps/s between three runs
     a minute apart), so a ratio of two rows timed in different processes minutes apart measures the drift
-    as much as the sampler. Here ``rounds`` rounds each time ``episodes`` episodes of a raw batch env of the
-    same suite, batch and process layout (random actions, its own worker and load balance) and one trial
-    of ``episodes`` episodes of the sampler, back to back in alternating order (raw first in odd rounds),
-    and ``ratio`` is the median of the rounds' sampler / raw rate ratios. ``count`` / ``seconds`` are the
-    sampler's over all rounds.
+    as much as the sampler. Here each of ``rounds`` rounds times one trial of ``episodes`` episodes of the
+    sampler and a raw batch env of the same suite, batch and process layout (its own worker and load
+    balance) replaying a sampler trial's actions from its reset seeds (``_replay``), back to back;
+    ``ratio`` is the median of the rounds' sampler / raw rate ratios. The order alternates: even rounds
+    time the sampler, then the replay of that trial; odd rounds the replay of the previous round's trial,
+    then the sampler. Replaying the policy's own actions keeps the physics equal: on a suite that
+    terminates (ant-dir) random actions keep a different share of rows alive than a given policy
+    does (51% of row-steps valid with random actions, 28-66% with our five fresh agents), and the cost
+    of a step batch does not scale with its live rows alone. ``count`` / ``seconds`` are the sampler's
+    over all rounds.
     """
     import statistics
 
@@ -151,23 +180,25 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     sampler = TrialSampler(suite, num_workers=job["workers"])
     raw: Any = None
     totals = {"raw": [0, 0.0], "sampler": [0, 0.0]}  # env steps, seconds over all rounds
-    ratios, valid = [], []
+    ratios, valid, mismatched = [], [], 0
     try:
         raw = suite.make_batch_env(batch, job["workers"])
         tasks = pick_tasks(suite, batch)
         raw.set_tasks(tasks)
-        _raw_episodes(raw, suite.horizon, batch, job["warmup_episodes"], seed=0)
-        sampler.run(agent, tasks, job["warmup_episodes"], seed=0)
+        warm = sampler.run(agent, tasks, job["warmup_episodes"], seed=0)
+        _replay(raw, warm, seed=0)
+        trial, trial_seed = None, 0
         for r in range(rounds):
             rates = {}
-            for side in ("raw", "sampler") if r % 2 == 0 else ("sampler", "raw"):
+            for side in ("sampler", "raw") if r % 2 == 0 or trial is None else ("raw", "sampler"):
                 t0 = tic()
                 if side == "raw":
-                    steps = _raw_episodes(raw, suite.horizon, batch, episodes, seed=1 + r)
+                    steps = _replay(raw, trial, trial_seed)
+                    mismatched += steps != int(trial.valid.sum())
                 else:
-                    out = sampler.run(agent, tasks, episodes, seed=1 + r)
-                    steps = out.env_steps
-                    valid.append(float(out.valid.mean()))
+                    trial, trial_seed = sampler.run(agent, tasks, episodes, seed=1 + r), 1 + r
+                    steps = trial.env_steps
+                    valid.append(float(trial.valid.mean()))
                 dt = toc(t0)
                 rates[side] = steps / dt
                 totals[side][0] += steps
@@ -178,16 +209,17 @@ def measure_sampler(job: Job) -> dict[str, Any]:
         if raw is not None:
             raw.close()
     (count, seconds), (raw_count, raw_seconds) = totals["sampler"], totals["raw"]
+    replay = "replays matched" if not mismatched else f"{mismatched} of {rounds} replays diverged"
     return {
         "count": count,
         "seconds": seconds,
         "ratio": statistics.median(ratios),
         # the loop runs every row to the horizon (terminated rows are masked, the policy still acts): on
-        # terminating suites the rate counts only the valid steps, so a policy that falls sooner rates lower
+        # terminating suites the rate counts only the valid steps, as the replay's does
         "notes": f"trials of {episodes} episodes, {job['profile']} profile agent; "
         f"{statistics.mean(valid):.0%} of row-steps valid; ratio: median over {rounds} rounds paired with "
-        f"the raw batch env in this process ({' '.join(f'{x:.2f}' for x in ratios)}; raw there "
-        f"{raw_count / raw_seconds:.0f} steps/s)",
+        f"the raw batch env replaying the trials in this process ({' '.join(f'{x:.2f}' for x in ratios)}; "
+        f"raw there {raw_count / raw_seconds:.0f} steps/s, {replay})",
     }
 
 
