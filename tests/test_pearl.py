@@ -293,3 +293,26 @@ def test_numpy_acting_equals_the_torch_policy_with_the_same_noise():
                 actions.append(np.concatenate([agent.act(obs)[0] for _ in range(3)]))
         np.testing.assert_allclose(actions[0], actions[1], rtol=1e-5, atol=1e-6)
         assert np.abs(actions[0]).max() > 0.05
+
+
+def test_fused_optimizer_setting_picks_the_adam_implementation_also_on_resume(tmp_path):
+    """fused_optimizer=true (default): each Adam one fused kernel; false: the foreach implementation of
+    earlier runs. A checkpoint written under either setting resumes under the learner's."""
+    from dataclasses import replace
+
+    def impl(learner):
+        return {(g["fused"], g["foreach"]) for o in learner.opt.values() for g in o.param_groups}
+
+    fused, suite = make()
+    loop, _ = make(replace(TINY, fused_optimizer=False), tmp_path)  # the replay files the resumes read
+    assert impl(fused) == {(True, None)} and impl(loop) == {(None, True)}
+    ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
+    loop.train_step(ctx)  # optimizer state to carry over
+    resumed, _ = make(storage=tmp_path)
+    resumed.load_state_dict(loop.state_dict())
+    assert impl(resumed) == {(True, None)}
+    stats = resumed.train_step(ctx)  # the foreach run's state drives the fused kernels
+    assert all(np.isfinite(v) for v in stats.values())
+    back, _ = make(replace(TINY, fused_optimizer=False), tmp_path)
+    back.load_state_dict(resumed.state_dict())
+    assert impl(back) == {(None, True)}
