@@ -96,6 +96,7 @@ def test_quick_run_ratios_use_the_right_reference(quick_run):
         elif r["kind"] == "train" and r["name"] == "pearl":
             assert ref["name"] == "sb3-sac" and ref["unit"] == r["unit"] == "grad steps/s", r
             assert ref["work"] == r["work"] != "", (r["work"], ref["work"])
+            assert "per unit of work" in r["notes"], r  # both gradient steps' matmul work counted
         elif r["kind"] == "train" and r["name"] == "maml":
             assert r["ratio"] == "" and r["reference"].startswith("none"), r
         if ref is not None and r["ratio"] != "" and r["kind"] != "breakdown":
@@ -211,3 +212,25 @@ def test_the_raw_replay_repeats_the_sampler_trial():
     finally:
         sampler.close()
         raw.close()
+
+
+def test_report_puts_gradient_steps_of_unequal_work_side_by_side():
+    """Where both a method's and its peer's gradient steps were counted, the row's notes give both and the
+    rate per unit of work; the status still follows the gradient-step ratio."""
+    jobs = [
+        {"id": "peer/sac", "kind": "peer", "name": "sb3-sac", "suite": "h", "batch": 1, "reference": ""},
+        {"id": "train/p", "kind": "train", "name": "p", "suite": "s", "batch": 5, "reference": "peer/sac",
+         "min_ratio": 1.0},
+    ]  # fmt: skip
+    base = {"peak_rss_mb": 100.0, "load_1m": 1.0, "unit": "grad steps/s"}
+    results = {
+        "peer/sac": {"count": 100, "seconds": 1.0, "flops_per_grad_step": 1.0e9, **base},
+        "train/p": {"count": 90, "seconds": 1.0, "flops_per_grad_step": 1.2e9, **base},
+    }
+    row = {r["id"]: r for r in report.finish_rows(jobs, results, [])}["train/p"]
+    assert row["ratio"] == 0.9 and row["status"] == "FAIL >=1x ref"
+    assert "per gradient step 1200 MFLOP against the peer's 1000" in row["notes"]
+    assert "per unit of work 1.08x the peer" in row["notes"]
+    del results["peer/sac"]["flops_per_grad_step"]
+    row = {r["id"]: r for r in report.finish_rows(jobs, results, [])}["train/p"]
+    assert "MFLOP" not in row["notes"]

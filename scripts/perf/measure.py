@@ -56,6 +56,20 @@ def sac_work(layers: int, size: int, batch: int) -> str:
 
 
 # -- raw simulators --------------------------------------------------------------------------------
+def flop_count(fn: Any) -> tuple[Any, float]:
+    """(fn(), the floating-point operations of its torch matrix products, forward and backward).
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (mm, addmm, bmm, convolutions, attention; an
+    element-wise op counts nothing, numpy nothing). Under the counter every torch op is intercepted, so
+    ``fn`` runs slower there: call it outside a timed region.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return out, float(counter.get_total_flops())
+
+
 def measure_gym_single(job: Job) -> dict[str, Any]:
     """``gymnasium.make(env_id)`` stepped with pre-drawn random actions on one core (auto reset)."""
     import gymnasium as gym
@@ -291,6 +305,11 @@ def measure_train(job: Job) -> dict[str, Any]:
             s0 = time.perf_counter()
             _, pst = profiling.profiled(train_step)
             phases = profiling.maml_breakdown(pst, time.perf_counter() - s0)
+        flops = None
+        if "grad_steps" in stats[-1]:  # one more iteration, untimed, its matmul work counted
+            before = stats[-1]["grad_steps"]
+            counted, total = flop_count(train_step)
+            flops = total / max(counted["grad_steps"] - before, 1)
     finally:
         sampler.close()
     out: dict[str, Any] = {
@@ -312,6 +331,7 @@ def measure_train(job: Job) -> dict[str, Any]:
         grads = stats[-1]["grad_steps"] - grad0
         out |= {"count": grads, "seconds": dt - sampling, "unit": "grad steps/s"}
         out["work"] = sac_work(cfg.net_layers, cfg.net_size, cfg.meta_batch * cfg.batch_size)
+        out["flops_per_grad_step"] = flops
         notes.append(f"{grads:g} gradient steps in {dt - sampling:.2f} s outside sampling")
     else:
         out |= {"count": steps, "seconds": dt}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scripts.perf.measure import ppo_work, sac_work, update_threads
+from scripts.perf.measure import flop_count, ppo_work, sac_work, update_threads
 from scripts.perf.profiling import tic, toc
 
 
@@ -95,6 +95,8 @@ def measure_sb3_sac(job: dict[str, Any]) -> dict[str, Any]:
         t0 = tic()
         model.train(gradient_steps=job["grad_steps"], batch_size=batch)
         dt = toc(t0)
+        counted = max(1, job["warmup_grad_steps"])
+        _, flops = flop_count(lambda: model.train(gradient_steps=counted, batch_size=batch))
     finally:
         env.close()
     return {
@@ -102,6 +104,7 @@ def measure_sb3_sac(job: dict[str, Any]) -> dict[str, Any]:
         "seconds": dt,
         "unit": "grad steps/s",
         "work": sac_work(layers, size, batch),
+        "flops_per_grad_step": flops / counted,
         "notes": f"SAC.train({job['grad_steps']} gradient steps) after {job['warmup_grad_steps']} warm-up; "
         "twin Q + actor + entropy coefficient (PEARL: twin Q + V + target V + encoder + policy); "
         f"update threads={update_threads(job)}",

@@ -134,6 +134,13 @@ def finish_rows(jobs: list[Job], results: dict[str, dict[str, Any]], skips: list
             row["reference"] = f"{ref}, paired in-process"
         elif ref in rows and rate(ref) and row["rate"] != "":
             row["ratio"] = _sig(row["rate"] / rate(ref))
+            mine, theirs = (results[j].get("flops_per_grad_step") for j in (job["id"], ref))
+            if mine and theirs:  # gradient steps of different methods: how much work is each one
+                row["notes"] += (
+                    f"; matmul work per gradient step {mine / 1e6:.0f} MFLOP against the peer's "
+                    f"{theirs / 1e6:.0f} (torch FlopCounterMode, forward + backward): per unit of work "
+                    f"{row['rate'] * mine / (rate(ref) * theirs):.2f}x the peer"
+                )
         _target(job, row)
     out: list[dict[str, Any]] = []
     for rid, row in rows.items():
