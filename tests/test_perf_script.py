@@ -69,6 +69,14 @@ def test_quick_run_has_every_kind_of_row_for_every_method(quick_run):
     for r in rows:
         if r["rate"]:
             assert float(r["rate"]) > 0 and float(r["peak_rss_mb"]) > 0 and float(r["load_1m"]) >= 0, r
+    # every sampler row times its agents' own calls; the null agent's cost nothing next to any method's
+    policy_us = {}
+    for r in rows:
+        if r["kind"] == "sampler":
+            found = re.search(r"policy \(act \+ observe\) (\d+) us per act call", r["notes"])
+            policy_us[r["name"]] = float(found[1])
+    assert set(policy_us) == {"null", *algorithm_names()}
+    assert policy_us["null"] < min(v for k, v in policy_us.items() if k != "null"), policy_us
     phases = [r for r in rows if r["kind"] == "breakdown"]
     assert {r["name"] for r in phases} >= {"inner loop", "fisher-vector products", "line search", "sampling"}
     assert math.isclose(sum(float(r["ratio"]) for r in phases), 1.0, abs_tol=0.01)

@@ -162,9 +162,75 @@ def _replay(env: Any, trial: Any, seed: int) -> int:
     return steps
 
 
+class _PolicyClock:
+    """Wall time spent inside the agents' ``act`` and ``observe`` (all clones together), and the calls."""
+
+    def __init__(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+
+def _timed(agent: Any, clock: _PolicyClock) -> Any:
+    """``agent`` with its ``act`` / ``observe`` timed into ``clock`` (two clock reads per call, ~0.1 us);
+    clones (one per group of rows) share the clock."""
+    from metarl_protocol import AdaptiveAgent
+
+    class Timed(AdaptiveAgent):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def new_trial(self, task_keys: Any) -> None:
+            self.inner.new_trial(task_keys)
+
+        def act(self, obs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return self.inner.act(obs)
+            finally:
+                clock.seconds += time.perf_counter() - t0
+                clock.calls += 1
+
+        def observe(self, transition: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                self.inner.observe(transition)
+            finally:
+                clock.seconds += time.perf_counter() - t0
+
+        def end_episode(self) -> None:
+            self.inner.end_episode()
+
+        def clone(self) -> Any:
+            return Timed(self.inner.clone())
+
+    return Timed(agent)
+
+
+def null_agent(act_dim: int) -> Any:
+    """The ``null`` sampler row's agent: uniform random actions in [-1, 1] from numpy, no state, nothing
+    learned: what the sampling loop costs with a policy that costs nothing."""
+    import numpy as np
+
+    from metarl_protocol import AdaptiveAgent
+
+    class Null(AdaptiveAgent):
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng(0)
+
+        def new_trial(self, task_keys: Any) -> None:
+            pass
+
+        def act(self, obs: Any) -> Any:
+            return self.rng.uniform(-1.0, 1.0, (len(obs), act_dim)).astype(np.float32), {}
+
+        def observe(self, transition: Any) -> None:
+            pass
+
+    return Null()
+
+
 def measure_sampler(job: Job) -> dict[str, Any]:
-    """``TrialSampler.run`` with the method's freshly initialised training agent (stochastic actions),
-    paired with the raw batch env replaying the same trials in this same process.
+    """``TrialSampler.run`` with the method's freshly initialised training agent (stochastic actions; algo
+    ``null``: ``null_agent``), paired with the raw batch env replaying the same trials in this same process.
 
     The machine's speed drifts (a shared host: the raw row alone moved 18k-32k steps/s between three runs
     a minute apart), so a ratio of two rows timed in different processes minutes apart measures the drift
@@ -177,7 +243,8 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     terminates (ant-dir) random actions keep a different share of rows alive than a given policy
     does (51% of row-steps valid with random actions, 28-66% with our five fresh agents), and the cost
     of a step batch does not scale with its live rows alone. ``count`` / ``seconds`` are the sampler's
-    over all rounds.
+    over all rounds. The notes also give the agents' own time (``act`` + ``observe``, timed around each
+    call) per ``act`` call and as a share of the sampler's time: what the policy costs against the loop.
     """
     import statistics
 
@@ -187,9 +254,14 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     from benchmark.sampler import TrialSampler
 
     suite = load_suite(job["suite"])
-    cls, _run, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
     torch.manual_seed(0)
-    agent = cls(suite.spec(), cfg, torch.device("cpu")).make_agent()
+    if job["algo"] == "null":
+        agent = null_agent(suite.spec().act_dim)
+    else:
+        cls, _run, cfg = method_config(job["algo"], suite, job["profile"], job["overrides"])
+        agent = cls(suite.spec(), cfg, torch.device("cpu")).make_agent()
+    clock = _PolicyClock()
+    agent = _timed(agent, clock)
     batch, episodes, rounds = job["batch"], job["episodes"], job.get("rounds", 1)
     sampler = TrialSampler(suite, num_workers=job["workers"])
     raw: Any = None
@@ -201,6 +273,7 @@ def measure_sampler(job: Job) -> dict[str, Any]:
         raw.set_tasks(tasks)
         warm = sampler.run(agent, tasks, job["warmup_episodes"], seed=0)
         _replay(raw, warm, seed=0)
+        clock.seconds, clock.calls = 0.0, 0
         trial, trial_seed = None, 0
         for r in range(rounds):
             rates = {}
@@ -224,6 +297,12 @@ def measure_sampler(job: Job) -> dict[str, Any]:
             raw.close()
     (count, seconds), (raw_count, raw_seconds) = totals["sampler"], totals["raw"]
     replay = "replays matched" if not mismatched else f"{mismatched} of {rounds} replays diverged"
+    policy = (
+        f"policy (act + observe) {1e6 * clock.seconds / max(clock.calls, 1):.0f} us per act call "
+        f"({clock.calls / (rounds * episodes * suite.horizon):.0f} per loop step), "
+        f"{clock.seconds / seconds:.0%} of the "
+        "sampler's time"
+    )
     return {
         "count": count,
         "seconds": seconds,
@@ -233,7 +312,7 @@ def measure_sampler(job: Job) -> dict[str, Any]:
         "notes": f"trials of {episodes} episodes, {job['profile']} profile agent; "
         f"{statistics.mean(valid):.0%} of row-steps valid; ratio: median over {rounds} rounds paired with "
         f"the raw batch env replaying the trials in this process ({' '.join(f'{x:.2f}' for x in ratios)}; "
-        f"raw there {raw_count / raw_seconds:.0f} steps/s, {replay})",
+        f"raw there {raw_count / raw_seconds:.0f} steps/s, {replay}); {policy}",
     }
 
 

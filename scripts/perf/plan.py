@@ -8,7 +8,8 @@ Rows (``kind``), env steps per second unless the unit says otherwise:
 * ``sampler``   ``TrialSampler.run`` with every method's quick-profile agent at 20 tasks; ratio to ``raw``
                 at the same suite and batch, timed in the sampler row's own process (paired rounds, median:
                 ``measure.measure_sampler``). Target: >= 0.8x on halfcheetah-vel, >= 0.9x on ant-dir and
-                ml1-reach.
+                ml1-reach. ``sampler/null/...`` (no target): an agent whose policy costs nothing
+                (``measure.null_agent``), the loop alone.
 * ``train``     ``learner.train_step`` at the quick profile on halfcheetah-vel, KL early stop off;
                 ratio to the library ``peer`` doing the same work (``work`` column, equal for both).
                 Target: >= 1.0x (MAML: no maintained library peer, n/a); peak memory <= 2 GB.
@@ -279,6 +280,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                     "group": f"raw/{suite_name}/B{z.batch}/inproc",
                 }
             )
+        sampler("null", suite_name, z.batch, z.overrides)  # the loop with a policy that costs nothing
         for algo in algos:
             sampler(algo, suite_name, z.batch, z.overrides, min_ratio=SAMPLER_TARGETS.get(suite_name))
 
