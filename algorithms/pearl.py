@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from algorithms.common.nets import mlp
+from algorithms.common.nets import load_optimizer_state, mlp
 from algorithms.common.numpy_acting import TanhGaussianActing, usable
 from algorithms.common.sac import TanhGaussianPolicy, q_target, soft_update, v_target
 from metarl_protocol import AdaptiveAgent, MetaLearner, SuiteSpec, TrainContext, Transition, TrialBatch
@@ -629,10 +629,8 @@ class PEARL(MetaLearner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("encoder", "policy", "q1", "q2", "v", "v_target"):
             getattr(self, name).load_state_dict(state[name])
-        for k, o in self.opt.items():
-            o.load_state_dict(state["opt"][k])
-            for group in o.param_groups:  # the saved groups carry their writer's implementation
-                group.update({key: o.defaults[key] for key in ("fused", "foreach")})
+        for k, o in self.opt.items():  # under this learner's fused_optimizer, whichever wrote the state
+            load_optimizer_state(o, state["opt"][k])
         self.buffer.restore(int(state["replay_rows"]))
         self.enc_start = {int(k): int(v) for k, v in state["enc_start"].items()}
         self.grad_steps, self.iterations = int(state["grad_steps"]), int(state["iterations"])

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
 
-from algorithms.common.nets import GaussianHead, RunningNorm, mlp
+from algorithms.common.nets import GaussianHead, RunningNorm, load_optimizer_state, mlp
 from algorithms.common.numpy_acting import (
     MLP,
     GaussianActing,
@@ -623,9 +623,7 @@ class TrMRL(MetaLearner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the saved groups carry their writer's implementation
-            group.update({key: self.optimizer.defaults[key] for key in ("fused", "foreach")})
+        load_optimizer_state(self.optimizer, state["optimizer"])  # under this learner's fused_optimizer
         self.scheduler.load_state_dict(state["scheduler"])
         if "return_norm" in state:  # checkpoints written before normalize_rewards existed: unused there
             self.return_norm.load_state_dict(state["return_norm"])

@@ -158,3 +158,56 @@ def test_numpy_gru_refuses_other_layouts():
         gru_over_trials(nn.GRU(3, 4), torch.zeros(5, 2, 3))
     with pytest.raises(ValueError, match="single-layer"):
         gru_over_trials(nn.GRU(3, 4, num_layers=2, batch_first=True), torch.zeros(2, 5, 3))
+
+
+def _adam_after_steps(impl: dict, device: str = "cpu", steps: int = 3):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4).to(device)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-2, **impl)
+    x = torch.randn(16, 8, device=device)
+    for _ in range(steps):
+        opt.zero_grad()
+        layer(x).square().mean().backward()
+        opt.step()
+    return layer, opt, x
+
+
+def test_a_resumed_optimizer_takes_its_own_implementation_and_the_same_update():
+    """A foreach Adam's state loaded into a fused one (and back): the loader's flags win, the saved state is
+    untouched, and the next step equals the writer's own next step to float32 rounding."""
+    from copy import deepcopy
+
+    from algorithms.common.nets import load_optimizer_state
+
+    writer, opt, x = _adam_after_steps({"foreach": True})
+    saved = deepcopy(opt.state_dict())
+    load_optimizer_state(torch.optim.Adam(deepcopy(writer).parameters(), fused=True), saved)
+    assert [(g["fused"], g["foreach"]) for g in saved["param_groups"]] == [(None, True)]  # untouched
+    for impl, flags in (({"fused": True}, (True, None)), ({"foreach": True}, (None, True))):
+        reader = deepcopy(writer)
+        ropt = torch.optim.Adam(reader.parameters(), lr=1e-2, **impl)
+        load_optimizer_state(ropt, deepcopy(saved))  # a copy each: torch may share the state's tensors
+        assert [(g["fused"], g["foreach"]) for g in ropt.param_groups] == [flags]
+        ropt.zero_grad()
+        reader(x).square().mean().backward()
+        ropt.step()
+        expected = deepcopy(writer)
+        eopt = torch.optim.Adam(expected.parameters(), lr=1e-2, foreach=True)
+        eopt.load_state_dict(deepcopy(saved))
+        eopt.zero_grad()
+        expected(x).square().mean().backward()
+        eopt.step()
+        for a, b in zip(reader.parameters(), expected.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cpu_loaded_foreach_state_resumes_a_fused_cuda_optimizer():
+    from algorithms.common.nets import load_optimizer_state
+
+    _, opt, _ = _adam_after_steps({"foreach": True})
+    layer, fused, x = _adam_after_steps({"fused": True}, device="cuda", steps=0)
+    load_optimizer_state(fused, opt.state_dict())  # the counters were written on the CPU
+    layer(x).square().mean().backward()
+    fused.step()  # a CPU step counter would be rejected by the fused CUDA kernel
+    assert all(s["step"].device.type == "cuda" for s in fused.state.values())

@@ -105,6 +105,8 @@ def test_quick_run_ratios_use_the_right_reference(quick_run):
             assert ref["name"] == "sb3-sac" and ref["unit"] == r["unit"] == "grad steps/s", r
             assert ref["work"] == r["work"] != "", (r["work"], ref["work"])
             assert "per unit of work" in r["notes"], r  # both gradient steps' matmul work counted
+            work = re.search(r"step (\d+) MFLOP against the peer's (\d+)", r["notes"])
+            assert 0.8 <= float(work[1]) / float(work[2]) <= 1.5, r  # per step: a few more nets
         elif r["kind"] == "train" and r["name"] == "maml":
             assert r["ratio"] == "" and r["reference"].startswith("none"), r
         if ref is not None and r["ratio"] != "" and r["kind"] != "breakdown":
@@ -198,6 +200,7 @@ def test_profile_prints_the_timed_region_only(capsys):
 def test_the_raw_replay_repeats_the_sampler_trial():
     """The sampler row's reference replays the trial's actions from its reset seeds: on ant-dir, where
     fresh ants fall, it counts the same valid steps (random actions would keep another share alive)."""
+    import numpy as np
     import torch
 
     from benchmark.registry import load_suite
@@ -215,8 +218,10 @@ def test_the_raw_replay_repeats_the_sampler_trial():
         raw.set_tasks(tasks)
         valid = int(trial.valid.sum())
         assert valid < trial.valid.size  # some ants fell: the check means something
-        assert measure._replay(raw, trial, seed=7) == valid
-        assert measure._replay(raw, trial, seed=8) != valid  # other reset seeds: other falls
+        steps, rewards = measure._replay(raw, trial, seed=7)
+        assert steps == valid and np.array_equal(rewards, trial.rewards)  # the same physics, bit for bit
+        steps, rewards = measure._replay(raw, trial, seed=8)  # other reset seeds: other falls
+        assert steps != valid and not np.array_equal(rewards, trial.rewards)
     finally:
         sampler.close()
         raw.close()
@@ -242,3 +247,18 @@ def test_report_puts_gradient_steps_of_unequal_work_side_by_side():
     del results["peer/sac"]["flops_per_grad_step"]
     row = {r["id"]: r for r in report.finish_rows(jobs, results, [])}["train/p"]
     assert "MFLOP" not in row["notes"]
+
+
+def test_a_sampler_row_replays_its_own_trials_on_a_terminating_suite(monkeypatch):
+    """measure_sampler replays each round's trial with that round's seeds (ant-dir, where seeds matter);
+    a replay that differs from its trial raises instead of giving a ratio."""
+    from scripts.perf import measure
+
+    job = {"suite": "ant-dir", "algo": "null", "profile": "quick", "overrides": {}, "batch": 4,
+           "workers": 1, "episodes": 1, "rounds": 2, "warmup_episodes": 1}  # fmt: skip
+    res = measure.measure_sampler(job)
+    assert res["ratio"] > 0 and "null agent" in res["notes"]
+    replay = measure._replay
+    monkeypatch.setattr(measure, "_replay", lambda env, trial, seed: replay(env, trial, seed + 1))
+    with pytest.raises(RuntimeError, match="diverged"):
+        measure.measure_sampler(job)

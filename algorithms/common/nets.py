@@ -1,4 +1,4 @@
-"""Networks shared by the methods: MLPs, a diagonal Gaussian policy head, one GRU step."""
+"""Shared networks (MLPs, a diagonal Gaussian policy head, one GRU step) and optimizer resumption."""
 
 from __future__ import annotations
 
@@ -124,3 +124,19 @@ class RunningNorm(nn.Module):
         (previous action, reward, flags of the trial features) unchanged."""
         dim = self.mean.shape[0]
         return torch.cat([self(features[..., :dim]), features[..., dim:]], -1)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` under ``optimizer``'s own implementation (fused / foreach).
+
+    A saved state's parameter groups carry their writer's ``fused`` and ``foreach`` flags; torch keeps them
+    on load, and decides from them where each parameter's ``step`` counter goes (to the parameter's device
+    for a fused group, left as saved otherwise). The saved groups' flags are set to ``optimizer``'s
+    constructor defaults first, so a resumed run uses the implementation its settings name, with the
+    counter where that implementation expects it (a fused CUDA kernel rejects a CPU counter). The groups
+    of ``state`` are not modified (its tensors may end up shared with the optimizer, as with torch's own
+    ``load_state_dict``).
+    """
+    keys = [k for k in ("fused", "foreach") if k in optimizer.defaults]
+    groups = [{**g, **{k: optimizer.defaults[k] for k in keys}} for g in state["param_groups"]]
+    optimizer.load_state_dict({**state, "param_groups": groups})

@@ -138,12 +138,13 @@ def measure_raw(job: Job) -> dict[str, Any]:
 
 
 # -- the sampler -----------------------------------------------------------------------------------
-def _replay(env: Any, trial: Any, seed: int) -> int:
-    """A sampler trial's clipped actions through a raw batch env, reset from the trial's seeds; valid steps.
+def _replay(env: Any, trial: Any, seed: int) -> tuple[int, Any]:
+    """A sampler trial's clipped actions through a raw batch env, reset from the trial's seeds:
+    (valid steps, rewards (B, T) float32, 0 where a row was not live).
 
     The same physics as the trial (same tasks, reset seeds and actions; rows masked once terminated, as
     the sampler masks them) without the policy, so a terminating suite keeps as many rows alive as the
-    trial did. ``trial.valid.sum()`` is the count to expect.
+    trial did. ``trial.valid.sum()`` and ``trial.rewards`` are what to expect.
     """
     import numpy as np
 
@@ -151,15 +152,17 @@ def _replay(env: Any, trial: Any, seed: int) -> int:
 
     batch, horizon = trial.env_actions.shape[0], trial.horizon
     episodes = trial.env_actions.shape[1] // horizon
+    rewards = np.zeros(trial.env_actions.shape[:2], np.float32)
     steps = 0
     for k, seeds in enumerate(reset_seeds(seed, episodes, batch)):
         env.reset(seeds)
         active = np.ones(batch, bool)
         for h in range(horizon):
             res = env.step(trial.env_actions[:, k * horizon + h], active.copy())
+            rewards[:, k * horizon + h] = np.where(active, res.reward, 0.0)
             steps += int(active.sum())
             active &= ~res.terminated
-    return steps
+    return steps, rewards
 
 
 class _PolicyClock:
@@ -237,9 +240,10 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     as much as the sampler. Here each of ``rounds`` rounds times one trial of ``episodes`` episodes of the
     sampler and a raw batch env of the same suite, batch and process layout (its own worker and load
     balance) replaying a sampler trial's actions from its reset seeds (``_replay``), back to back;
-    ``ratio`` is the median of the rounds' sampler / raw rate ratios. The order alternates: even rounds
-    time the sampler, then the replay of that trial; odd rounds the replay of the previous round's trial,
-    then the sampler. Replaying the policy's own actions keeps the physics equal: on a suite that
+    ``ratio`` is the median of the rounds' sampler / raw rate ratios. Each round times the sampler's trial,
+    then its replay (a replay must follow its trial; a replay that does not reproduce the trial's valid
+    steps and rewards exactly raises). Replaying the policy's own actions keeps the physics equal: on a
+    suite that
     terminates (ant-dir) random actions keep a different share of rows alive than a given policy
     does (51% of row-steps valid with random actions, 28-66% with our five fresh agents), and the cost
     of a step batch does not scale with its live rows alone. ``count`` / ``seconds`` are the sampler's
@@ -248,6 +252,7 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     """
     import statistics
 
+    import numpy as np
     import torch
 
     from benchmark.registry import load_suite
@@ -266,7 +271,7 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     sampler = TrialSampler(suite, num_workers=job["workers"])
     raw: Any = None
     totals = {"raw": [0, 0.0], "sampler": [0, 0.0]}  # env steps, seconds over all rounds
-    ratios, valid, mismatched = [], [], 0
+    ratios, valid = [], []
     try:
         raw = suite.make_batch_env(batch, job["workers"])
         tasks = pick_tasks(suite, batch)
@@ -274,46 +279,44 @@ def measure_sampler(job: Job) -> dict[str, Any]:
         warm = sampler.run(agent, tasks, job["warmup_episodes"], seed=0)
         _replay(raw, warm, seed=0)
         clock.seconds, clock.calls = 0.0, 0
-        trial, trial_seed = None, 0
         for r in range(rounds):
-            rates = {}
-            for side in ("sampler", "raw") if r % 2 == 0 or trial is None else ("raw", "sampler"):
-                t0 = tic()
-                if side == "raw":
-                    steps = _replay(raw, trial, trial_seed)
-                    mismatched += steps != int(trial.valid.sum())
-                else:
-                    trial, trial_seed = sampler.run(agent, tasks, episodes, seed=1 + r), 1 + r
-                    steps = trial.env_steps
-                    valid.append(float(trial.valid.mean()))
-                dt = toc(t0)
-                rates[side] = steps / dt
-                totals[side][0] += steps
-                totals[side][1] += dt
-            ratios.append(rates["sampler"] / rates["raw"])
+            t0 = tic()
+            trial = sampler.run(agent, tasks, episodes, seed=1 + r)
+            dt = toc(t0)
+            t0 = tic()
+            steps, rewards = _replay(raw, trial, seed=1 + r)
+            raw_dt = toc(t0)
+            if steps != trial.env_steps or not np.array_equal(rewards, trial.rewards):
+                raise RuntimeError(
+                    f"the raw replay of round {r} diverged from the sampler's trial ({steps} against "
+                    f"{trial.env_steps} valid steps, rewards equal: {np.array_equal(rewards, trial.rewards)})"
+                )
+            valid.append(float(trial.valid.mean()))
+            totals["sampler"][0] += steps
+            totals["sampler"][1] += dt
+            totals["raw"][0] += steps
+            totals["raw"][1] += raw_dt
+            ratios.append(raw_dt / dt)  # the same steps on both sides: the rate ratio is the time ratio
     finally:
         sampler.close()
         if raw is not None:
             raw.close()
     (count, seconds), (raw_count, raw_seconds) = totals["sampler"], totals["raw"]
-    replay = "replays matched" if not mismatched else f"{mismatched} of {rounds} replays diverged"
-    policy = (
+    agent_name = "null agent" if job["algo"] == "null" else f"{job['profile']} profile agent"
+    rounds_read = " ".join(f"{x:.2f}" for x in ratios)
+    notes = [
+        f"trials of {episodes} episodes, {agent_name}",
+        f"{statistics.mean(valid):.0%} of row-steps valid",
+        f"ratio: median over {rounds} rounds paired with the raw batch env replaying the trials in this "
+        f"process ({rounds_read}; raw there {raw_count / raw_seconds:.0f} steps/s; every replay equal to its "
+        "trial in valid steps and rewards)",
         f"policy (act + observe) {1e6 * clock.seconds / max(clock.calls, 1):.0f} us per act call "
         f"({clock.calls / (rounds * episodes * suite.horizon):.0f} per loop step), "
-        f"{clock.seconds / seconds:.0%} of the "
-        "sampler's time"
-    )
-    return {
-        "count": count,
-        "seconds": seconds,
-        "ratio": statistics.median(ratios),
-        # the loop runs every row to the horizon (terminated rows are masked, the policy still acts): on
-        # terminating suites the rate counts only the valid steps, as the replay's does
-        "notes": f"trials of {episodes} episodes, {job['profile']} profile agent; "
-        f"{statistics.mean(valid):.0%} of row-steps valid; ratio: median over {rounds} rounds paired with "
-        f"the raw batch env replaying the trials in this process ({' '.join(f'{x:.2f}' for x in ratios)}; "
-        f"raw there {raw_count / raw_seconds:.0f} steps/s, {replay}); {policy}",
-    }
+        f"{clock.seconds / seconds:.0%} of the sampler's time",
+    ]
+    # the loop runs every row to the horizon (terminated rows are masked, the policy still acts): on
+    # terminating suites the rate counts only the valid steps, as the replay's does
+    return {"count": count, "seconds": seconds, "ratio": statistics.median(ratios), "notes": "; ".join(notes)}
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -385,7 +388,7 @@ def measure_train(job: Job) -> dict[str, Any]:
             _, pst = profiling.profiled(train_step)
             phases = profiling.maml_breakdown(pst, time.perf_counter() - s0)
         flops = None
-        if "grad_steps" in stats[-1]:  # one more iteration, untimed, its matmul work counted
+        if "grad_steps" in stats[-1] and job.get("kind") == "train":  # one more iteration, untimed, counted
             before = stats[-1]["grad_steps"]
             counted, total = flop_count(train_step)
             flops = total / max(counted["grad_steps"] - before, 1)
