@@ -296,19 +296,19 @@ def test_numpy_acting_equals_the_torch_policy_with_the_same_noise():
 
 
 def test_fused_optimizer_setting_picks_the_adam_implementation_also_on_resume(tmp_path):
-    """fused_optimizer=true (default): each Adam one fused kernel; false: the foreach implementation of
+    """fused_optimizer=true: each Adam one fused kernel; false (default): the foreach implementation of
     earlier runs. A checkpoint written under either setting resumes under the learner's."""
     from dataclasses import replace
 
     def impl(learner):
         return {(g["fused"], g["foreach"]) for o in learner.opt.values() for g in o.param_groups}
 
-    fused, suite = make()
-    loop, _ = make(replace(TINY, fused_optimizer=False), tmp_path)  # the replay files the resumes read
+    fused, suite = make(replace(TINY, fused_optimizer=True))
+    loop, _ = make(TINY, tmp_path)  # the default; its replay files are what the resumes read
     assert impl(fused) == {(True, None)} and impl(loop) == {(None, True)}
     ctx = HarnessContext(suite, TrialSampler(suite), np.random.default_rng(0), torch.device("cpu"))
     loop.train_step(ctx)  # optimizer state to carry over
-    resumed, _ = make(storage=tmp_path)
+    resumed, _ = make(replace(TINY, fused_optimizer=True), tmp_path)
     resumed.load_state_dict(loop.state_dict())
     assert impl(resumed) == {(True, None)}
     stats = resumed.train_step(ctx)  # the foreach run's state drives the fused kernels
