@@ -7,9 +7,9 @@ Rows (``kind``), env steps per second unless the unit says otherwise:
                 each suite, and the suite's batch env as the sampler builds it (``B<n>`` tasks, 2 processes).
 * ``sampler``   ``TrialSampler.run`` with every method's quick-profile agent at 20 tasks; ratio to the
                 ``raw`` batch env of the same suite and batch replaying each trial, timed in the sampler
-                row's own process (paired rounds, median: ``measure.measure_sampler``). Target: >= 0.8x on halfcheetah-vel, >= 0.9x on ant-dir and
-                ml1-reach. ``sampler/null/...`` (no target): an agent whose policy costs nothing
-                (``measure.null_agent``), the loop alone.
+                row's own process (paired rounds, median: ``measure.measure_sampler``). Target: >= 0.8x
+                on halfcheetah-vel, >= 0.9x on ant-dir and ml1-reach. ``sampler/null/...`` (no target):
+                an agent whose policy costs nothing (``measure.null_agent``), the loop alone.
 * ``train``     ``learner.train_step`` at the quick profile on halfcheetah-vel, KL early stop off;
                 ratio to the library ``peer`` doing the same work (``work`` column, equal for both).
                 Target: >= 1.0x (MAML: no maintained library peer, n/a); peak memory <= 2 GB.
