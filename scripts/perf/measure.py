@@ -243,10 +243,9 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     ``ratio`` is the median of the rounds' sampler / raw rate ratios. Each round times the sampler's trial,
     then its replay (a replay must follow its trial; a replay that does not reproduce the trial's valid
     steps and rewards exactly raises). Replaying the policy's own actions keeps the physics equal: on a
-    suite that
-    terminates (ant-dir) random actions keep a different share of rows alive than a given policy
-    does (51% of row-steps valid with random actions, 28-66% with our five fresh agents), and the cost
-    of a step batch does not scale with its live rows alone. ``count`` / ``seconds`` are the sampler's
+    suite that terminates (ant-dir) random actions keep a different share of rows alive than a given
+    policy does (51% of row-steps valid with random actions, 28-66% with our five fresh agents), and the
+    cost of a step batch does not scale with its live rows alone. ``count`` / ``seconds`` are the sampler's
     over all rounds. The notes also give the agents' own time (``act`` + ``observe``, timed around each
     call) per ``act`` call and as a share of the sampler's time: what the policy costs against the loop.
     """
@@ -270,7 +269,7 @@ def measure_sampler(job: Job) -> dict[str, Any]:
     batch, episodes, rounds = job["batch"], job["episodes"], job.get("rounds", 1)
     sampler = TrialSampler(suite, num_workers=job["workers"])
     raw: Any = None
-    totals = {"raw": [0, 0.0], "sampler": [0, 0.0]}  # env steps, seconds over all rounds
+    count, seconds, raw_seconds = 0, 0.0, 0.0  # valid env steps (the same on both sides), times
     ratios, valid = [], []
     try:
         raw = suite.make_batch_env(batch, job["workers"])
@@ -292,23 +291,19 @@ def measure_sampler(job: Job) -> dict[str, Any]:
                     f"{trial.env_steps} valid steps, rewards equal: {np.array_equal(rewards, trial.rewards)})"
                 )
             valid.append(float(trial.valid.mean()))
-            totals["sampler"][0] += steps
-            totals["sampler"][1] += dt
-            totals["raw"][0] += steps
-            totals["raw"][1] += raw_dt
+            count, seconds, raw_seconds = count + steps, seconds + dt, raw_seconds + raw_dt
             ratios.append(raw_dt / dt)  # the same steps on both sides: the rate ratio is the time ratio
     finally:
         sampler.close()
         if raw is not None:
             raw.close()
-    (count, seconds), (raw_count, raw_seconds) = totals["sampler"], totals["raw"]
     agent_name = "null agent" if job["algo"] == "null" else f"{job['profile']} profile agent"
     rounds_read = " ".join(f"{x:.2f}" for x in ratios)
     notes = [
         f"trials of {episodes} episodes, {agent_name}",
         f"{statistics.mean(valid):.0%} of row-steps valid",
         f"ratio: median over {rounds} rounds paired with the raw batch env replaying the trials in this "
-        f"process ({rounds_read}; raw there {raw_count / raw_seconds:.0f} steps/s; every replay equal to its "
+        f"process ({rounds_read}; raw there {count / raw_seconds:.0f} steps/s; every replay equal to its "
         "trial in valid steps and rewards)",
         f"policy (act + observe) {1e6 * clock.seconds / max(clock.calls, 1):.0f} us per act call "
         f"({clock.calls / (rounds * episodes * suite.horizon):.0f} per loop step), "
