@@ -415,22 +415,20 @@ class PEARL(MetaLearner):
         )  # fmt: skip
         for name in positive:
             if getattr(config, name) < 1:
-                raise ValueError(f"pearl: {name} must be >= 1, got {getattr(config, name)}")
+                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
         for name in ("posterior_episodes", "grad_steps_per_iter", "eval_prior_episodes"):
             if getattr(config, name) < 0:
-                raise ValueError(f"pearl: {name} must be >= 0, got {getattr(config, name)}")
+                raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
         for name in ("reward_scale", "lr"):
             if not getattr(config, name) > 0:
-                raise ValueError(f"pearl: {name} must be > 0, got {getattr(config, name)}")
+                raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
         if config.kl_lambda < 0:
-            raise ValueError(f"pearl: kl_lambda must be >= 0, got {config.kl_lambda}")
+            raise ValueError(f"kl_lambda must be >= 0, got {config.kl_lambda}")
         if not 0 <= config.gamma <= 1 or not 0 < config.tau <= 1:
-            raise ValueError(
-                f"pearl: need 0 <= gamma <= 1 and 0 < tau <= 1, got {config.gamma}, {config.tau}"
-            )
+            raise ValueError(f"need 0 <= gamma <= 1 and 0 < tau <= 1, got {config.gamma}, {config.tau}")
         if spec is not None and config.eval_prior_episodes >= spec.eval_episodes:
             raise ValueError(
-                f"pearl: eval_prior_episodes={config.eval_prior_episodes} leaves no posterior episode in a "
+                f"eval_prior_episodes={config.eval_prior_episodes} leaves no posterior episode in a "
                 f"meta-test trial of {spec.eval_episodes} episodes; use 0..{spec.eval_episodes - 1}"
             )
 

@@ -530,6 +530,8 @@ class TrMRL(MetaLearner):
         """Settings that only make sense together (single settings are checked by their ranges)."""
         if config.d_model % config.n_heads:
             raise ValueError(f"--set n_heads={config.n_heads}: must divide d_model={config.d_model}")
+        if not config.policy_hidden:
+            raise ValueError("--set policy_hidden=: needs at least one layer width >= 1, e.g. 64,64")
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:

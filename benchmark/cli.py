@@ -6,6 +6,7 @@ Every user error ends in one line ``metarl-bench: error: ...`` and exit code 2, 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -26,13 +27,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def seed_type(text: str) -> int:
+    """A seed: an integer from 0 to 2^64 - 1 (what ``torch.manual_seed`` takes)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0 or str(value) != text.strip().lstrip("+"):
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {text!r}")
+    if not 0 <= value < 2**64 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"seed must be an integer from 0 to 2^64 - 1, got {text!r}")
     return value
+
+
+def out_dir(flag: str):  # noqa: ANN201 - an argparse type
+    """An argparse type for a directory this process can create or write into; the error names ``flag``.
+
+    Checks only (nothing is created): the path is not empty, neither it nor an existing parent is a
+    file, and the deepest existing directory on it is writable.
+    """
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{flag} must name a directory, got an empty path")
+        path = Path(text)
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{flag} {text}: is a file, not a directory")
+        existing = path.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise argparse.ArgumentTypeError(f"{flag} {text}: {existing} is a file, not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"{flag} {text}: cannot write under {existing}")
+        return text
+
+    return parse
 
 
 def seeds_type(text: str) -> list[int]:
@@ -93,7 +120,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile", default="quick", choices=PROFILES, help="budget and hyperparameters (default quick)"
     )
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
+    p.add_argument(
+        "--out", default=DEFAULT_OUT, type=out_dir("--out"), help=f"results root (default {DEFAULT_OUT})"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -103,7 +132,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="override a harness or method setting (repeatable); `metarl-bench list --settings ALGO`",
     )
     p.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run (deleted once the new one has started)",
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -155,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_fig.add_argument(
         "results", nargs="?", default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})"
     )
-    p_fig.add_argument("--out", default=None, help="where figures/ and tables/ go")
+    p_fig.add_argument("--out", default=None, type=out_dir("--out"), help="where figures/ and tables/ go")
     return parser
 
 
@@ -217,7 +250,7 @@ def check_device(device: str, here: bool = True) -> None:
         dev = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device {device!r}: expected cpu or cuda[:N]") from None
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index is not None):
         raise UsageError(f"--device {device!r}: expected cpu or cuda[:N]")
     if here and dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
@@ -345,6 +378,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from benchmark.plots import make_all
 
     root = Path(args.results)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"results directory {root} is a file, not a directory")
     if not root.is_dir():
         raise UsageError(f"results directory {root} does not exist")
     written = make_all(root, Path(args.out) if args.out else None)
@@ -370,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metarl-bench: interrupted; resume with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`metarl-bench list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -134,11 +134,26 @@ def parse_value(key: str, raw: str, typ: Any) -> Any:
             return raw
         if origin is tuple:
             (inner, *_rest) = typing.get_args(typ)
-            return tuple(parse_value(key, part, inner) for part in raw.split(",") if part.strip())
-    except ValueError:
+            # "64,64", or as `metarl-bench list --settings` prints it: "(64, 64)" (also "[64, 64]")
+            body = raw.strip()
+            if body[:1] + body[-1:] in ("()", "[]"):
+                body = body[1:-1]
+            parts = [part.strip() for part in body.split(",")]
+            if parts == [""]:
+                return ()
+            if "" in parts:
+                raise ValueError
+            return tuple(parse_value(key, part, inner) for part in parts)
+    except (ValueError, ConfigError):
         pass
     else:
         raise ConfigError(f"--set {key}: unsupported field type {typ}")
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(typ)
+        name = getattr(inner, "__name__", str(inner))
+        raise ConfigError(
+            f"--set {key}={raw}: expected comma-separated {name} values, e.g. {key}=64,64 (or (64, 64))"
+        )
     name = getattr(typ, "__name__", str(typ))
     raise ConfigError(f"--set {key}={raw}: expected a value of type {name}")
 

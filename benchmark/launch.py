@@ -33,6 +33,12 @@ def resolve_run(algo: str, suite_name: str, profile: str, overrides: list[str]) 
         learner_cls.validate(algo_cfg, suite.spec())
     except ValueError as exc:
         raise ConfigError(f"{algo}: {exc}") from None
+    from benchmark.runner import validation_split
+
+    try:
+        validation_split(suite, run_cfg.validation_tasks)
+    except ValueError as exc:
+        raise ConfigError(f"--set {exc}") from None
     return learner_cls, suite, run_cfg, algo_cfg
 
 

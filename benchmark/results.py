@@ -146,16 +146,52 @@ def complete_lines(raw: bytes) -> bytes:
     return raw[: end + 1] if end >= 0 else b""
 
 
-def truncate_csv(path: Path, keep: Any) -> None:
-    """Rewrite ``path`` keeping only whole rows where ``keep(row)`` is true (atomically)."""
+def kept_rows(
+    path: Path, keep: Any, columns: Sequence[str] | None = None
+) -> tuple[list[str], list[dict[str, str]]] | None:
+    """(header, the whole rows of ``path`` where ``keep(row)`` is true); None if the file is missing or
+    has no header. Reads only: resume checks both CSVs with this before it changes anything.
+
+    Raises:
+        ResultsError: the file is not UTF-8 CSV text, its header differs from ``columns`` (when given),
+            a row has more fields than the header, or ``keep`` fails on a row (e.g. a non-integer
+            ``iteration``); the message names the file and the row.
+    """
     if not path.exists():
-        return
-    reader = csv.DictReader(io.StringIO(complete_lines(path.read_bytes()).decode(), newline=""))
-    columns = reader.fieldnames
-    rows = [r for r in reader if keep(r)]
-    if not columns:
-        return
-    write_csv_atomic(path, columns, rows)
+        return None
+    try:
+        reader = csv.DictReader(io.StringIO(complete_lines(path.read_bytes()).decode(), newline=""))
+        header = reader.fieldnames
+        if not header:
+            return None
+        if columns is not None and tuple(header) != tuple(columns):
+            raise ResultsError(f"{path}: header {','.join(header)} is not the expected {','.join(columns)}")
+        rows = []
+        for i, row in enumerate(reader):
+            if None in row:  # csv.DictReader's key for fields beyond the header
+                raise ResultsError(f"{path}: row {i + 2} has more fields than the header")
+            try:
+                if keep(row):
+                    rows.append(row)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ResultsError(
+                    f"{path}: row {i + 2} is malformed ({type(exc).__name__}: {exc})"
+                ) from None
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise ResultsError(f"{path}: not a readable CSV file ({exc})") from None
+    return list(header), rows
+
+
+def truncate_csv(path: Path, keep: Any) -> None:
+    """Rewrite ``path`` keeping only whole rows where ``keep(row)`` is true (atomically).
+
+    Raises ``ResultsError`` as :func:`kept_rows`, before anything is written.
+    """
+    kept = kept_rows(path, keep)
+    if kept is not None:
+        write_csv_atomic(path, *kept)
 
 
 def write_csv_atomic(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

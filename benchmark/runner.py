@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from benchmark.config import HarnessConfig
+from benchmark.errors import UsageError
 from benchmark.evaluate import evaluate, headline, summarize
 from benchmark.results import (
     CHECKPOINT,
@@ -44,10 +46,11 @@ from benchmark.results import (
     EVAL_COLUMNS,
     CsvLog,
     ResultsError,
+    kept_rows,
     load_checkpoint,
     run_dir,
     save_checkpoint,
-    truncate_csv,
+    write_csv_atomic,
     write_json,
 )
 from benchmark.sampler import TrialSampler
@@ -68,6 +71,11 @@ class ResumeMismatchError(ResultsError):
 #: Settings that may change on resume: a longer budget, and the number of simulator processes
 #: (results do not depend on it: tested). Everything else must equal the run's config.json.
 RESUMABLE_CHANGES = ("budget_steps", "num_workers")
+#: what every checkpoint holds (``Runner._checkpoint``); "cuda_rng" too when the run is on CUDA
+CHECKPOINT_FIELDS = (
+    "iteration", "env_steps", "wall_time_s", "next_eval_mark", "next_checkpoint_mark", "learner", "numpy_rng",
+    "torch_rng",
+)  # fmt: skip
 
 
 @dataclass
@@ -149,7 +157,10 @@ def validation_split(suite: Suite, n: int) -> tuple[list[Task], list[Task]]:
     if n <= 0:
         return train, []
     if n >= len(train):
-        raise ValueError(f"validation_tasks={n}: the suite has only {len(train)} training tasks")
+        raise ValueError(
+            f"validation_tasks={n}: the suite has only {len(train)} training tasks (accepted: 0 to "
+            f"{len(train) - 1}, leaving at least one to train on)"
+        )
     held = set(np.linspace(0, len(train) - 1, n).round().astype(int).tolist())
     if len(held) < n:
         held = set(range(0, len(train), max(1, len(train) // n))[:n])
@@ -264,10 +275,18 @@ class Runner:
 
     # -- directory ---------------------------------------------------------------------------------
     def _prepare_dir(self, resume: bool, overwrite: bool) -> None:
+        """Decide what the run does with its directory and check a resume's settings; writes nothing.
+
+        Every change on disk waits for ``execute``, after everything it needs has been read and
+        checked (``_set_up``). ``overwrite`` moves the old run aside only then and deletes it once the
+        new one is set up; a failure before that puts it back.
+        """
+        if resume and overwrite:
+            raise UsageError("--resume and --overwrite exclude each other")
         exists = self.dir.exists() and any(self.dir.iterdir())
         self.finished = (self.dir / DONE_MARKER).exists()
-        if exists and overwrite:
-            shutil.rmtree(self.dir)
+        self.replacing = exists and overwrite
+        if self.replacing:
             exists = self.finished = False
         elif exists and not resume:
             state = "a finished run" if self.finished else "an unfinished run"
@@ -276,9 +295,14 @@ class Runner:
             )
         self.resuming = exists and resume
         self._was_dirty = False  # a resumed run started or resumed from a modified checkout before
+        self._extend = False  # resuming a finished run to a longer budget: its done marker goes
         if self.resuming and (self.dir / "config.json").exists():
             self._check_resume_config()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        elif self.resuming and any((self.dir / f).exists() for f in (CHECKPOINT, "progress.csv", "eval.csv")):
+            raise ResultsError(
+                f"{self.dir}: config.json is missing, so the settings of the run to resume cannot be "
+                "checked; restore it, or pass --overwrite to start the run again"
+            )
 
     def _check_resume_config(self) -> None:
         """Refuse to resume with settings that differ from the run's (nothing is written before this).
@@ -292,8 +316,12 @@ class Runner:
         path = self.dir / "config.json"
         try:
             old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ResultsError(f"{path}: unreadable config of the run to resume ({exc})") from None
+        if not isinstance(old, dict) or not isinstance(old.get("run", {}), dict):
+            raise ResultsError(
+                f"{path}: not the config.json of a run (expected an object with a 'run' object)"
+            )
         self._was_dirty = bool(old.get("git_dirty"))
         recorded = old.setdefault("run", {})
         recorded["update_threads"] = _update_threads_of_record(recorded, self.run_cfg.torch_threads)
@@ -306,6 +334,8 @@ class Runner:
                 diffs.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
         for section, config in (("run", self.run_cfg), ("algo_config", self.algo_config)):
             before, after = old.get(section, {}), new[section]
+            if not isinstance(before, dict):
+                raise ResultsError(f"{path}: '{section}' is not an object")
             # a setting added to the code after the run was made, left at its default, is no change
             # (new settings default to the behaviour from before they existed)
             defaults = json.loads(json.dumps(asdict(type(config)()), default=str))
@@ -316,7 +346,9 @@ class Runner:
                     continue
                 if before.get(key) != after.get(key):
                     diffs.append(f"{key} {before.get(key)!r} -> {after.get(key)!r}")
-        old_budget, new_budget = old.get("run", {}).get("budget_steps"), self.run_cfg.budget_steps
+        old_budget, new_budget = recorded.get("budget_steps"), self.run_cfg.budget_steps
+        if old_budget is not None and (isinstance(old_budget, bool) or not isinstance(old_budget, int)):
+            raise ResultsError(f"{path}: run.budget_steps is {old_budget!r}, not an integer")
         if old_budget is not None and new_budget < old_budget:
             diffs.append(f"budget_steps {old_budget} -> {new_budget} (only a longer budget can resume)")
         if diffs:
@@ -326,8 +358,101 @@ class Runner:
                 "accepted; update_threads left unset keeps the run's) or --overwrite"
             )
         if self.finished and old_budget is not None and new_budget > old_budget:
-            (self.dir / DONE_MARKER).unlink()  # continue to the new budget
+            self._extend = True  # continue to the new budget (the done marker goes in _set_up)
             self.finished = False
+
+    def _read_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint to resume from, its fields checked (reads only).
+
+        Raises ``ResultsError`` naming the file: unreadable, or not a checkpoint this runner wrote
+        (a field missing or of the wrong kind).
+        """
+        path = self.dir / CHECKPOINT
+        state = load_checkpoint(path, self.device)
+        missing = [k for k in CHECKPOINT_FIELDS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ResultsError(f"{path}: not a checkpoint of a run (missing {', '.join(missing)})")
+        try:
+            for key in ("iteration", "env_steps", "next_eval_mark", "next_checkpoint_mark"):
+                int(state[key])
+            float(state["wall_time_s"])
+            np.random.default_rng().bit_generator.state = json.loads(state["numpy_rng"])
+            if not isinstance(state["torch_rng"], torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
+                raise TypeError("torch_rng is not a uint8 tensor")
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ResultsError(f"{path}: malformed checkpoint ({type(exc).__name__}: {exc})") from None
+        return state
+
+    def _set_up(self, rng: np.random.Generator) -> tuple[MetaLearner, tuple[int, int, float, int, int]]:
+        """Build the learner (restored when resuming) and bring the directory to the resume point.
+
+        Reads and checks everything first (the checkpoint, both CSVs, the learner's state and
+        storage), and only then writes: the done marker of an extended run goes, the CSVs are cut back
+        to the checkpoint, config.json is written. Returns (learner, (iteration, env steps, wall
+        seconds, next evaluation mark, next checkpoint mark)).
+        """
+        cfg = self.run_cfg
+        validation_split(self.suite, cfg.validation_tasks)  # raises on a split the suite cannot give
+        torch.manual_seed(self.run_id.seed)
+        counters: tuple[int, int, float, int, int] = (0, 0, 0.0, 0, cfg.checkpoint_every_steps)
+        state, kept = None, {}
+        if self.resuming and (self.dir / CHECKPOINT).exists():
+            state = self._read_checkpoint()
+            counters = (
+                int(state["iteration"]),
+                int(state["env_steps"]),
+                float(state["wall_time_s"]),
+                int(state["next_eval_mark"]),
+                int(state["next_checkpoint_mark"]),
+            )
+        it = counters[0]
+        if self.resuming:
+            kept = {
+                "progress.csv": kept_rows(self.dir / "progress.csv", lambda r: int(r["iteration"]) <= it),
+                "eval.csv": kept_rows(
+                    self.dir / "eval.csv", lambda r: int(r["iteration"]) < it, EVAL_COLUMNS
+                ),
+            }
+        try:
+            learner = self.learner_cls(self.suite.spec(), self.algo_config, self.device, self.dir / "storage")
+        except ValueError as exc:
+            if not self.resuming:
+                raise
+            raise ResultsError(f"{self.dir}: cannot reopen the run's storage ({exc})") from None
+        if state is not None:
+            try:
+                learner.load_state_dict(state["learner"])
+            except (
+                KeyError,
+                ValueError,
+                TypeError,
+                IndexError,
+                AttributeError,
+                RuntimeError,
+                OSError,
+            ) as exc:
+                text = " ".join(str(exc).split())
+                text = text if len(text) <= 200 else text[:200] + " ..."
+                raise ResultsError(
+                    f"{self.dir / CHECKPOINT}: does not restore this run's {self.run_id.algo} learner "
+                    f"({type(exc).__name__}: {text})"
+                ) from None
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # -- everything checked: write
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._extend:
+            (self.dir / DONE_MARKER).unlink()
+        for name, rows in kept.items():
+            if rows is not None:
+                write_csv_atomic(self.dir / name, *rows)
+        record = self.config_record()
+        # dirty if any start or resume of the run was from a modified checkout (the commit is the latest)
+        record["git_dirty"] = self._was_dirty or record["git_dirty"]
+        write_json(self.dir / "config.json", record)
+        return learner, counters
 
     def config_record(self) -> dict[str, Any]:
         refs = {s: self.suite.reference_returns(s) for s in (*self.suite.splits(), "validation")}
@@ -364,32 +489,21 @@ class Runner:
             return self._summary_from_disk()
         set_intra_op_threads(self.run_cfg.torch_threads)
         cfg, suite = self.run_cfg, self.suite
-        torch.manual_seed(self.run_id.seed)
-        learner = self.learner_cls(suite.spec(), self.algo_config, self.device, self.dir / "storage")
         rng = np.random.default_rng(self.run_id.seed)
-        it, env_steps, wall = 0, 0, 0.0
-        next_eval, next_ckpt = 0, cfg.checkpoint_every_steps
-        ckpt_path = self.dir / CHECKPOINT
-        if self.resuming and ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, self.device)
-            learner.load_state_dict(state["learner"])
-            rng.bit_generator.state = json.loads(state["numpy_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            if "cuda_rng" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            it, env_steps, wall = (
-                int(state["iteration"]),
-                int(state["env_steps"]),
-                float(state["wall_time_s"]),
-            )
-            next_eval, next_ckpt = int(state["next_eval_mark"]), int(state["next_checkpoint_mark"])
-        if self.resuming:
-            truncate_csv(self.dir / "progress.csv", lambda r: int(r["iteration"]) <= it)
-            truncate_csv(self.dir / "eval.csv", lambda r: int(r["iteration"]) < it)
-        record = self.config_record()
-        # dirty if any start or resume of the run was from a modified checkout (the commit is the latest)
-        record["git_dirty"] = self._was_dirty or record["git_dirty"]
-        write_json(self.dir / "config.json", record)
+        aside = None
+        if self.replacing:  # --overwrite: the old run steps aside until the new one is set up
+            aside = self.dir.with_name(f".{self.dir.name}.replaced-{os.getpid()}")
+            self.dir.rename(aside)
+        try:
+            learner, (it, env_steps, wall, next_eval, next_ckpt) = self._set_up(rng)
+        except BaseException:
+            if aside is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                aside.rename(self.dir)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+            self.replacing = False
 
         progress_log = CsvLog(self.dir / "progress.csv")
         eval_log = CsvLog(self.dir / "eval.csv", EVAL_COLUMNS)
@@ -535,9 +649,14 @@ class Runner:
     def _summary_from_disk(self) -> dict[str, Any]:
         import pandas as pd
 
-        df = pd.read_csv(self.dir / "eval.csv", keep_default_na=False)
-        final = df[df["mark"] == df["mark"].max()].to_dict("records")
-        return self._summary(final)
+        path = self.dir / "eval.csv"
+        try:
+            df = pd.read_csv(path, keep_default_na=False)
+            final = df[df["mark"] == df["mark"].max()].to_dict("records")
+            return self._summary(final)
+        except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ResultsError(f"{path}: cannot read the finished run's evaluation ({first})") from None
 
 
 def _fmt(x: float | None) -> str:

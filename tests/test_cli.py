@@ -58,8 +58,27 @@ def test_list_shows_suites_and_algorithms(capsys):
             "expected a value of type float",
         ),
         (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "budget_steps=2.5"], "type int"),
-        (["run", "--algo", "rl2", "--seed", "-1"], "seed must be a non-negative integer"),
-        (["run", "--algo", "rl2", "--seed", "abc"], "seed must be a non-negative integer"),
+        (["run", "--algo", "rl2", "--seed", "-1"], "seed must be an integer from 0 to 2^64 - 1"),
+        (["run", "--algo", "rl2", "--seed", "abc"], "seed must be an integer from 0 to 2^64 - 1"),
+        (["run", "--algo", "rl2", "--seed", str(2**64)], "seed must be an integer from 0 to 2^64 - 1"),
+        (["sweep", "--algo", "rl2", "--seeds", f"0,{2**64}"], "seed must be an integer from 0 to 2^64 - 1"),
+        (["run", "--algo", "rl2", "--device", "cpu:1"], "expected cpu or cuda[:N]"),
+        (
+            ["run", "--algo", "rl2", "--suite", "point-nav", "--set", "validation_tasks=1000"],
+            "--set validation_tasks=1000: the suite has only 1000 training tasks (accepted: 0 to 999",
+        ),
+        (
+            ["run", "--algo", "trmrl", "--suite", "point-nav", "--set", "policy_hidden="],
+            "policy_hidden=: needs at least one layer width",
+        ),
+        (
+            ["run", "--algo", "trmrl", "--suite", "point-nav", "--set", "policy_hidden=64;64"],
+            "expected comma-separated int values, e.g. policy_hidden=64,64",
+        ),
+        (
+            ["run", "--algo", "pearl", "--suite", "point-nav", "--set", "prior_episodes=0"],
+            "error: pearl: prior_episodes must be >= 1",
+        ),
         (["run", "--algo", "rl2", "--profile", "huge"], "invalid choice"),
         (["run", "--algo", "rl2", "--device", "tpu"], "--device"),
         (["sweep", "--algo", "rl2", "--seeds", "4-1"], "empty"),
@@ -372,3 +391,175 @@ def test_from_record_rebuilds_the_recorded_configs():
     with pytest.raises(ConfigError, match="inner_lr"):
         from_record(MAMLConfig, {"inner_lr": -1.0})
     assert isinstance(from_record(HarnessConfig, {"budget_steps": 5}), HarnessConfig)
+
+
+def _tree(root):
+    """Every file under ``root`` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _save(path, state):
+    import torch
+
+    torch.save(state, path)
+
+
+def _break_eval_header(run):
+    text = (run / "eval.csv").read_text()
+    (run / "eval.csv").write_text("it,mark" + text[text.index("\n") :])
+
+
+def _break_eval_row(run):
+    lines = (run / "eval.csv").read_text().splitlines(keepends=True)
+    lines[2] = "x" + lines[2]  # a non-integer iteration
+    (run / "eval.csv").write_text("".join(lines))
+
+
+def _drop_checkpoint_field(field):
+    def breaks(run):
+        import torch
+
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+        del state[field]
+        _save(run / "checkpoint.pt", state)
+
+    return breaks
+
+
+def _foreign_learner_state(run):
+    import torch
+
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["learner"] = {"net": {}}
+    _save(run / "checkpoint.pt", state)
+
+
+def _config(edit):
+    def breaks(run):
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps(edit(config)))
+
+    return breaks
+
+
+@pytest.mark.parametrize(
+    ("breaks", "named"),
+    [
+        (_break_eval_header, "eval.csv: header it,mark"),
+        (_break_eval_row, "eval.csv: row 3 is malformed (ValueError"),
+        (lambda run: open(run / "eval.csv", "ab").write(b"\xff\xfe,1\n"), "eval.csv: not UTF-8 text"),
+        (lambda run: _save(run / "checkpoint.pt", {}), "checkpoint.pt: not a checkpoint of a run (missing"),
+        (_drop_checkpoint_field("numpy_rng"), "(missing numpy_rng)"),
+        (
+            _foreign_learner_state,
+            "rl2 learner (RuntimeError: Error(s) in loading state_dict for RL2Network: Missing",
+        ),
+        (lambda run: (run / "config.json").write_text("[]"), "not the config.json of a run"),
+        (lambda run: (run / "config.json").write_bytes(b"\xff{}"), "unreadable config of the run to resume"),
+        (_config(lambda c: c | {"run": c["run"] | {"budget_steps": "1600"}}), "run.budget_steps is '1600'"),
+        (lambda run: (run / "config.json").unlink(), "config.json is missing"),
+    ],
+)
+def test_a_resume_that_cannot_go_on_changes_nothing(capsys, tmp_path, breaks, named):
+    """A finished run resumed to a longer budget (the case that removes its done marker and cuts its
+    CSVs back) with one of its files broken: one line, exit 2, every file as it was, done included."""
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    breaks(run)
+    before = _tree(tmp_path)
+    code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume", "--set", "budget_steps=2400"))
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before
+
+
+def test_overwrite_puts_the_old_run_back_when_the_new_one_fails_to_start(capsys, tmp_path, monkeypatch):
+    from algorithms.rl2 import RL2
+
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    before = _tree(tmp_path)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the learner could not be built")
+
+    monkeypatch.setattr(RL2, "__init__", fails)
+    with pytest.raises(RuntimeError, match="could not be built"):
+        main(quick_run(tmp_path, "--overwrite"))
+    assert _tree(tmp_path) == before  # no ".seed0.replaced-*" left over either
+    code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume", "--overwrite"))
+    assert code == 2 and "--resume and --overwrite exclude each other" in err
+    assert _tree(tmp_path) == before
+
+
+def test_bad_output_paths_are_one_line_errors(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for argv, needle in [
+        (quick_run(afile), "--out " + str(afile) + ": is a file, not a directory"),
+        (quick_run(afile / "below"), "is a file, not a directory"),
+        (quick_run(""), "--out must name a directory, got an empty path"),
+        (["figures", str(tmp_path), "--out", str(afile)], "is a file, not a directory"),
+        (["figures", str(afile)], f"results directory {afile} is a file, not a directory"),
+    ]:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert afile.read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_tuple_settings_accept_the_form_list_prints():
+    for text in ("64,64", "(64, 64)", "[64,64]", " 64 , 64 "):
+        assert parse_value("policy_hidden", text, tuple[int, ...]) == (64, 64), text
+    assert parse_value("policy_hidden", "", tuple[int, ...]) == ()
+    for text in ("64;64", "64,,64", "(64", "a,b"):
+        with pytest.raises(
+            ConfigError, match="expected comma-separated int values, e.g. policy_hidden=64,64"
+        ):
+            parse_value("policy_hidden", text, tuple[int, ...])
+
+
+def test_a_closed_pipe_ends_list_without_a_traceback():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "list", "--settings", "trmrl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # as `| head` does once it has its lines
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+
+
+TINY_PEARL = [
+    f"--set={kv}"
+    for kv in (
+        "budget_steps=400", "eval_every_steps=400", "eval_tasks=1", "final_eval_max_tasks=1",
+        "num_tasks_sample=1", "initial_episodes=1", "prior_episodes=1", "posterior_episodes=0",
+        "grad_steps_per_iter=2", "meta_batch=2", "batch_size=8", "embedding_batch_size=8", "net_size=8",
+        "encoder_hidden=8",
+    )
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("breaks", "named"),
+    [
+        (lambda replay: (replay / "header.json").write_text("{"), "cannot reopen the run's storage"),
+        (lambda replay: (replay / "obs.bin").write_bytes(b""), "obs.bin holds 0 rows"),
+    ],
+)
+def test_a_pearl_resume_with_broken_replay_storage_changes_nothing(capsys, tmp_path, breaks, named):
+    argv = [
+        "run",
+        "--algo",
+        "pearl",
+        "--suite",
+        "point-nav",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        *TINY_PEARL,
+    ]
+    assert run_cli(capsys, *argv)[0] == 0
+    breaks(tmp_path / "point-nav" / "pearl" / "seed0" / "storage" / "replay")
+    before = _tree(tmp_path)
+    code, _, err = run_cli(capsys, *argv, "--resume", "--set", "budget_steps=800")
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before
