@@ -631,8 +631,10 @@ class PEARL(MetaLearner):
             getattr(self, name).load_state_dict(state[name])
         for k, o in self.opt.items():  # under this learner's fused_optimizer, whichever wrote the state
             load_optimizer_state(o, state["opt"][k])
+        enc_start = {int(k): int(v) for k, v in state["enc_start"].items()}
+        counters = int(state["grad_steps"]), int(state["iterations"]), int(state["env_steps"])
+        # last: cutting the replay files back to the checkpoint's rows is the one change on disk
         self.buffer.restore(int(state["replay_rows"]))
-        self.enc_start = {int(k): int(v) for k, v in state["enc_start"].items()}
-        self.grad_steps, self.iterations = int(state["grad_steps"]), int(state["iterations"])
-        self.env_steps = int(state["env_steps"])
+        self.enc_start = enc_start
+        self.grad_steps, self.iterations, self.env_steps = counters
         self._rebuild_index()

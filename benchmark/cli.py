@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,25 +39,22 @@ def seed_type(text: str) -> int:
 
 
 def out_dir(flag: str):  # noqa: ANN201 - an argparse type
-    """An argparse type for a directory this process can create or write into; the error names ``flag``.
-
-    Checks only (nothing is created): the path is not empty, neither it nor an existing parent is a
-    file, and the deepest existing directory on it is writable.
-    """
+    """An argparse type for a results directory; checks only (nothing is created): the path is not
+    empty, not a broken symbolic link, and neither it nor an existing parent is a file. Whether it
+    can be written is left to the command (a finished run's summary needs no write)."""
 
     def parse(text: str) -> str:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"{flag} must name a directory, got an empty path")
         path = Path(text)
-        if path.exists() and not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{flag} {text}: is a file, not a directory")
+        if path.is_symlink() and not path.exists():
+            raise argparse.ArgumentTypeError(f"{text}: a broken symbolic link, not a directory")
         existing = path.absolute()
         while not existing.exists():
             existing = existing.parent
         if not existing.is_dir():
-            raise argparse.ArgumentTypeError(f"{flag} {text}: {existing} is a file, not a directory")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise argparse.ArgumentTypeError(f"{flag} {text}: cannot write under {existing}")
+            where = "" if existing == path.absolute() else f" ({existing})"
+            raise argparse.ArgumentTypeError(f"{text}: is a file{where}, not a directory")
         return text
 
     return parse
@@ -135,7 +133,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing run (deleted once the new one has started)",
+        help="replace an existing run (kept until the new one has started, then deleted)",
     )
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -405,9 +403,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metarl-bench: interrupted; resume with --resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`metarl-bench list | head`): stop quietly
+    except BrokenPipeError:
+        if not _stdout_closed():  # a pipe of our own (a simulator worker's): a real failure
+            raise
+        # the reader of our output went away (`metarl-bench list | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll on this platform, or no real stdout
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,6 +118,8 @@ def parse_value(key: str, raw: str, typ: Any) -> Any:
             return None
         typ = args[0]
         origin = typing.get_origin(typ)
+    if origin is tuple and typing.get_args(typ)[0] in (int, float, str):
+        return _parse_tuple(key, raw, typing.get_args(typ)[0])
     try:
         if typ is bool:
             low = raw.lower()
@@ -132,30 +134,34 @@ def parse_value(key: str, raw: str, typ: Any) -> Any:
             return float(raw)
         if typ is str:
             return raw
-        if origin is tuple:
-            (inner, *_rest) = typing.get_args(typ)
-            # "64,64", or as `metarl-bench list --settings` prints it: "(64, 64)" (also "[64, 64]")
-            body = raw.strip()
-            if body[:1] + body[-1:] in ("()", "[]"):
-                body = body[1:-1]
-            parts = [part.strip() for part in body.split(",")]
-            if parts == [""]:
-                return ()
-            if "" in parts:
-                raise ValueError
-            return tuple(parse_value(key, part, inner) for part in parts)
-    except (ValueError, ConfigError):
+    except ValueError:
         pass
     else:
         raise ConfigError(f"--set {key}: unsupported field type {typ}")
-    if origin is tuple:
-        (inner, *_rest) = typing.get_args(typ)
-        name = getattr(inner, "__name__", str(inner))
-        raise ConfigError(
-            f"--set {key}={raw}: expected comma-separated {name} values, e.g. {key}=64,64 (or (64, 64))"
-        )
     name = getattr(typ, "__name__", str(typ))
     raise ConfigError(f"--set {key}={raw}: expected a value of type {name}")
+
+
+def _parse_tuple(key: str, raw: str, inner: type) -> tuple[Any, ...]:
+    """``64,64``, or as ``metarl-bench list --settings`` prints a tuple: ``(64, 64)``, ``(64,)``, ``()``
+    (brackets too); empty text is the empty tuple. Raises ``ConfigError`` naming what is accepted."""
+    body = raw.strip()
+    if body[:1] + body[-1:] in ("()", "[]"):
+        body = body[1:-1]
+    parts = [part.strip() for part in body.split(",")]
+    if len(parts) > 1 and parts[-1] == "":  # one trailing comma, as Python writes a 1-tuple
+        parts.pop()
+    if parts == [""]:
+        return ()
+    try:
+        if "" in parts:
+            raise ValueError
+        return tuple(inner(part) for part in parts)
+    except ValueError:
+        raise ConfigError(
+            f"--set {key}={raw}: expected comma-separated {inner.__name__} values, e.g. {key}=64,64 "
+            "(or as `list --settings` prints it, (64, 64))"
+        ) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

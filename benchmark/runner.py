@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -377,10 +377,19 @@ class Runner:
                 int(state[key])
             float(state["wall_time_s"])
             np.random.default_rng().bit_generator.state = json.loads(state["numpy_rng"])
-            if not isinstance(state["torch_rng"], torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
+            rng_state = state["torch_rng"]
+            if not isinstance(rng_state, torch.Tensor) or rng_state.dtype != torch.uint8:
                 raise TypeError("torch_rng is not a uint8 tensor")
+            if rng_state.numel() != torch.get_rng_state().numel():
+                raise ValueError(
+                    f"torch_rng holds {rng_state.numel()} bytes, not {torch.get_rng_state().numel()}"
+                )
         except (TypeError, ValueError, KeyError) as exc:
             raise ResultsError(f"{path}: malformed checkpoint ({type(exc).__name__}: {exc})") from None
+        # torch restores generator states from CPU byte tensors, whatever map_location moved them to
+        state["torch_rng"] = state["torch_rng"].cpu()
+        if "cuda_rng" in state:
+            state["cuda_rng"] = [t.cpu() for t in state["cuda_rng"]]
         return state
 
     def _set_up(self, rng: np.random.Generator) -> tuple[MetaLearner, tuple[int, int, float, int, int]]:
@@ -388,8 +397,11 @@ class Runner:
 
         Reads and checks everything first (the checkpoint, both CSVs, the learner's state and
         storage), and only then writes: the done marker of an extended run goes, the CSVs are cut back
-        to the checkpoint, config.json is written. Returns (learner, (iteration, env steps, wall
-        seconds, next evaluation mark, next checkpoint mark)).
+        to the checkpoint, config.json is written. The one earlier change is the learner's own, last
+        in its ``load_state_dict``: storage files cut back to the checkpoint's rows (PEARL's replay;
+        rows written after the checkpoint, which a resume drops anyway). A storage directory the
+        learner created is removed again if the setup fails. Returns (learner, (iteration, env steps,
+        wall seconds, next evaluation mark, next checkpoint mark)).
         """
         cfg = self.run_cfg
         validation_split(self.suite, cfg.validation_tasks)  # raises on a split the suite cannot give
@@ -413,34 +425,38 @@ class Runner:
                     self.dir / "eval.csv", lambda r: int(r["iteration"]) < it, EVAL_COLUMNS
                 ),
             }
+        storage = self.dir / "storage"
+        had_storage = storage.exists()
         try:
-            learner = self.learner_cls(self.suite.spec(), self.algo_config, self.device, self.dir / "storage")
-        except ValueError as exc:
-            if not self.resuming:
-                raise
-            raise ResultsError(f"{self.dir}: cannot reopen the run's storage ({exc})") from None
-        if state is not None:
             try:
-                learner.load_state_dict(state["learner"])
-            except (
-                KeyError,
-                ValueError,
-                TypeError,
-                IndexError,
-                AttributeError,
-                RuntimeError,
-                OSError,
-            ) as exc:
-                text = " ".join(str(exc).split())
-                text = text if len(text) <= 200 else text[:200] + " ..."
-                raise ResultsError(
-                    f"{self.dir / CHECKPOINT}: does not restore this run's {self.run_id.algo} learner "
-                    f"({type(exc).__name__}: {text})"
-                ) from None
-            rng.bit_generator.state = json.loads(state["numpy_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            if "cuda_rng" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+                learner = self.learner_cls(self.suite.spec(), self.algo_config, self.device, storage)
+            except ValueError as exc:  # metarl_protocol.storage: an unreadable or mismatched header
+                if not self.resuming:
+                    raise
+                raise ResultsError(f"{self.dir}: cannot reopen the run's storage ({exc})") from None
+            if state is not None:
+                try:
+                    learner.load_state_dict(state["learner"])
+                except torch.OutOfMemoryError:
+                    raise
+                except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                    # what a checkpoint of another method or shape raises (torch: missing / unexpected
+                    # keys, size mismatches; the learner: a missing key, a storage file shorter than
+                    # the checkpoint says); anything else is a bug and keeps its traceback
+                    text = " ".join(str(exc).split())
+                    text = text if len(text) <= 200 else text[:200] + " ..."
+                    raise ResultsError(
+                        f"{self.dir / CHECKPOINT}: does not restore this run's {self.run_id.algo} learner "
+                        f"({type(exc).__name__}: {text})"
+                    ) from None
+                rng.bit_generator.state = json.loads(state["numpy_rng"])
+                torch.set_rng_state(state["torch_rng"])
+                if "cuda_rng" in state and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except BaseException:
+            if not had_storage:  # a storage directory the learner created for nothing
+                shutil.rmtree(storage, ignore_errors=True)
+            raise
         # -- everything checked: write
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._extend:
@@ -491,23 +507,23 @@ class Runner:
         cfg, suite = self.run_cfg, self.suite
         rng = np.random.default_rng(self.run_id.seed)
         aside = None
-        if self.replacing:  # --overwrite: the old run steps aside until the new one is set up
-            aside = self.dir.with_name(f".{self.dir.name}.replaced-{os.getpid()}")
-            self.dir.rename(aside)
+        if self.replacing:  # --overwrite: the old run steps aside until the new one has started
+            aside = Path(tempfile.mkdtemp(prefix=f".{self.dir.name}.replaced-", dir=self.dir.parent))
+            self.dir.rename(aside)  # onto the new empty directory (POSIX rename)
         try:
             learner, (it, env_steps, wall, next_eval, next_ckpt) = self._set_up(rng)
+            sampler = TrialSampler(suite, num_workers=processes_used(suite, cfg))
         except BaseException:
             if aside is not None:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 aside.rename(self.dir)
             raise
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            shutil.rmtree(aside)
             self.replacing = False
 
         progress_log = CsvLog(self.dir / "progress.csv")
         eval_log = CsvLog(self.dir / "eval.csv", EVAL_COLUMNS)
-        sampler = TrialSampler(suite, num_workers=processes_used(suite, cfg))
         train_pool, validation = validation_split(suite, cfg.validation_tasks)
         ctx = HarnessContext(suite, sampler, rng, self.device, train_pool, cfg.torch_threads)
         updating = update_threads(cfg)

@@ -324,6 +324,10 @@ class AppendOnlyArrays:
         if have.get("version") != _VERSION:
             raise ValueError(f"{path}: header version {have.get('version')!r}, this code reads {_VERSION}")
         have_fields, want_fields = have.get("fields", {}), want["fields"]
+        if not isinstance(have_fields, dict) or not all(isinstance(v, dict) for v in have_fields.values()):
+            raise ValueError(
+                f"{path}: unreadable AppendOnlyArrays header ('fields' is not an object of objects)"
+            )
         problems = []
         for f in sorted(set(have_fields) | set(want_fields)):
             if f not in want_fields:

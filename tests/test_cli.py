@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -426,6 +427,15 @@ def _drop_checkpoint_field(field):
     return breaks
 
 
+def _edit_checkpoint(edit):
+    def breaks(run):
+        import torch
+
+        _save(run / "checkpoint.pt", edit(torch.load(run / "checkpoint.pt", weights_only=True)))
+
+    return breaks
+
+
 def _foreign_learner_state(run):
     import torch
 
@@ -450,6 +460,7 @@ def _config(edit):
         (lambda run: open(run / "eval.csv", "ab").write(b"\xff\xfe,1\n"), "eval.csv: not UTF-8 text"),
         (lambda run: _save(run / "checkpoint.pt", {}), "checkpoint.pt: not a checkpoint of a run (missing"),
         (_drop_checkpoint_field("numpy_rng"), "(missing numpy_rng)"),
+        (_edit_checkpoint(lambda c: c | {"torch_rng": c["torch_rng"][:10]}), "torch_rng holds 10 bytes"),
         (
             _foreign_learner_state,
             "rl2 learner (RuntimeError: Error(s) in loading state_dict for RL2Network: Missing",
@@ -485,19 +496,29 @@ def test_overwrite_puts_the_old_run_back_when_the_new_one_fails_to_start(capsys,
     with pytest.raises(RuntimeError, match="could not be built"):
         main(quick_run(tmp_path, "--overwrite"))
     assert _tree(tmp_path) == before  # no ".seed0.replaced-*" left over either
+    monkeypatch.undo()
+    monkeypatch.setattr("benchmark.runner.TrialSampler", fails)  # set up, but the simulators fail
+    with pytest.raises(RuntimeError, match="could not be built"):
+        main(quick_run(tmp_path, "--overwrite"))
+    assert _tree(tmp_path) == before
     code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume", "--overwrite"))
     assert code == 2 and "--resume and --overwrite exclude each other" in err
     assert _tree(tmp_path) == before
+    monkeypatch.undo()
+    assert run_cli(capsys, *quick_run(tmp_path, "--overwrite", "--set", "lr=0.002"))[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    assert json.loads((run / "config.json").read_text())["algo_config"]["lr"] == 0.002
+    assert sorted(p.name for p in run.parent.iterdir()) == ["seed0"]  # the old run is gone, nothing hidden
 
 
 def test_bad_output_paths_are_one_line_errors(capsys, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("keep me")
     for argv, needle in [
-        (quick_run(afile), "--out " + str(afile) + ": is a file, not a directory"),
-        (quick_run(afile / "below"), "is a file, not a directory"),
+        (quick_run(afile), f"argument --out: {afile}: is a file, not a directory"),
+        (quick_run(afile / "below"), f"{afile / 'below'}: is a file ({afile}), not a directory"),
         (quick_run(""), "--out must name a directory, got an empty path"),
-        (["figures", str(tmp_path), "--out", str(afile)], "is a file, not a directory"),
+        (["figures", str(tmp_path), "--out", str(afile)], f"--out: {afile}: is a file, not a directory"),
         (["figures", str(afile)], f"results directory {afile} is a file, not a directory"),
     ]:
         code, _, err = run_cli(capsys, *argv)
@@ -506,9 +527,11 @@ def test_bad_output_paths_are_one_line_errors(capsys, tmp_path):
 
 
 def test_tuple_settings_accept_the_form_list_prints():
-    for text in ("64,64", "(64, 64)", "[64,64]", " 64 , 64 "):
+    for text in ("64,64", "(64, 64)", "[64,64]", " 64 , 64 ", "64,64,"):
         assert parse_value("policy_hidden", text, tuple[int, ...]) == (64, 64), text
-    assert parse_value("policy_hidden", "", tuple[int, ...]) == ()
+    for text in ("64", "64,", "(64,)", "[64]"):
+        assert parse_value("policy_hidden", text, tuple[int, ...]) == (64,), text
+    assert parse_value("policy_hidden", "", tuple[int, ...]) == parse_value("x", "()", tuple[int, ...]) == ()
     for text in ("64;64", "64,,64", "(64", "a,b"):
         with pytest.raises(
             ConfigError, match="expected comma-separated int values, e.g. policy_hidden=64,64"
@@ -563,3 +586,52 @@ def test_a_pearl_resume_with_broken_replay_storage_changes_nothing(capsys, tmp_p
     code, _, err = run_cli(capsys, *argv, "--resume", "--set", "budget_steps=800")
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
     assert _tree(tmp_path) == before
+
+
+def test_a_pearl_resume_refused_late_leaves_its_replay_files_and_storage_as_they_were(capsys, tmp_path):
+    """PEARL's replay rows written after the checkpoint (a kill between checkpoints) stay on disk when
+    the checkpoint is refused after the buffer could have been cut back; a missing storage directory is
+    not created by a refused resume."""
+    import torch
+
+    argv = [
+        "run",
+        "--algo",
+        "pearl",
+        "--suite",
+        "point-nav",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        *TINY_PEARL,
+    ]
+    assert run_cli(capsys, *argv)[0] == 0
+    run = tmp_path / "point-nav" / "pearl" / "seed0"
+    for path in (run / "storage" / "replay").glob("*.bin"):
+        with path.open("ab") as fh:
+            fh.write(path.read_bytes()[-64:])  # rows past the checkpoint's count
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["learner"]["enc_start"] = {"x": 1}
+    torch.save(state, run / "checkpoint.pt")
+    before = _tree(tmp_path)
+    code, _, err = run_cli(capsys, *argv, "--resume", "--set", "budget_steps=800")
+    assert code == 2 and "does not restore this run's pearl learner (ValueError" in err, err
+    assert _tree(tmp_path) == before
+    shutil.rmtree(run / "storage")
+    before = _tree(tmp_path)
+    code, _, err = run_cli(capsys, *argv, "--resume", "--set", "budget_steps=800")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before and not (run / "storage").exists()
+
+
+def test_a_broken_pipe_of_our_own_is_not_taken_for_a_closed_stdout(monkeypatch):
+    """Only a closed stdout ends quietly; a BrokenPipeError from elsewhere (a dead simulator worker's
+    pipe) keeps its traceback."""
+    import benchmark.cli as cli
+
+    def dead_worker(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", dead_worker)
+    with pytest.raises(BrokenPipeError):
+        main(["list"])
