@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from benchmark.evaluate import evaluate
+from benchmark.results import WEIGHTS_ONLY_ACCEPTS, check_weights_only
 from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.base import BatchEnv, StepResult, Suite
@@ -186,7 +187,15 @@ def _sample(
 
 
 def _check_weights_only(state: dict[str, Any]) -> dict[str, Any]:
-    """The state after a torch.save / torch.load(weights_only=True) round trip, or ContractError."""
+    """The state after a torch.save / torch.load(weights_only=True) round trip, or ContractError naming
+    the first key whose value the weights-only unpickler refuses (``results.check_weights_only``)."""
+    try:
+        check_weights_only(state, "state_dict")
+    except ValueError as exc:
+        raise ContractError(
+            f"{exc}, which torch.load(weights_only=True) refuses, so a run could never resume from its "
+            f"checkpoint; a state_dict may hold only {WEIGHTS_ONLY_ACCEPTS}"
+        ) from None
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
@@ -275,10 +284,12 @@ def check_learner(
             for evaluation in (False, True):
                 flag = learner.make_agent(evaluation=evaluation).evaluation
                 _require(flag is evaluation, f"make_agent(evaluation={evaluation}) gave evaluation={flag}")
-            _check_evaluation_leaves_learner(learner, suite, sampler, seed)
+            # the agent rules before the first evaluation: a wrong shape or return value is named
+            # there, not by the sampler; an evaluation agent that changes the learner, by the next check
             _check_weights_only(learner.state_dict())
-            for evaluation in (False, True):
-                check_agent(learner, suite, evaluation, seed)
+            check_agent(learner, suite, False, seed)
+            _check_evaluation_leaves_learner(learner, suite, sampler, seed)
+            check_agent(learner, suite, True, seed)
             seen: list[Task] = []
 
             class Recording(HarnessContext):

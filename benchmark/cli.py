@@ -215,7 +215,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - a broken plugin is listed, not fatal
             print(f"  {name:<10} (failed to load: {type(exc).__name__}: {exc})")
             continue
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        doc = ((sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines() or [""])[0]
         print(f"  {name:<10} {doc}")
     print("suites:  (H = horizon, K = episodes per training trial, eval = episodes per meta-test trial)")
     names = registry.suite_names()
@@ -293,7 +293,13 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
             )
         from benchmark import registry
 
-        args.algo = registry.algorithm_names()
+        args.algo = []
+        for name in registry.algorithm_names():  # every one that loads; a broken plugin is said and left out
+            try:
+                registry.load_algorithm(name)
+                args.algo.append(name)
+            except registry.RegistryError as exc:
+                print(f"sweep: --algo all leaves out {name}: {exc}", file=sys.stderr)
     for flag, values in (("--algo", args.algo), ("--suite", args.suite), ("--seeds", args.seeds)):
         repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
         if repeated:  # two processes would write one run directory at once
@@ -304,6 +310,9 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
         from benchmark.sweep_ray import require_ray
 
         require_ray()
+    logs = Path(args.out) / "logs"
+    if logs.exists() and not logs.is_dir():
+        raise UsageError(f"{logs}: a file where the sweep's log directory goes")
     specs, refused, first_error = [], [], None
     for algo in args.algo:  # validate every name, setting and output directory before any run starts
         for suite_name in args.suite:
@@ -319,6 +328,9 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
             gpus = 1 if args.device.startswith("cuda") else 0
             for seed in args.seeds:
                 path = run_dir(args.out, suite_name, algo, seed)
+                blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+                if blocking is not None:
+                    raise UsageError(f"{blocking}: a file where the run directory {path} goes")
                 if not (args.resume or args.overwrite) and path.exists() and any(path.iterdir()):
                     state = "a finished" if (path / "done").exists() else "an unfinished"
                     raise UsageError(f"{path} already holds {state} run; pass --resume or --overwrite")

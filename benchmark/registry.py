@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -36,9 +37,18 @@ def load_algorithm(name: str) -> type[MetaLearner]:
     eps = _entry_points(ALGORITHM_GROUP)
     if name not in eps:
         raise RegistryError(f"unknown algorithm {name!r}; accepted: {', '.join(sorted(eps))}")
-    cls = eps[name].load()
+    try:
+        cls = eps[name].load()
+    except Exception as exc:  # noqa: BLE001 - a plugin's import error, said in one line
+        raise RegistryError(
+            f"algorithm entry point {name!r} ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, MetaLearner)):
         raise RegistryError(f"entry point {name!r} ({eps[name].value}) is not a MetaLearner subclass")
+    if not (isinstance(getattr(cls, "Config", None), type) and dataclasses.is_dataclass(cls.Config)):
+        raise RegistryError(
+            f"entry point {name!r} ({eps[name].value}): its MetaLearner has no Config dataclass"
+        )
     return cls
 
 
@@ -75,7 +85,14 @@ def suite_names() -> list[str]:
 def load_suite(name: str) -> Suite:
     """The suite instance (cached: suites build their task sets once per process)."""
     eps = _entry_points(SUITE_GROUP)
-    factories = _expand(name, eps[name]) if name in eps else _suite_factories()
+    try:
+        factories = _expand(name, eps[name]) if name in eps else _suite_factories()
+    except RegistryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's import error, said in one line
+        raise RegistryError(
+            f"suite entry point {name!r} ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
+        ) from None
     if name not in factories:
         names = sorted(_suite_factories())
         shown = [n for n in names if not n.startswith("ml1-")]

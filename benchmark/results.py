@@ -217,7 +217,7 @@ _WEIGHTS_ONLY_SCALARS = (
     torch.Size, torch.dtype, torch.device, torch.layout, torch.qscheme,
 )  # fmt: skip
 _WEIGHTS_ONLY_TENSORS = (torch.Tensor, torch.nn.Parameter)
-_WEIGHTS_ONLY_ACCEPTS = (
+WEIGHTS_ONLY_ACCEPTS = (
     "torch tensors and nn.Parameters, None, bool, int, float, complex, str, bytes, bytearray, "
     "torch.Size, torch.dtype, torch.device, and list, tuple, dict, OrderedDict, Counter, set of those"
 )
@@ -291,7 +291,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except ValueError as exc:
         raise ResultsError(
             f"{path}: cannot checkpoint: {exc}, which torch.load(weights_only=True) refuses, so the run "
-            f"could never resume from it. A checkpoint may hold only {_WEIGHTS_ONLY_ACCEPTS} "
+            f"could never resume from it. A checkpoint may hold only {WEIGHTS_ONLY_ACCEPTS} "
             "(numpy arrays: torch.as_tensor(a); numpy scalars: .item(); other objects: their state as "
             "plain values, e.g. json.dumps)"
         ) from None
@@ -305,6 +305,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def load_learner_state(learner: Any, state: Any, refusal: str) -> None:
+    """``learner.load_state_dict(state)``, where a state of another method or shape is one line.
+
+    What such a state raises (torch: missing or unexpected keys, size mismatches; a learner: a missing
+    key, a storage file shorter than the state says) becomes ``ResultsError("<refusal> (<error>)")``;
+    anything else (a bug, running out of memory) keeps its traceback.
+    """
+    try:
+        learner.load_state_dict(state)
+    except torch.OutOfMemoryError:
+        raise
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 200 else text[:200] + " ..."
+        raise ResultsError(f"{refusal} ({type(exc).__name__}: {text})") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

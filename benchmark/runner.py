@@ -48,6 +48,7 @@ from benchmark.results import (
     ResultsError,
     kept_rows,
     load_checkpoint,
+    load_learner_state,
     run_dir,
     save_checkpoint,
     write_csv_atomic,
@@ -283,6 +284,9 @@ class Runner:
         """
         if resume and overwrite:
             raise UsageError("--resume and --overwrite exclude each other")
+        blocking = next((p for p in (self.dir, *self.dir.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ResultsError(f"{blocking}: a file where the run directory {self.dir} goes")
         exists = self.dir.exists() and any(self.dir.iterdir())
         self.finished = (self.dir / DONE_MARKER).exists()
         self.replacing = exists and overwrite
@@ -435,20 +439,11 @@ class Runner:
                     raise
                 raise ResultsError(f"{self.dir}: cannot reopen the run's storage ({exc})") from None
             if state is not None:
-                try:
-                    learner.load_state_dict(state["learner"])
-                except torch.OutOfMemoryError:
-                    raise
-                except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-                    # what a checkpoint of another method or shape raises (torch: missing / unexpected
-                    # keys, size mismatches; the learner: a missing key, a storage file shorter than
-                    # the checkpoint says); anything else is a bug and keeps its traceback
-                    text = " ".join(str(exc).split())
-                    text = text if len(text) <= 200 else text[:200] + " ..."
-                    raise ResultsError(
-                        f"{self.dir / CHECKPOINT}: does not restore this run's {self.run_id.algo} learner "
-                        f"({type(exc).__name__}: {text})"
-                    ) from None
+                load_learner_state(
+                    learner,
+                    state["learner"],
+                    f"{self.dir / CHECKPOINT}: does not restore this run's {self.run_id.algo} learner",
+                )
                 rng.bit_generator.state = json.loads(state["numpy_rng"])
                 torch.set_rng_state(state["torch_rng"])
                 if "cuda_rng" in state and torch.cuda.is_available():

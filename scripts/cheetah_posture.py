@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.finished_run import RunError, load_run, read_record
+from benchmark.cli import seed_type
+from scripts.finished_run import OneLineParser, RunError, load_run, read_record
 
 SUITES = ("halfcheetah-vel", "halfcheetah-dir")
 PITCH, SPEED = 1, 8  # HalfCheetah-v5 observation indices: rooty (rad), x velocity of the torso (m/s)
@@ -46,12 +47,12 @@ def posture(obs: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m scripts.cheetah_posture", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m scripts.cheetah_posture", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a run directory (holds config.json and checkpoint.pt)")
     p.add_argument(
         "--split", default="test", help="task split: test, ood, train, or validation (tuning runs only)"
     )
-    p.add_argument("--seed", type=int, default=0, help="environment and torch seed of the trial")
+    p.add_argument("--seed", type=seed_type, default=0, help="environment and torch seed of the trial")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     return p.parse_args(argv)
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     returns = batch.rewards[:, -suite.horizon :].sum(1)
     print(
         f"{run}: {record['algo']} on {suite.name}, {len(tasks)} {args.split} tasks, episode "
-        f"{suite.eval_episodes} of the meta-test trial, checkpoint at {loaded.env_steps} env steps"
+        f"{suite.eval_episodes} of the meta-test trial, {loaded.checkpoint_text}"
     )
     print(f"{'task':<28s} {'speed m/s':>9s} {'flipped':>8s} {'return':>9s}")
     for task, v, f, r in zip(tasks, speed, flipped, returns, strict=True):

@@ -10,14 +10,22 @@ picks the tasks of ``split`` (``validation``: the held-out tasks of a tuning run
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class RunError(Exception):
     """One line: what is wrong with the run directory or the request, and what is accepted."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit code 2 (no usage block), as the CLI's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 @dataclass
@@ -29,6 +37,12 @@ class FinishedRun:
     suite: Any  # benchmark.suites.base.Suite
     tasks: list[Any]  # metarl_protocol.Task of the split
     env_steps: Any  # env steps of the checkpoint ("?" where it does not say)
+    finished: bool = True  # the run has its done marker (else the checkpoint is from part-way)
+
+    @property
+    def checkpoint_text(self) -> str:
+        """ "checkpoint at N env steps", saying so when the run has not finished."""
+        return f"checkpoint at {self.env_steps} env steps" + ("" if self.finished else " (an unfinished run)")
 
 
 def read_record(run_dir: Path) -> dict[str, Any]:
@@ -89,6 +103,35 @@ def load_run(run_dir: Path, record: dict[str, Any], split: str, device_name: str
         raise RunError(
             f"--split {split!r}: suite {suite.name} has {', '.join(suite.splits())} (and validation)"
         )
-    learner = algo(suite.spec(), config, device)
-    learner.load_state_dict(state["learner"])
-    return FinishedRun(learner, config, suite, list(tasks), state.get("env_steps", "?"))
+    learner = _restore(algo, suite, config, device, run_dir, state)
+    finished = (run_dir / "done").exists()
+    return FinishedRun(learner, config, suite, list(tasks), state.get("env_steps", "?"), finished)
+
+
+def _restore(algo: Any, suite: Any, config: Any, device: Any, run_dir: Path, state: Any) -> Any:
+    """The learner with the checkpoint's state. A method that keeps files under ``storage/`` (PEARL's and
+    VariBAD's buffers) restores them from a temporary copy, so the run's own files are never opened for
+    writing. Raises RunError when the checkpoint is not one of this method's."""
+    import shutil
+    import tempfile
+
+    from benchmark.errors import ResultsError
+    from benchmark.results import load_learner_state
+
+    if not isinstance(state, dict) or "learner" not in state:
+        raise RunError(f"{run_dir / 'checkpoint.pt'}: not a checkpoint of a run (no learner state)")
+    with tempfile.TemporaryDirectory(prefix="metarl-run-") as tmp:
+        storage = None
+        if (run_dir / "storage").is_dir():
+            storage = Path(tmp) / "storage"
+            shutil.copytree(run_dir / "storage", storage)
+        learner = algo(suite.spec(), config, device, storage)
+        try:
+            load_learner_state(
+                learner,
+                state["learner"],
+                f"{run_dir / 'checkpoint.pt'}: does not restore a {algo.name} learner",
+            )
+        except ResultsError as exc:
+            raise RunError(f"{exc}") from None
+    return learner

@@ -23,17 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.finished_run import RunError, load_run, read_record
+from benchmark.cli import seed_type
+from scripts.finished_run import OneLineParser, RunError, load_run, read_record
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m scripts.maml_few_shot", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m scripts.maml_few_shot", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a MAML run directory (holds config.json and checkpoint.pt)")
     p.add_argument("--rollouts", type=int, default=20, help="rollouts per task per inner step (Finn: 20)")
     p.add_argument(
         "--split", default="test", help="task split: test, ood, train, or validation (tuning runs only)"
     )
-    p.add_argument("--seed", type=int, default=0, help="environment and torch seed of the check")
+    p.add_argument("--seed", type=seed_type, default=0, help="environment and torch seed of the check")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     return p.parse_args(argv)
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = suite.reference_returns(args.split) if args.split != "validation" else None
     print(
         f"{run}: {suite.name}, {len(tasks)} {args.split} tasks, {args.rollouts} rollouts per task, "
-        f"inner_lr {algo_cfg.inner_lr}, checkpoint at {loaded.env_steps} env steps"
+        f"inner_lr {algo_cfg.inner_lr}, {loaded.checkpoint_text}"
     )
     print(f"{'task':>8s} {'pre':>9s} {'post':>9s} {'post_mean':>9s}")
     for task, a, b, c in zip(tasks, pre, post, post_mean, strict=True):

@@ -105,6 +105,28 @@ class NumpyState(RL2):
         return super().state_dict() | {"extra": np.zeros(2)}
 
 
+class WideActionsAgent(RL2Agent):
+    def act(self, obs):
+        actions, extras = super().act(obs)
+        return np.concatenate([actions, actions[:, :1]], axis=1), extras
+
+
+class WideActions(RL2):
+    """act returns one action dimension too many."""
+
+    def make_agent(self, evaluation=False):
+        return WideActionsAgent(self.net, self.spec, self.device, evaluation)
+
+
+class Thing:
+    pass
+
+
+class ObjectInState(RL2):
+    def state_dict(self):
+        return super().state_dict() | {"thing": Thing()}
+
+
 class WrongEvaluationFlag(RL2):
     def make_agent(self, evaluation=False):
         return super().make_agent(False)
@@ -117,7 +139,9 @@ class WrongEvaluationFlag(RL2):
         (NoisyObserve, "observe drew from torch's global generator"),
         (EvaluationTrains, "an evaluation changed the learner's state_dict"),
         (ForgetsOptimizer, "load_state_dict"),
-        (NumpyState, "weights_only"),
+        (NumpyState, r"state_dict.extra is a numpy.ndarray, which torch.load\(weights_only=True\) refuses"),
+        (ObjectInState, r"state_dict.thing is a (tests.)?test_check.Thing, which torch.load"),
+        (WideActions, r"act returned actions of shape \(\d+, 3\), expected \(\d+, 2\)"),
         (WrongEvaluationFlag, "make_agent\\(evaluation=True\\)"),
     ],
 )

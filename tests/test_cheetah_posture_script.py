@@ -63,6 +63,9 @@ def test_prints_each_test_task_as_the_evaluation_agent_plays_it(cheetah_run, cap
     [
         (["--split", "nope"], "--split 'nope'"),  # the loading errors: tests/test_finished_run.py
         (["--device", "tpu"], "--device 'tpu'"),
+        (["--seed", "-1"], "argument --seed: seed must be an integer from 0 to 2^64 - 1, got '-1'"),
+        (["--seed", str(2**64)], "seed must be an integer from 0 to 2^64 - 1"),
+        (["--nope"], "unrecognized arguments: --nope"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(cheetah_run, capsys, argv, needle):

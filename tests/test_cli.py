@@ -561,6 +561,13 @@ TINY_PEARL = [
 ]  # fmt: skip
 
 
+def _tiny_pearl_run(capsys, out):
+    """A finished 400-step PEARL run under ``out``; the command line that made it."""
+    argv = ["run", "--algo", "pearl", "--suite", "point-nav", "--out", str(out), "--no-progress", *TINY_PEARL]
+    assert run_cli(capsys, *argv)[0] == 0
+    return argv
+
+
 @pytest.mark.parametrize(
     ("breaks", "named"),
     [
@@ -569,18 +576,7 @@ TINY_PEARL = [
     ],
 )
 def test_a_pearl_resume_with_broken_replay_storage_changes_nothing(capsys, tmp_path, breaks, named):
-    argv = [
-        "run",
-        "--algo",
-        "pearl",
-        "--suite",
-        "point-nav",
-        "--out",
-        str(tmp_path),
-        "--no-progress",
-        *TINY_PEARL,
-    ]
-    assert run_cli(capsys, *argv)[0] == 0
+    argv = _tiny_pearl_run(capsys, tmp_path)
     breaks(tmp_path / "point-nav" / "pearl" / "seed0" / "storage" / "replay")
     before = _tree(tmp_path)
     code, _, err = run_cli(capsys, *argv, "--resume", "--set", "budget_steps=800")
@@ -594,18 +590,7 @@ def test_a_pearl_resume_refused_late_leaves_its_replay_files_and_storage_as_they
     not created by a refused resume."""
     import torch
 
-    argv = [
-        "run",
-        "--algo",
-        "pearl",
-        "--suite",
-        "point-nav",
-        "--out",
-        str(tmp_path),
-        "--no-progress",
-        *TINY_PEARL,
-    ]
-    assert run_cli(capsys, *argv)[0] == 0
+    argv = _tiny_pearl_run(capsys, tmp_path)
     run = tmp_path / "point-nav" / "pearl" / "seed0"
     for path in (run / "storage" / "replay").glob("*.bin"):
         with path.open("ab") as fh:
@@ -635,3 +620,58 @@ def test_a_broken_pipe_of_our_own_is_not_taken_for_a_closed_stdout(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "list", dead_worker)
     with pytest.raises(BrokenPipeError):
         main(["list"])
+
+
+def test_a_broken_or_bare_plugin_is_one_line_not_a_traceback(capsys, tmp_path, monkeypatch):
+    """An algorithm entry point that does not import is one line wherever it is named, and left out (and
+    said) by --algo all; a plugin module without a docstring is listed."""
+    import dataclasses
+    import types
+    from importlib.metadata import EntryPoint
+
+    from benchmark import registry
+    from metarl_protocol import MetaLearner
+
+    bare = types.ModuleType("metarl_bench_test_bare")  # no module docstring
+    config = dataclasses.make_dataclass("ToyConfig", [])
+    bare.Toy = type("Toy", (MetaLearner,), {"__module__": bare.__name__, "Config": config})
+    monkeypatch.setitem(sys.modules, bare.__name__, bare)
+    real = registry._entry_points
+
+    def with_plugins(group):
+        eps = real(group)
+        if group == registry.ALGORITHM_GROUP:
+            for name, value in (
+                ("broken", "metarl_bench_no_such_module:Nope"),
+                ("bare", f"{bare.__name__}:Toy"),
+            ):
+                eps[name] = EntryPoint(name, value, group)
+        return eps
+
+    monkeypatch.setattr(registry, "_entry_points", with_plugins)
+    for argv in (["run", "--algo", "broken"], ["list", "--settings", "broken"]):
+        code, _, err = run_cli(capsys, *argv, *(["--out", str(tmp_path)] if argv[0] == "run" else []))
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "algorithm entry point 'broken' (metarl_bench_no_such_module:Nope) failed to load" in err
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "  bare" in out and "  broken     (failed to load: RegistryError" in out
+    code, _, err = run_cli(capsys, "sweep", "--algo", "all", "--suite", "point-nav", "--set", "bogus=1",
+                           "--out", str(tmp_path))  # fmt: skip
+    assert code == 2 and "sweep: --algo all leaves out broken:" in err and "bogus" in err.splitlines()[-1]
+    assert not any(tmp_path.iterdir())
+
+
+def test_files_where_directories_go_are_one_line(capsys, tmp_path):
+    (tmp_path / "point-nav").mkdir()
+    (tmp_path / "point-nav" / "rl2").write_text("not a directory")
+    for argv in (
+        quick_run(tmp_path),
+        ["sweep", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path)],
+    ):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and f"{tmp_path / 'point-nav' / 'rl2'}: a file where the run directory" in err, err
+    (tmp_path / "point-nav" / "rl2").unlink()
+    (tmp_path / "logs").write_text("mine")
+    code, _, err = run_cli(capsys, "sweep", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path))
+    assert code == 2 and "logs: a file where the sweep's log directory goes" in err, err
+    assert (tmp_path / "logs").read_text() == "mine"

@@ -61,3 +61,36 @@ def test_missing_files_and_bad_records_raise_one_line(run_dir, tmp_path):
     record = read_record(run_dir) | {"algo": "nope"}
     with pytest.raises(RunError, match="nope"):
         load_run(run_dir, record, "test", "cpu")
+
+
+def test_a_run_with_storage_files_loads_without_touching_them(tmp_path):
+    """PEARL keeps its replay under storage/: the learner restores it from a copy, with the buffer's
+    rows, and the run's files stay byte for byte as they were (the analysis scripts only read)."""
+    from benchmark.cli import main as cli_main
+    from tests.test_cli import TINY_PEARL
+
+    assert (
+        cli_main(["run", "--algo", "pearl", "--suite", "point-nav", "--out", str(tmp_path), *TINY_PEARL]) == 0
+    )
+    run = tmp_path / "point-nav" / "pearl" / "seed0"
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    loaded = load_run(run, read_record(run), "test", "cpu")
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["learner"]
+    assert len(loaded.learner.buffer) == saved["replay_rows"] > 0 and loaded.finished
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
+
+def test_a_foreign_checkpoint_is_one_line_and_an_unfinished_run_says_so(run_dir, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.json", "checkpoint.pt"):
+        (other / name).write_bytes((run_dir / name).read_bytes())
+    loaded = load_run(other, read_record(other), "test", "cpu")  # no done marker
+    assert not loaded.finished and loaded.checkpoint_text == "checkpoint at 800 env steps (an unfinished run)"
+    state = torch.load(other / "checkpoint.pt", weights_only=True)
+    state["learner"] = {"policy": {}}
+    torch.save(state, other / "checkpoint.pt")
+    with pytest.raises(
+        RunError, match=r"checkpoint.pt: does not restore a rl2 learner \(KeyError"
+    ):
+        load_run(other, read_record(other), "test", "cpu")

@@ -49,6 +49,8 @@ def test_prints_the_few_shot_returns_of_the_run_checkpoint(maml_run, capsys):
     [
         (["--rollouts", "0"], "--rollouts 0"),
         (["--split", "nope"], "--split 'nope'"),  # the loading errors: tests/test_finished_run.py
+        (["--seed", "-1"], "argument --seed: seed must be an integer from 0 to 2^64 - 1"),
+        (["--rollouts", "x"], "argument --rollouts: invalid int value: 'x'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(maml_run, capsys, argv, needle):

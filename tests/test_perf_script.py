@@ -262,3 +262,20 @@ def test_a_sampler_row_replays_its_own_trials_on_a_terminating_suite(monkeypatch
     monkeypatch.setattr(measure, "_replay", lambda env, trial, seed: replay(env, trial, seed + 1))
     with pytest.raises(RuntimeError, match="diverged"):
         measure.measure_sampler(job)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--suites", "nosuch"], "--suites: unknown suite 'nosuch'; accepted:"),
+        (["--algos", "nosuch"], "--algos: unknown algorithm 'nosuch'; accepted:"),
+        (["--timeout", "0"], "argument --timeout: expected a number of seconds > 0, got '0'"),
+        (["--top", "-1"], "--top must be a positive integer"),
+        (["--out", "."], "--out .: expected the path of a .csv file"),
+    ],
+)
+def test_bad_flags_are_one_line_before_anything_is_measured(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--quick", "--only", "sampler", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and needle in err and len(err.splitlines()) == 1, err

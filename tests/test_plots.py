@@ -199,6 +199,27 @@ def test_make_all_writes_figures_tables_and_index(tree, tmp_path):
 def test_default_out_dir(tmp_path):
     assert plots.default_out_dir(tmp_path / "results" / "runs") == tmp_path / "results"
     assert plots.default_out_dir(tmp_path / "mine") == tmp_path / "mine"
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    (tmp_path / "results" / "README.md").write_text("# Our project's results page\n")  # not an index
+    assert plots.default_out_dir(tmp_path / "results" / "runs") == tmp_path / "results" / "runs"
+
+
+def test_make_all_never_replaces_a_page_it_did_not_write(tree, tmp_path):
+    """An output directory whose README.md is the user's own is refused before anything is written;
+    an index of ours is replaced (regenerating)."""
+    out = tmp_path / "proj"
+    (out / "figures").mkdir(parents=True)
+    files = {"README.md": "# My notes\n", "figures/learning_curves.png": "mine"}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with pytest.raises(plots.ResultsError, match="README.md: not an index written by metarl-bench figures"):
+        plots.make_all(tree, out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(files)
+    assert all((out / name).read_text() == text for name, text in files.items())
+    (out / "README.md").unlink()
+    plots.make_all(tree, out)  # no page of the user's: writes, and its index marks the directory ours
+    assert (out / "README.md").read_text().startswith(plots.report.INDEX_TITLE + "\n")
+    plots.make_all(tree, out)
 
 
 def test_single_seed_legend_says_no_ci():
@@ -719,3 +740,18 @@ def test_nearly_flat_curves_have_no_offset_notation(monkeypatch, tmp_path):
         for ax in fig.axes:
             assert ax.yaxis.get_offset_text().get_text() == "", fn.__name__
             assert ax.xaxis.get_offset_text().get_text() == "", fn.__name__
+
+
+def test_an_index_of_tuning_runs_says_they_are_tuning_runs(tmp_path):
+    """Tuning runs evaluate on their validation split only: the figures (test and OOD) leave them out,
+    and the index says why instead of claiming no run has logged an evaluation."""
+    from tests.conftest import tiny_rl2_run
+
+    tiny_rl2_run(tmp_path / "runs", "--set", "validation_tasks=3")
+    written = plots.make_all(tmp_path / "runs", tmp_path / "out")
+    index = (tmp_path / "out" / "README.md").read_text()
+    assert written == [tmp_path / "out" / "README.md"]
+    assert (
+        "the runs found with evaluations are tuning runs, evaluated on their validation split only" in index
+    )
+    assert "point-nav/rl2/seed0" in index and "no run has logged an evaluation" not in index

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmark.cli import positive_int
+from scripts.finished_run import OneLineParser
+
 KINDS = ("raw", "sampler", "train", "peer", "paper", "scaling")
 
 
@@ -44,7 +47,7 @@ def threads_arg(low: int) -> Any:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from scripts.perf import __doc__ as overview
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m scripts.perf",
         description=overview,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -74,7 +77,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="intra-op threads of the training rows' updates and their peers' (0: one per env worker for "
         "the methods whose update gains from threads, TrMRL, PEARL and MAML; --torch-threads for the others)",
     )
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement (600)")
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=600.0, help="seconds allowed per measurement (600)"
+    )
     p.add_argument("--no-isolate", action="store_true", help="measure in this process (memory accumulates)")
     p.add_argument(
         "--profile",
@@ -82,9 +87,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run measurement ID (e.g. sampler/rl2/halfcheetah-vel/B20) "
         "here under cProfile; print where its timed region spends its time (no CSV)",
     )
-    p.add_argument("--top", type=int, default=20, help="functions printed by --profile (20)")
+    p.add_argument(
+        "--top", type=positive_int("--top"), default=20, help="functions printed by --profile (20)"
+    )
     p.add_argument("--jobs", help=argparse.SUPPRESS)  # internal: JSON list of jobs, results on stdout
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.jobs:
+        return args
+    from benchmark.registry import RegistryError, algorithm_names, load_suite
+
+    try:  # names are checked here, before anything is measured (a method that fails to import is a SKIP row)
+        for name in args.suites or []:
+            load_suite(name)
+    except RegistryError as exc:
+        p.error(f"--suites: {exc}")
+    unknown = [n for n in args.algos or [] if n not in algorithm_names()]
+    if unknown:
+        p.error(f"--algos: unknown algorithm {unknown[0]!r}; accepted: {', '.join(algorithm_names())}")
+    if args.out is not None and (args.out.is_dir() or args.out.suffix != ".csv"):
+        p.error(f"--out {args.out}: expected the path of a .csv file (the scaling files go beside it)")
+    return args
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def profile_one(jobs: list[dict[str, Any]], job_id: str, top: int) -> int:
