@@ -284,12 +284,19 @@ def check_learner(
             for evaluation in (False, True):
                 flag = learner.make_agent(evaluation=evaluation).evaluation
                 _require(flag is evaluation, f"make_agent(evaluation={evaluation}) gave evaluation={flag}")
-            # the agent rules before the first evaluation: a wrong shape or return value is named
-            # there, not by the sampler; an evaluation agent that changes the learner, by the next check
+            # the agent rules before the first evaluation, so a wrong shape or return value is named
+            # there, not by the sampler; first, that making an evaluation agent leaves the learner alone
+            # (else the evaluation agent's trials could not repeat and the wrong rule would be named)
             _check_weights_only(learner.state_dict())
             check_agent(learner, suite, False, seed)
-            _check_evaluation_leaves_learner(learner, suite, sampler, seed)
+            before = copy.deepcopy(learner.state_dict())
+            learner.make_agent(evaluation=True)
+            diff = states_equal(before, learner.state_dict())
+            _require(
+                diff is None, f"an evaluation changed the learner's state_dict (key {diff}; in make_agent)"
+            )
             check_agent(learner, suite, True, seed)
+            _check_evaluation_leaves_learner(learner, suite, sampler, seed)
             seen: list[Task] = []
 
             class Recording(HarnessContext):

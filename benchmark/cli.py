@@ -300,6 +300,8 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
                 args.algo.append(name)
             except registry.RegistryError as exc:
                 print(f"sweep: --algo all leaves out {name}: {exc}", file=sys.stderr)
+        if not args.algo:
+            raise UsageError("--algo all: no registered algorithm loads (each is said above)")
     for flag, values in (("--algo", args.algo), ("--suite", args.suite), ("--seeds", args.seeds)):
         repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
         if repeated:  # two processes would write one run directory at once

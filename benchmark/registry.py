@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import traceback
 import warnings
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -29,6 +30,13 @@ def _entry_points(group: str) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=group)}
 
 
+def _failure(exc: BaseException) -> str:
+    """'failed to load: <type>: <message> (at <file>:<line>)' on one line, the line where it was raised."""
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" (at {where[0].filename}:{where[0].lineno})" if where else ""
+    return f"failed to load: {type(exc).__name__}: {' '.join(str(exc).split())}{at}"
+
+
 def algorithm_names() -> list[str]:
     return sorted(_entry_points(ALGORITHM_GROUP))
 
@@ -40,9 +48,7 @@ def load_algorithm(name: str) -> type[MetaLearner]:
     try:
         cls = eps[name].load()
     except Exception as exc:  # noqa: BLE001 - a plugin's import error, said in one line
-        raise RegistryError(
-            f"algorithm entry point {name!r} ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
-        ) from None
+        raise RegistryError(f"algorithm entry point {name!r} ({eps[name].value}) {_failure(exc)}") from None
     if not (isinstance(cls, type) and issubclass(cls, MetaLearner)):
         raise RegistryError(f"entry point {name!r} ({eps[name].value}) is not a MetaLearner subclass")
     if not (isinstance(getattr(cls, "Config", None), type) and dataclasses.is_dataclass(cls.Config)):
@@ -90,9 +96,7 @@ def load_suite(name: str) -> Suite:
     except RegistryError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's import error, said in one line
-        raise RegistryError(
-            f"suite entry point {name!r} ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
-        ) from None
+        raise RegistryError(f"suite entry point {name!r} ({eps[name].value}) {_failure(exc)}") from None
     if name not in factories:
         names = sorted(_suite_factories())
         shown = [n for n in names if not n.startswith("ml1-")]

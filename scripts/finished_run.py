@@ -111,7 +111,9 @@ def load_run(run_dir: Path, record: dict[str, Any], split: str, device_name: str
 def _restore(algo: Any, suite: Any, config: Any, device: Any, run_dir: Path, state: Any) -> Any:
     """The learner with the checkpoint's state. A method that keeps files under ``storage/`` (PEARL's and
     VariBAD's buffers) restores them from a temporary copy, so the run's own files are never opened for
-    writing. Raises RunError when the checkpoint is not one of this method's."""
+    writing (the copy is the whole directory: a paper-budget replay is gigabytes, and takes that much
+    room in the temporary directory while it loads). Raises RunError when the checkpoint or the storage
+    is not this method's, naming the run's own files."""
     import shutil
     import tempfile
 
@@ -120,18 +122,20 @@ def _restore(algo: Any, suite: Any, config: Any, device: Any, run_dir: Path, sta
 
     if not isinstance(state, dict) or "learner" not in state:
         raise RunError(f"{run_dir / 'checkpoint.pt'}: not a checkpoint of a run (no learner state)")
+    name = getattr(algo, "name", "") or "method's"
     with tempfile.TemporaryDirectory(prefix="metarl-run-") as tmp:
-        storage = None
-        if (run_dir / "storage").is_dir():
-            storage = Path(tmp) / "storage"
-            shutil.copytree(run_dir / "storage", storage)
-        learner = algo(suite.spec(), config, device, storage)
+        storage = Path(tmp) / "storage"
         try:
+            if (run_dir / "storage").is_dir():
+                shutil.copytree(run_dir / "storage", storage)
+            learner = algo(suite.spec(), config, device, storage)
             load_learner_state(
                 learner,
                 state["learner"],
-                f"{run_dir / 'checkpoint.pt'}: does not restore a {algo.name} learner",
+                f"{run_dir / 'checkpoint.pt'}: does not restore the run's {name} learner",
             )
-        except ResultsError as exc:
-            raise RunError(f"{exc}") from None
+        except (ResultsError, ValueError, OSError) as exc:  # ValueError: a storage header
+            raise RunError(
+                " ".join(str(exc).replace(str(storage), str(run_dir / "storage")).split())
+            ) from None
     return learner

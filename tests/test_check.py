@@ -118,6 +118,14 @@ class WideActions(RL2):
         return WideActionsAgent(self.net, self.spec, self.device, evaluation)
 
 
+class WideEvaluationActions(RL2):
+    """Only its evaluation agent returns one action dimension too many."""
+
+    def make_agent(self, evaluation=False):
+        cls = WideActionsAgent if evaluation else RL2Agent
+        return cls(self.net, self.spec, self.device, evaluation)
+
+
 class Thing:
     pass
 
@@ -142,6 +150,7 @@ class WrongEvaluationFlag(RL2):
         (NumpyState, r"state_dict.extra is a numpy.ndarray, which torch.load\(weights_only=True\) refuses"),
         (ObjectInState, r"state_dict.thing is a (tests.)?test_check.Thing, which torch.load"),
         (WideActions, r"act returned actions of shape \(\d+, 3\), expected \(\d+, 2\)"),
+        (WideEvaluationActions, r"act returned actions of shape \(\d+, 3\), expected \(\d+, 2\)"),
         (WrongEvaluationFlag, "make_agent\\(evaluation=True\\)"),
     ],
 )

@@ -659,6 +659,26 @@ def test_a_broken_or_bare_plugin_is_one_line_not_a_traceback(capsys, tmp_path, m
                            "--out", str(tmp_path))  # fmt: skip
     assert code == 2 and "sweep: --algo all leaves out broken:" in err and "bogus" in err.splitlines()[-1]
     assert not any(tmp_path.iterdir())
+    # an import error whose message spans lines (numpy's C-extension one does): one line, with where
+    noisy = types.ModuleType("metarl_bench_test_noisy")
+    noisy.__getattr__ = lambda attr: (_ for _ in ()).throw(
+        ImportError("\n\nIMPORTANT: PLEASE READ THIS\n\nfailed.\n")
+    )
+    monkeypatch.setitem(sys.modules, noisy.__name__, noisy)
+    real_with = registry._entry_points
+    monkeypatch.setattr(
+        registry,
+        "_entry_points",
+        lambda group: real_with(group) | {"noisy": EntryPoint("noisy", f"{noisy.__name__}:Toy", group)},
+    )
+    code, _, err = run_cli(capsys, "run", "--algo", "noisy", "--out", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "failed to load: ImportError: IMPORTANT: PLEASE READ THIS failed. (at " in err
+    monkeypatch.setattr(registry, "algorithm_names", lambda: ["broken", "noisy"])  # none loads
+    code, _, err = run_cli(capsys, "sweep", "--algo", "all", "--suite", "point-nav", "--out", str(tmp_path))
+    assert code == 2 and err.strip().splitlines()[-1].endswith(
+        "--algo all: no registered algorithm loads (each is said above)"
+    )
 
 
 def test_files_where_directories_go_are_one_line(capsys, tmp_path):

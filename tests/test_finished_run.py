@@ -73,6 +73,9 @@ def test_a_run_with_storage_files_loads_without_touching_them(tmp_path):
         cli_main(["run", "--algo", "pearl", "--suite", "point-nav", "--out", str(tmp_path), *TINY_PEARL]) == 0
     )
     run = tmp_path / "point-nav" / "pearl" / "seed0"
+    for path in (run / "storage" / "replay").glob("*.bin"):  # rows past the checkpoint, as a kill leaves
+        with path.open("ab") as fh:
+            fh.write(path.read_bytes()[-64:])
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     loaded = load_run(run, read_record(run), "test", "cpu")
     saved = torch.load(run / "checkpoint.pt", weights_only=True)["learner"]
@@ -90,7 +93,25 @@ def test_a_foreign_checkpoint_is_one_line_and_an_unfinished_run_says_so(run_dir,
     state = torch.load(other / "checkpoint.pt", weights_only=True)
     state["learner"] = {"policy": {}}
     torch.save(state, other / "checkpoint.pt")
-    with pytest.raises(
-        RunError, match=r"checkpoint.pt: does not restore a rl2 learner \(KeyError"
-    ):
+    with pytest.raises(RunError, match=r"checkpoint.pt: does not restore the run's rl2 learner \(KeyError"):
         load_run(other, read_record(other), "test", "cpu")
+
+
+def test_broken_storage_is_one_line_naming_the_runs_own_files(tmp_path):
+    from benchmark.cli import main as cli_main
+    from tests.test_cli import TINY_PEARL
+
+    assert (
+        cli_main(["run", "--algo", "pearl", "--suite", "point-nav", "--out", str(tmp_path), *TINY_PEARL]) == 0
+    )
+    run = tmp_path / "point-nav" / "pearl" / "seed0"
+    replay = run / "storage" / "replay"
+    (replay / "obs.bin").write_bytes(b"")
+    with pytest.raises(
+        RunError, match=f"does not restore the run's pearl learner .*{replay / 'obs.bin'} holds 0 rows"
+    ) as exc:
+        load_run(run, read_record(run), "test", "cpu")
+    assert "metarl-run-" not in str(exc.value) and len(str(exc.value).splitlines()) == 1
+    (replay / "header.json").write_text("garbage")
+    with pytest.raises(RunError, match=f"{replay / 'header.json'}: unreadable AppendOnlyArrays header"):
+        load_run(run, read_record(run), "test", "cpu")
