@@ -514,7 +514,9 @@ class Runner:
                 aside.rename(self.dir)
             raise
         if aside is not None:
-            shutil.rmtree(aside)
+            # this run's old copy, and any left by an overwrite that was killed while setting up
+            for old in self.dir.parent.glob(f".{self.dir.name}.replaced-*"):
+                shutil.rmtree(old)
             self.replacing = False
 
         progress_log = CsvLog(self.dir / "progress.csv")

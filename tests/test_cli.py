@@ -505,6 +505,8 @@ def test_overwrite_puts_the_old_run_back_when_the_new_one_fails_to_start(capsys,
     assert code == 2 and "--resume and --overwrite exclude each other" in err
     assert _tree(tmp_path) == before
     monkeypatch.undo()
+    stale = tmp_path / "point-nav" / "rl2" / ".seed0.replaced-killed"  # an overwrite killed in its setup
+    (stale / "storage").mkdir(parents=True)
     assert run_cli(capsys, *quick_run(tmp_path, "--overwrite", "--set", "lr=0.002"))[0] == 0
     run = tmp_path / "point-nav" / "rl2" / "seed0"
     assert json.loads((run / "config.json").read_text())["algo_config"]["lr"] == 0.002
