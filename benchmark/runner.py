@@ -18,8 +18,11 @@ rows < c, then replays exactly what the uninterrupted run would have done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -495,9 +498,35 @@ class Runner:
 
     # -- the loop ----------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        """Train (or resume) to the env-step budget, evaluate, and return the summary."""
+        """Train (or resume) to the env-step budget, evaluate, and return the summary.
+
+        The run directory is locked while this process runs it (``flock`` on the directory itself,
+        released when the process ends, however it ends): a second process on the same run, such as a
+        ``--resume`` while the run still trains or two sweeps on one ``--out``, is refused with a
+        ``ResultsError`` before it reads or writes anything more.
+        """
         if self.finished:
             return self._summary_from_disk()
+        with contextlib.ExitStack() as locks:
+            if self.dir.exists():
+                locks.callback(os.close, self._lock())
+            return self._execute(locks)
+
+    def _lock(self) -> int:
+        """An exclusive ``flock`` on the run directory; the descriptor that holds it (close to release)."""
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ResultsError(
+                f"{self.dir}: in use by another process running this run (it holds the run's lock); wait "
+                "for it to end or stop it, then --resume"
+            ) from None
+        return fd
+
+    def _execute(self, locks: contextlib.ExitStack) -> dict[str, Any]:
+        locked = self.dir.exists()
         set_intra_op_threads(self.run_cfg.torch_threads)
         cfg, suite = self.run_cfg, self.suite
         rng = np.random.default_rng(self.run_id.seed)
@@ -507,6 +536,8 @@ class Runner:
             self.dir.rename(aside)  # onto the new empty directory (POSIX rename)
         try:
             learner, (it, env_steps, wall, next_eval, next_ckpt) = self._set_up(rng)
+            if aside is not None or not locked:  # a new directory: this process's from now on
+                locks.callback(os.close, self._lock())
             sampler = TrialSampler(suite, num_workers=processes_used(suite, cfg))
         except BaseException:
             if aside is not None:

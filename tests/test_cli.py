@@ -697,3 +697,24 @@ def test_files_where_directories_go_are_one_line(capsys, tmp_path):
     code, _, err = run_cli(capsys, "sweep", "--algo", "rl2", "--suite", "point-nav", "--out", str(tmp_path))
     assert code == 2 and "logs: a file where the sweep's log directory goes" in err, err
     assert (tmp_path / "logs").read_text() == "mine"
+
+
+def test_a_run_in_use_by_another_process_is_refused(capsys, tmp_path):
+    """While one process holds a run (its directory's flock), a --resume or --overwrite of it is one
+    line, exit 2, and changes nothing; once the holder lets go, the resume runs."""
+    import fcntl
+
+    assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    (run / "done").unlink()  # as if it were still training
+    before = _tree(tmp_path)
+    holder = os.open(run, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        for flag in ("--resume", "--overwrite"):
+            code, _, err = run_cli(capsys, *quick_run(tmp_path, flag))
+            assert code == 2 and "in use by another process running this run" in err, err
+            assert len(err.strip().splitlines()) == 1 and _tree(tmp_path) == before
+    finally:
+        os.close(holder)
+    assert run_cli(capsys, *quick_run(tmp_path, "--resume"))[0] == 0 and (run / "done").exists()
