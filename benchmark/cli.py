@@ -272,7 +272,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     an output directory that holds a run without ``--resume`` or ``--overwrite``, ray missing for
     ``--backend ray``.
     """
-    from benchmark.results import run_dir
+    from benchmark.results import file_in_the_way, run_dir
     from benchmark.runner import processes_used, recorded_update_threads, update_threads
     from benchmark.sweep import RunResult, RunSpec
 
@@ -330,7 +330,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
             gpus = 1 if args.device.startswith("cuda") else 0
             for seed in args.seeds:
                 path = run_dir(args.out, suite_name, algo, seed)
-                blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+                blocking = file_in_the_way(path)
                 if blocking is not None:
                     raise UsageError(f"{blocking}: a file where the run directory {path} goes")
                 if not (args.resume or args.overwrite) and path.exists() and any(path.iterdir()):

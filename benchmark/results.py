@@ -1,4 +1,4 @@
-"""The results layout and CSV schema (docs/protocol.md), atomic checkpoints, and truncation on resume.
+"""The results layout and CSV schema (docs/protocol.md), atomic checkpoints, and the rows kept on resume.
 
 ``<out>/<suite>/<algo>/seed<N>/`` holds config.json, progress.csv, eval.csv, checkpoint.pt and, once
 the run finished, a ``done`` marker. CSV rows are flushed as soon as they are written.
@@ -29,6 +29,12 @@ CHECKPOINT = "checkpoint.pt"
 
 def run_dir(out: str | Path, suite: str, algo: str, seed: int) -> Path:
     return Path(out) / suite / algo / f"seed{seed}"
+
+
+def file_in_the_way(directory: Path) -> Path | None:
+    """The file (not a directory) at ``directory`` or at one of its parents, if any: what would make
+    creating ``directory`` fail."""
+    return next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
 
 
 class CsvLog:
@@ -182,16 +188,6 @@ def kept_rows(
     except csv.Error as exc:
         raise ResultsError(f"{path}: not a readable CSV file ({exc})") from None
     return list(header), rows
-
-
-def truncate_csv(path: Path, keep: Any) -> None:
-    """Rewrite ``path`` keeping only whole rows where ``keep(row)`` is true (atomically).
-
-    Raises ``ResultsError`` as :func:`kept_rows`, before anything is written.
-    """
-    kept = kept_rows(path, keep)
-    if kept is not None:
-        write_csv_atomic(path, *kept)
 
 
 def write_csv_atomic(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -49,6 +49,7 @@ from benchmark.results import (
     EVAL_COLUMNS,
     CsvLog,
     ResultsError,
+    file_in_the_way,
     kept_rows,
     load_checkpoint,
     load_learner_state,
@@ -287,7 +288,7 @@ class Runner:
         """
         if resume and overwrite:
             raise UsageError("--resume and --overwrite exclude each other")
-        blocking = next((p for p in (self.dir, *self.dir.parents) if p.exists() and not p.is_dir()), None)
+        blocking = file_in_the_way(self.dir)
         if blocking is not None:
             raise ResultsError(f"{blocking}: a file where the run directory {self.dir} goes")
         exists = self.dir.exists() and any(self.dir.iterdir())

@@ -294,7 +294,8 @@ def test_figures_refuse_duplicated_eval_rows_naming_the_file(capsys, tmp_path):
 def test_a_write_cut_at_any_byte_is_dropped_by_readers_and_by_resume(capsys, tmp_path):
     """A kill leaves a prefix of the file: readers and resume keep exactly the whole rows before the cut."""
     from benchmark.plots.data import read_eval
-    from benchmark.results import truncate_csv
+    from benchmark.results import kept_rows as read_kept_rows
+    from benchmark.results import write_csv_atomic
 
     assert run_cli(capsys, *quick_run(tmp_path))[0] == 0
     ev = tmp_path / "point-nav" / "rl2" / "seed0" / "eval.csv"
@@ -309,7 +310,7 @@ def test_a_write_cut_at_any_byte_is_dropped_by_readers_and_by_resume(capsys, tmp
         kept_rows = raw[:cut].count(b"\n") - 1  # whole rows before the cut
         df = read_eval(ev, has_success=False, in_progress=True)
         assert len(df) == kept_rows, cut
-        truncate_csv(ev, lambda r: True)
+        write_csv_atomic(ev, *read_kept_rows(ev, lambda r: True))  # what resume does with eval.csv
         assert ev.read_bytes() == b"".join(whole[: kept_rows + 1]), cut
 
 
