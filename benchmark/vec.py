@@ -117,13 +117,15 @@ def _worker(conn: Any, make_env: Callable[[], TaskEnv]) -> None:
     sl = _Slice(make_env)
     conn.send(("ok", None))  # ready; envs are built when rows are first assigned (reset)
     while True:
+        t0 = time.perf_counter()
         cmd, payload = conn.recv()
+        idle = time.perf_counter() - t0  # waiting for this command (and reading it)
         try:
             if cmd == "step":
                 t0 = time.perf_counter()
                 out = sl.step(*payload)
-                # busy seconds and env steps taken, for the parent's load balance
-                out = (*out, time.perf_counter() - t0, int(np.count_nonzero(payload[1])))
+                # physics seconds, env steps taken and seconds spent waiting, for the parent's load balance
+                out = (*out, time.perf_counter() - t0, int(np.count_nonzero(payload[1])), idle)
             elif cmd == "reset":
                 out = sl.reset(*payload)
             elif cmd == "set_tasks":
@@ -151,17 +153,21 @@ class ProcessBatchEnv(BatchEnv):
     depends on the method: a 3-layer MLP costs ~0.1 ms per call for 10 envs, a transformer ~0.5 ms, about
     as much as stepping 10 HalfCheetahs. The first split gives this process ``LOCAL_WEIGHT`` of a worker's
     share; then, at each ``reset`` after at least ``REBALANCE_STEPS`` measured batch steps (the first
-    episode, warm-up, is not measured), the rows are re-split so that every process is busy for the same
-    time per step: with P this process's time per batch step outside the physics and outside waiting
-    for workers, t the measured physics time per env step, B envs and r workers, this process keeps
-    n = (B t - r P) / ((r + 1) t) rows (rounded, clipped to [0, B - r]). The split changes only when n
-    moves by at least ``max(1, B // 10)`` rows (timing noise would otherwise move rows every episode).
-    The model ignores the pipe's wake-up latency, so it leaves the workers slightly too many rows.
-    Which process steps a row never changes what it records (``_Slice``).
+    episode, warm-up, is not measured), the rows are re-split by a model of one batch step fitted to the
+    measurements: with n rows here, B envs, r workers, t the physics time per env step, P this process's
+    time per batch step outside the physics and outside waiting for workers (policy, bookkeeping, pipes)
+    and O a worker's time per batch step outside the physics and outside waiting for commands (pickling,
+    pipes; each worker reports how long it waited), a batch step takes
+    ``max(n t + P, ceil((B - n) / r) t + O)`` (``step_time``). The split moves to the n that minimises
+    it (``balanced_rows``) only when that saves at least ``REBALANCE_GAIN`` of the current split's
+    predicted time: one row can matter (Meta-World steps cost ~0.45 ms each, and a split one row off left
+    the sampling process waiting ~0.9 ms per 4.5 ms step), while timing noise between two nearly equal
+    splits moves nothing. Which process steps a row never changes what it records (``_Slice``).
     """
 
     LOCAL_WEIGHT = 2 / 3  # the first split: the sampling process's share relative to one worker's
     REBALANCE_STEPS = 20  # batch steps measured before the split may change
+    REBALANCE_GAIN = 0.02  # the share of the predicted step time a new split must save
     pipelined = True  # workers step in the background between step_async and step_wait
 
     def __init__(self, make_env: Callable[[], TaskEnv], num_envs: int, num_workers: int = 1) -> None:
@@ -209,18 +215,31 @@ class ProcessBatchEnv(BatchEnv):
         self._mark: float | None = None  # end of the last step_wait of this episode
         self._cycle = self._steps = self._here_busy = self._wait = 0.0  # s, batch steps, s, s
         self._busy = self._row_steps = 0.0  # physics seconds in every process, env steps they took
+        self._worker_busy = self._worker_idle = 0.0  # workers' physics and waiting seconds, summed
+        self._here_row_steps = self._worker_row_steps = 0.0  # env steps each side took (measured steps)
 
-    def balanced_rows(self) -> int | None:
-        """This process's share n (see the class docstring) from the measurements so far; None if too few."""
+    def step_time(self, here: int) -> float | None:
+        """Predicted seconds per batch step with ``here`` rows in this process (the class docstring's
+        model, from the measurements since the last split); None if too few steps were measured."""
         remote = len(self._conns)
         if not remote or self._steps < self.REBALANCE_STEPS or self._row_steps == 0:
             return None
-        t = self._busy / self._row_steps  # physics seconds per env step
-        other = max(
-            0.0, (self._cycle - self._here_busy - self._wait) / self._steps
-        )  # policy, bookkeeping, pipes
-        n = (self.num_envs * t - remote * other) / ((remote + 1) * t)
-        return int(min(max(round(n), 0), self.num_envs - remote))
+        t = self._busy / self._row_steps  # physics seconds per env step, pooled
+        # per side where measured: a worker's simulator can run slower than this process's (other caches)
+        t_here = self._here_busy / self._here_row_steps if self._here_row_steps else t
+        t_remote = self._worker_busy / self._worker_row_steps if self._worker_row_steps else t
+        cycle = self._cycle / self._steps
+        local = max(0.0, cycle - (self._here_busy + self._wait) / self._steps)  # P
+        worker = max(0.0, cycle - (self._worker_busy + self._worker_idle) / (remote * self._steps))  # O
+        return max(here * t_here + local, -(-(self.num_envs - here) // remote) * t_remote + worker)
+
+    def balanced_rows(self) -> int | None:
+        """The rows n for this process that minimise ``step_time(n)`` (the fewest on a tie); None if too
+        few steps were measured."""
+        if self.step_time(0) is None:
+            return None
+        options = range(self.num_envs - len(self._conns) + 1)
+        return min(options, key=lambda n: (self.step_time(n), n))
 
     @property
     def local_rows(self) -> int:
@@ -267,7 +286,9 @@ class ProcessBatchEnv(BatchEnv):
                 self._clear_stats()
         else:
             here = self.balanced_rows()
-            if here is not None and abs(here - self.local_rows) < max(1, self.num_envs // 10):
+            if here is not None and self.step_time(here) > (1 - self.REBALANCE_GAIN) * self.step_time(
+                self.local_rows
+            ):
                 here = None  # within the noise: keep the split and keep measuring
         if here is not None and here != self.local_rows:
             self._slices = self.split(self.num_envs, self.num_workers, here)
@@ -307,8 +328,8 @@ class ProcessBatchEnv(BatchEnv):
     def step_wait(self, rows: tuple[int, int]) -> StepResult:
         """Collect ``rows``: step this process's part now, then read each worker's reply (FIFO)."""
         parts = []
-        local = wait = busy = 0.0
-        stepped = 0
+        local = wait = busy = remote_busy = remote_idle = 0.0
+        stepped = here_stepped = 0
         for s, _x, _y in self._overlaps(rows):
             if s == 0:
                 actions, active, x, y = self._pending.pop(rows)  # type: ignore[misc]
@@ -317,20 +338,27 @@ class ProcessBatchEnv(BatchEnv):
                 dt = time.perf_counter() - t0
                 local += dt
                 busy += dt
-                stepped += int(np.count_nonzero(active))
+                here_stepped = int(np.count_nonzero(active))
+                stepped += here_stepped
             else:
                 t0 = time.perf_counter()
-                *out, worker_busy, worker_stepped = self._receive(self._conns[s - 1])
+                *out, worker_busy, worker_stepped, worker_idle = self._receive(self._conns[s - 1])
                 wait += time.perf_counter() - t0
                 parts.append(out)
                 busy += worker_busy
                 stepped += worker_stepped
+                remote_busy += worker_busy
+                remote_idle += worker_idle
         now = time.perf_counter()
         if self._mark is not None:  # a whole step since the previous one (not the pause after reset)
             self._cycle += now - self._mark
             self._steps += (rows[1] - rows[0]) / self.num_envs
             self._here_busy += local
             self._wait += wait
+            self._worker_busy += remote_busy
+            self._worker_idle += remote_idle
+            self._here_row_steps += here_stepped
+            self._worker_row_steps += stepped - here_stepped
         self._busy += busy
         self._row_steps += stepped
         self._mark = now

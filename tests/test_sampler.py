@@ -326,22 +326,34 @@ def test_process_batch_env_rows_moving_between_processes_record_the_same_episode
 
 
 def test_process_batch_env_balances_the_policy_against_the_physics():
-    """n = (B t - r P) / ((r + 1) t) rows for this process, from the measured step times."""
+    """The split minimises the predicted batch step max(n t + P, ceil((B - n) / r) t + O)."""
     from benchmark.suites.locomotion import HalfCheetahVel
 
-    def measured(env, policy_s: float, physics_s: float, here: int, steps: int = 40) -> int | None:
+    def measured(env, policy_s, physics_s, here, steps=40, worker_s=0.0, worker_physics_s=None):
+        """Fill the statistics as ``steps`` measured batch steps would: P = ``policy_s``, O = ``worker_s``."""
+        B, r = env.num_envs, len(env._conns)
+        remote_physics = physics_s if worker_physics_s is None else worker_physics_s
         env._clear_stats()
-        env._steps, env._row_steps, env._busy = steps, steps * 20, steps * 20 * physics_s
+        env._steps, env._row_steps = steps, steps * B
+        env._here_row_steps, env._worker_row_steps = steps * here, steps * (B - here)
         env._here_busy, env._wait = steps * here * physics_s, steps * 1e-4
+        env._worker_busy = steps * (B - here) * remote_physics
+        env._busy = env._here_busy + env._worker_busy
         env._cycle = steps * policy_s + env._here_busy + env._wait
+        env._worker_idle = r * (env._cycle - steps * worker_s) - env._worker_busy  # each worker's O
         return env.balanced_rows()
 
     env = HalfCheetahVel().make_batch_env(20, 2)
     try:
         assert env.balanced_rows() is None  # nothing measured yet
-        assert measured(env, 500e-6, 50e-6, here=8) == 5  # (20 * 50 - 500) / (2 * 50)
+        assert measured(env, 500e-6, 50e-6, here=8) == 5  # max(50 n + 500, 50 (20 - n)): n = 5
+        assert env.step_time(5) == pytest.approx(750e-6) and env.step_time(8) == pytest.approx(900e-6)
         assert measured(env, 0.0, 50e-6, here=3) == 10  # no policy: half each
         assert measured(env, 2e-3, 50e-6, here=8) == 0  # the policy alone outweighs the worker's batch
+        assert measured(env, 500e-6, 50e-6, here=8, worker_s=200e-6) == 7  # the pipes cost the worker too
+        assert (
+            measured(env, 500e-6, 50e-6, here=8, worker_physics_s=75e-6) == 8
+        )  # slower worker: 8 * 50 + 500 = 12 * 75
         assert measured(env, 500e-6, 50e-6, here=8, steps=5) is None  # too few steps to judge
         # the split follows at the next reset (after the warm-up episode)
         env.set_tasks(HalfCheetahVel().tasks("train")[:20])
@@ -349,11 +361,22 @@ def test_process_batch_env_balances_the_policy_against_the_physics():
         measured(env, 500e-6, 50e-6, here=8)
         env.reset(list(range(20)))
         assert env.local_rows == 5 and env._slices == [(0, 5), (5, 20)]
+        # one row moves when it saves >= REBALANCE_GAIN: Meta-World-like steps (0.45 ms), P = 1.1 ms;
+        # n = 9 (max(5.15, 4.95) ms) against 8 (max(4.7, 5.4) ms) saves 4.6%
+        env.reset(list(range(20)), local_rows=8)
+        env._warm = True
+        assert measured(env, 1.1e-3, 450e-6, here=8) == 9
+        env.reset(list(range(20)))
+        assert env.local_rows == 9
+        # ... and stays when the best split saves less (P = 0.4 ms: 10 rows save 1% against 9)
+        assert measured(env, 0.4e-3, 450e-6, here=9) == 10
+        env.reset(list(range(20)))
+        assert env.local_rows == 9
     finally:
         env.close()
     env = HalfCheetahVel().make_batch_env(20, 3)  # two workers: r = 2
     try:
-        assert measured(env, 200e-6, 50e-6, here=5) == 4  # (20 * 50 - 2 * 200) / (3 * 50)
+        assert measured(env, 200e-6, 50e-6, here=5) == 4  # max(50 n + 200, 50 ceil((20 - n) / 2))
     finally:
         env.close()
 
@@ -399,6 +422,14 @@ def test_process_batch_env_measures_the_policy_and_the_physics_from_real_steps()
         other = (env._cycle - env._here_busy - env._wait) / env._steps
         # the env steps sleep 1 ms, the policy 2 x 1 ms per batch step (sleeps overshoot alike under load)
         assert 1e-3 <= t < 2e-3 and 1.5 * t <= other < 3 * t, (t, other)
-        assert env.balanced_rows() == round((6 * t - other) / (2 * t)) in (1, 2)
+        # each side's physics, and the worker's time outside physics and waiting (pipes: well under a step)
+        t_worker = env._worker_busy / env._worker_row_steps
+        # rows 0-1 here, 2-5 in the worker; the first half-step (rows 0-2) is not measured
+        assert (env._here_row_steps, env._worker_row_steps) == (29 * 2, 29 * 1 + 30 * 3)
+        assert 1e-3 <= t_worker < 2e-3 and env._here_busy / env._here_row_steps >= 1e-3
+        worker_other = env._cycle / env._steps - (env._worker_busy + env._worker_idle) / env._steps
+        assert -0.5 * t < worker_other < 0.5 * t, (worker_other, t)
+        # max(n t + 2 t, (6 - n) t): n = 2 balances the two processes
+        assert env.balanced_rows() in (1, 2)
     finally:
         env.close()
