@@ -154,8 +154,9 @@ class ProcessBatchEnv(BatchEnv):
     as much as stepping 10 HalfCheetahs. The first split gives this process ``LOCAL_WEIGHT`` of a worker's
     share; then, at each ``reset`` after at least ``REBALANCE_STEPS`` measured batch steps (the first
     episode, warm-up, is not measured), the rows are re-split by a model of one batch step fitted to the
-    measurements: with n rows here, B envs, r workers, t the physics time per env step, P this process's
-    time per batch step outside the physics and outside waiting for workers (policy, bookkeeping, pipes)
+    measurements: with n rows here, B envs, r workers, t the physics time per env step (measured on each
+    side: a worker may run slower), P this process's time per batch step outside the physics and outside
+    waiting for workers (policy, bookkeeping, pipes)
     and O a worker's time per batch step outside the physics and outside waiting for commands (pickling,
     pipes; each worker reports how long it waited), a batch step takes
     ``max(n t + P, ceil((B - n) / r) t + O)`` (``step_time``). The split moves to the n that minimises
