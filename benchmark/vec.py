@@ -154,11 +154,11 @@ class ProcessBatchEnv(BatchEnv):
     as much as stepping 10 HalfCheetahs. The first split gives this process ``LOCAL_WEIGHT`` of a worker's
     share; then, at each ``reset`` after at least ``REBALANCE_STEPS`` measured batch steps (the first
     episode, warm-up, is not measured), the rows are re-split by a model of one batch step fitted to the
-    measurements: with n rows here, B envs, r workers, t the physics time per env step (measured on each
-    side: a worker may run slower), P this process's time per batch step outside the physics and outside
-    waiting for workers (policy, bookkeeping, pipes)
-    and O a worker's time per batch step outside the physics and outside waiting for commands (pickling,
-    pipes; each worker reports how long it waited), a batch step takes
+    measurements: with n rows here, B envs, r workers, t the physics time per row and step (measured on
+    each side, as a worker may run slower; rows that terminated count, as they will again), P this
+    process's time per batch step outside the physics and outside waiting for workers (policy,
+    bookkeeping, pipes) and O a worker's time per batch step outside the physics and outside waiting for
+    commands (pickling, pipes; each worker reports how long it waited), a batch step takes
     ``max(n t + P, ceil((B - n) / r) t + O)`` (``step_time``). The split moves to the n that minimises
     it (``balanced_rows``) only when that saves at least ``REBALANCE_GAIN`` of the current split's
     predicted time: one row can matter (Meta-World steps cost ~0.45 ms each, and a split one row off left
@@ -217,7 +217,9 @@ class ProcessBatchEnv(BatchEnv):
         self._cycle = self._steps = self._here_busy = self._wait = 0.0  # s, batch steps, s, s
         self._busy = self._row_steps = 0.0  # physics seconds in every process, env steps they took
         self._worker_busy = self._worker_idle = 0.0  # workers' physics and waiting seconds, summed
-        self._here_row_steps = self._worker_row_steps = 0.0  # env steps each side took (measured steps)
+        # rows x measured steps each side was given, live or not: a terminated row costs nothing until the
+        # next reset, so a row's expected physics per step is busy / rows (what moving one row moves)
+        self._here_rows = self._worker_rows = 0.0
 
     def step_time(self, here: int) -> float | None:
         """Predicted seconds per batch step with ``here`` rows in this process (the class docstring's
@@ -227,8 +229,8 @@ class ProcessBatchEnv(BatchEnv):
             return None
         t = self._busy / self._row_steps  # physics seconds per env step, pooled
         # per side where measured: a worker's simulator can run slower than this process's (other caches)
-        t_here = self._here_busy / self._here_row_steps if self._here_row_steps else t
-        t_remote = self._worker_busy / self._worker_row_steps if self._worker_row_steps else t
+        t_here = self._here_busy / self._here_rows if self._here_rows else t
+        t_remote = self._worker_busy / self._worker_rows if self._worker_rows else t
         cycle = self._cycle / self._steps
         local = max(0.0, cycle - (self._here_busy + self._wait) / self._steps)  # P
         worker = max(0.0, cycle - (self._worker_busy + self._worker_idle) / (remote * self._steps))  # O
@@ -330,17 +332,17 @@ class ProcessBatchEnv(BatchEnv):
         """Collect ``rows``: step this process's part now, then read each worker's reply (FIFO)."""
         parts = []
         local = wait = busy = remote_busy = remote_idle = 0.0
-        stepped = here_stepped = 0
-        for s, _x, _y in self._overlaps(rows):
+        stepped = here_rows = remote_rows = 0
+        for s, x, y in self._overlaps(rows):
             if s == 0:
-                actions, active, x, y = self._pending.pop(rows)  # type: ignore[misc]
+                actions, active, _, _ = self._pending.pop(rows)  # type: ignore[misc]
                 t0 = time.perf_counter()
                 parts.append(self._local().step(actions, active, x, y))
                 dt = time.perf_counter() - t0
                 local += dt
                 busy += dt
-                here_stepped = int(np.count_nonzero(active))
-                stepped += here_stepped
+                stepped += int(np.count_nonzero(active))
+                here_rows += y - x
             else:
                 t0 = time.perf_counter()
                 *out, worker_busy, worker_stepped, worker_idle = self._receive(self._conns[s - 1])
@@ -350,6 +352,7 @@ class ProcessBatchEnv(BatchEnv):
                 stepped += worker_stepped
                 remote_busy += worker_busy
                 remote_idle += worker_idle
+                remote_rows += y - x
         now = time.perf_counter()
         if self._mark is not None:  # a whole step since the previous one (not the pause after reset)
             self._cycle += now - self._mark
@@ -358,8 +361,8 @@ class ProcessBatchEnv(BatchEnv):
             self._wait += wait
             self._worker_busy += remote_busy
             self._worker_idle += remote_idle
-            self._here_row_steps += here_stepped
-            self._worker_row_steps += stepped - here_stepped
+            self._here_rows += here_rows
+            self._worker_rows += remote_rows
         self._busy += busy
         self._row_steps += stepped
         self._mark = now

@@ -335,7 +335,7 @@ def test_process_batch_env_balances_the_policy_against_the_physics():
         remote_physics = physics_s if worker_physics_s is None else worker_physics_s
         env._clear_stats()
         env._steps, env._row_steps = steps, steps * B
-        env._here_row_steps, env._worker_row_steps = steps * here, steps * (B - here)
+        env._here_rows, env._worker_rows = steps * here, steps * (B - here)
         env._here_busy, env._wait = steps * here * physics_s, steps * 1e-4
         env._worker_busy = steps * (B - here) * remote_physics
         env._busy = env._here_busy + env._worker_busy
@@ -423,13 +423,34 @@ def test_process_batch_env_measures_the_policy_and_the_physics_from_real_steps()
         # the env steps sleep 1 ms, the policy 2 x 1 ms per batch step (sleeps overshoot alike under load)
         assert 1e-3 <= t < 2e-3 and 1.5 * t <= other < 3 * t, (t, other)
         # each side's physics, and the worker's time outside physics and waiting (pipes: well under a step)
-        t_worker = env._worker_busy / env._worker_row_steps
+        t_worker = env._worker_busy / env._worker_rows
         # rows 0-1 here, 2-5 in the worker; the first half-step (rows 0-2) is not measured
-        assert (env._here_row_steps, env._worker_row_steps) == (29 * 2, 29 * 1 + 30 * 3)
-        assert 1e-3 <= t_worker < 2e-3 and env._here_busy / env._here_row_steps >= 1e-3
+        assert (env._here_rows, env._worker_rows) == (29 * 2, 29 * 1 + 30 * 3)
+        assert 1e-3 <= t_worker < 2e-3 and env._here_busy / env._here_rows >= 1e-3
         worker_other = env._cycle / env._steps - (env._worker_busy + env._worker_idle) / env._steps
         assert -0.5 * t < worker_other < 0.5 * t, (worker_other, t)
         # max(n t + 2 t, (6 - n) t): n = 2 balances the two processes
         assert env.balanced_rows() in (1, 2)
+    finally:
+        env.close()
+
+
+def test_process_batch_env_counts_terminated_rows_in_the_physics_per_row():
+    """A row that terminated costs nothing until the next reset, and moving it moves that saving too: the
+    per-row physics time the split is predicted from divides by the rows each side holds, live or not."""
+    from benchmark.vec import ProcessBatchEnv
+
+    env = ProcessBatchEnv(SleepEnv, 6, 2)
+    try:
+        env.set_tasks([Task(i, "train", {}, f"t{i}") for i in range(6)])
+        env.reset(list(range(6)))
+        assert env.local_rows == 2  # rows 0-1 here, 2-5 in the worker
+        active = np.array([True, False, True, True, False, False])  # half of each side's rows live
+        for _ in range(25):
+            env.step(np.zeros((6, 1), np.float32), active)
+        assert (env._here_rows, env._worker_rows) == (24 * 2, 24 * 4)
+        here, worker = env._here_busy / env._here_rows, env._worker_busy / env._worker_rows
+        # 1 ms per live step, half the rows live: about 0.5 ms per row on each side (sleeps overshoot)
+        assert 0.5e-3 <= here < 0.9e-3 and 0.5e-3 <= worker < 0.9e-3, (here, worker)
     finally:
         env.close()
