@@ -124,8 +124,8 @@ def _worker(conn: Any, make_env: Callable[[], TaskEnv]) -> None:
             if cmd == "step":
                 t0 = time.perf_counter()
                 out = sl.step(*payload)
-                # physics seconds, env steps taken and seconds spent waiting, for the parent's load balance
-                out = (*out, time.perf_counter() - t0, int(np.count_nonzero(payload[1])), idle)
+                # physics seconds and seconds spent waiting for the command, for the parent's load balance
+                out = (*out, time.perf_counter() - t0, idle)
             elif cmd == "reset":
                 out = sl.reset(*payload)
             elif cmd == "set_tasks":
@@ -158,7 +158,8 @@ class ProcessBatchEnv(BatchEnv):
     each side, as a worker may run slower; rows that terminated count, as they will again), P this
     process's time per batch step outside the physics and outside waiting for workers (policy,
     bookkeeping, pipes) and O a worker's time per batch step outside the physics and outside waiting for
-    commands (pickling, pipes; each worker reports how long it waited), a batch step takes
+    and reading commands (bookkeeping, its replies; each worker reports how long it waited, and its first
+    reply of an episode is left out, as the parent leaves out the first step), a batch step takes
     ``max(n t + P, ceil((B - n) / r) t + O)`` (``step_time``). The split moves to the n that minimises
     it (``balanced_rows``) only when that saves at least ``REBALANCE_GAIN`` of the current split's
     predicted time: one row can matter (Meta-World steps cost ~0.45 ms each, and a split one row off left
@@ -214,8 +215,8 @@ class ProcessBatchEnv(BatchEnv):
     # -- load balance -------------------------------------------------------------------------------
     def _clear_stats(self) -> None:
         self._mark: float | None = None  # end of the last step_wait of this episode
+        self._fresh: set[int] = set()  # slices (workers) not yet heard from since the last reset
         self._cycle = self._steps = self._here_busy = self._wait = 0.0  # s, batch steps, s, s
-        self._busy = self._row_steps = 0.0  # physics seconds in every process, env steps they took
         self._worker_busy = self._worker_idle = 0.0  # workers' physics and waiting seconds, summed
         # rows x measured steps each side was given, live or not: a terminated row costs nothing until the
         # next reset, so a row's expected physics per step is busy / rows (what moving one row moves)
@@ -225,9 +226,9 @@ class ProcessBatchEnv(BatchEnv):
         """Predicted seconds per batch step with ``here`` rows in this process (the class docstring's
         model, from the measurements since the last split); None if too few steps were measured."""
         remote = len(self._conns)
-        if not remote or self._steps < self.REBALANCE_STEPS or self._row_steps == 0:
+        if not remote or self._steps < self.REBALANCE_STEPS or self._here_rows + self._worker_rows == 0:
             return None
-        t = self._busy / self._row_steps  # physics seconds per env step, pooled
+        t = (self._here_busy + self._worker_busy) / (self._here_rows + self._worker_rows)  # pooled, per row
         # per side where measured: a worker's simulator can run slower than this process's (other caches)
         t_here = self._here_busy / self._here_rows if self._here_rows else t
         t_remote = self._worker_busy / self._worker_rows if self._worker_rows else t
@@ -297,6 +298,7 @@ class ProcessBatchEnv(BatchEnv):
             self._slices = self.split(self.num_envs, self.num_workers, here)
             self._clear_stats()
         self._mark = None  # the pause between episodes (or trials: training) is not a step
+        self._fresh = set(range(1, len(self._slices)))  # workers whose first reply of the episode is to come
         for conn, (a, b) in zip(self._conns, self._slices[1:], strict=True):
             conn.send(("reset", (a, b, seeds[a:b])))
         a, b = self._slices[0]
@@ -331,8 +333,9 @@ class ProcessBatchEnv(BatchEnv):
     def step_wait(self, rows: tuple[int, int]) -> StepResult:
         """Collect ``rows``: step this process's part now, then read each worker's reply (FIFO)."""
         parts = []
-        local = wait = busy = remote_busy = remote_idle = 0.0
-        stepped = here_rows = remote_rows = 0
+        local = wait = remote_busy = remote_idle = 0.0
+        here_rows = remote_rows = 0
+        counted = self._mark is not None  # a whole step since the previous one (not the pause after reset)
         for s, x, y in self._overlaps(rows):
             if s == 0:
                 actions, active, _, _ = self._pending.pop(rows)  # type: ignore[misc]
@@ -340,21 +343,20 @@ class ProcessBatchEnv(BatchEnv):
                 parts.append(self._local().step(actions, active, x, y))
                 dt = time.perf_counter() - t0
                 local += dt
-                busy += dt
-                stepped += int(np.count_nonzero(active))
                 here_rows += y - x
             else:
                 t0 = time.perf_counter()
-                *out, worker_busy, worker_stepped, worker_idle = self._receive(self._conns[s - 1])
+                *out, worker_busy, worker_idle = self._receive(self._conns[s - 1])
                 wait += time.perf_counter() - t0
                 parts.append(out)
-                busy += worker_busy
-                stepped += worker_stepped
+                if s in self._fresh:  # its first reply since reset: the idle time spans the episode's start
+                    self._fresh.discard(s)
+                    continue
                 remote_busy += worker_busy
                 remote_idle += worker_idle
                 remote_rows += y - x
         now = time.perf_counter()
-        if self._mark is not None:  # a whole step since the previous one (not the pause after reset)
+        if counted:
             self._cycle += now - self._mark
             self._steps += (rows[1] - rows[0]) / self.num_envs
             self._here_busy += local
@@ -363,8 +365,6 @@ class ProcessBatchEnv(BatchEnv):
             self._worker_idle += remote_idle
             self._here_rows += here_rows
             self._worker_rows += remote_rows
-        self._busy += busy
-        self._row_steps += stepped
         self._mark = now
         return StepResult(*(np.concatenate(field) for field in zip(*parts, strict=True)))
 
