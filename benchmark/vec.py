@@ -154,10 +154,10 @@ class ProcessBatchEnv(BatchEnv):
     as much as stepping 10 HalfCheetahs. The first split gives this process ``LOCAL_WEIGHT`` of a worker's
     share; then, at each ``reset`` after at least ``REBALANCE_STEPS`` measured batch steps (the first
     episode, warm-up, is not measured), the rows are re-split by a model of one batch step fitted to the
-    measurements: with n rows here, B envs, r workers, t the physics time per row and step (measured on
-    each side, as a worker may run slower; rows that terminated count, as they will again), P this
-    process's time per batch step outside the physics and outside waiting for workers (policy,
-    bookkeeping, pipes) and O a worker's time per batch step outside the physics and outside waiting for
+    measurements: with n rows here, B envs, r workers, t the physics time per row and step (pooled over
+    the processes; rows that terminated count, as they will again), P this process's time per batch step
+    outside the physics and outside waiting for workers (policy, bookkeeping, pipes) and O a worker's
+    time per batch step outside the physics and outside waiting for
     and reading commands (bookkeeping, its replies; each worker reports how long it waited, and its first
     reply of an episode is left out, as the parent leaves out the first step), a batch step takes
     ``max(n t + P, ceil((B - n) / r) t + O)`` (``step_time``). The split moves to the n that minimises
@@ -228,14 +228,13 @@ class ProcessBatchEnv(BatchEnv):
         remote = len(self._conns)
         if not remote or self._steps < self.REBALANCE_STEPS or self._here_rows + self._worker_rows == 0:
             return None
-        t = (self._here_busy + self._worker_busy) / (self._here_rows + self._worker_rows)  # pooled, per row
-        # per side where measured: a worker's simulator can run slower than this process's (other caches)
-        t_here = self._here_busy / self._here_rows if self._here_rows else t
-        t_remote = self._worker_busy / self._worker_rows if self._worker_rows else t
+        # pooled over every process: on a suite that terminates, which rows fall differs per episode, so
+        # one side's few rows give a noisy per-row time (per side, ant-dir's split swung 4 -> 11 -> 4)
+        t = (self._here_busy + self._worker_busy) / (self._here_rows + self._worker_rows)
         cycle = self._cycle / self._steps
         local = max(0.0, cycle - (self._here_busy + self._wait) / self._steps)  # P
         worker = max(0.0, cycle - (self._worker_busy + self._worker_idle) / (remote * self._steps))  # O
-        return max(here * t_here + local, -(-(self.num_envs - here) // remote) * t_remote + worker)
+        return max(here * t + local, -(-(self.num_envs - here) // remote) * t + worker)
 
     def balanced_rows(self) -> int | None:
         """The rows n for this process that minimise ``step_time(n)`` (the fewest on a tie); None if too

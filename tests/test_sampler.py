@@ -329,15 +329,15 @@ def test_process_batch_env_balances_the_policy_against_the_physics():
     """The split minimises the predicted batch step max(n t + P, ceil((B - n) / r) t + O)."""
     from benchmark.suites.locomotion import HalfCheetahVel
 
-    def measured(env, policy_s, physics_s, here, steps=40, worker_s=0.0, worker_physics_s=None):
+    def measured(env, policy_s, physics_s, here, steps=40, worker_s=0.0, here_physics_s=None):
         """Fill the statistics as ``steps`` measured batch steps would: P = ``policy_s``, O = ``worker_s``."""
         B, r = env.num_envs, len(env._conns)
-        remote_physics = physics_s if worker_physics_s is None else worker_physics_s
         env._clear_stats()
         env._steps = steps
         env._here_rows, env._worker_rows = steps * here, steps * (B - here)
-        env._here_busy, env._wait = steps * here * physics_s, steps * 1e-4
-        env._worker_busy = steps * (B - here) * remote_physics
+        here_physics_s = physics_s if here_physics_s is None else here_physics_s
+        env._here_busy, env._wait = steps * here * here_physics_s, steps * 1e-4
+        env._worker_busy = steps * (B - here) * physics_s
         env._cycle = steps * policy_s + env._here_busy + env._wait
         env._worker_idle = r * (env._cycle - steps * worker_s) - env._worker_busy  # each worker's O
         return env.balanced_rows()
@@ -350,9 +350,9 @@ def test_process_batch_env_balances_the_policy_against_the_physics():
         assert measured(env, 0.0, 50e-6, here=3) == 10  # no policy: half each
         assert measured(env, 2e-3, 50e-6, here=8) == 0  # the policy alone outweighs the worker's batch
         assert measured(env, 500e-6, 50e-6, here=8, worker_s=200e-6) == 7  # the pipes cost the worker too
-        assert (
-            measured(env, 500e-6, 50e-6, here=8, worker_physics_s=75e-6) == 8
-        )  # slower worker: 8 * 50 + 500 = 12 * 75
+        # half the ants here fell this episode: t pooled over both sides, (8 * 25 + 12 * 50) / 20 = 40 us
+        # per row, gives max(40 n + 500, 40 (20 - n)): n = 4 (per side it would be 7)
+        assert measured(env, 500e-6, 50e-6, here=8, here_physics_s=25e-6) == 4
         assert measured(env, 500e-6, 50e-6, here=8, steps=5) is None  # too few steps to judge
         # the split follows at the next reset (after the warm-up episode)
         env.set_tasks(HalfCheetahVel().tasks("train")[:20])
