@@ -157,9 +157,9 @@ class ProcessBatchEnv(BatchEnv):
     measurements: with n rows here, B envs, r workers, t the physics time per row and step (pooled over
     the processes; rows that terminated count, as they will again), P this process's time per batch step
     outside the physics and outside waiting for workers (policy, bookkeeping, pipes) and O a worker's
-    time per batch step outside the physics and outside waiting for
-    and reading commands (bookkeeping, its replies; each worker reports how long it waited, and its first
-    reply of an episode is left out, as the parent leaves out the first step), a batch step takes
+    time per batch step outside the physics and outside waiting for and reading commands (bookkeeping,
+    its replies; each worker reports how long it waited, and its first reply of an episode is left out,
+    as the parent leaves out the first step), a batch step takes
     ``max(n t + P, ceil((B - n) / r) t + O)`` (``step_time``). The split moves to the n that minimises
     it (``balanced_rows``) only when that saves at least ``REBALANCE_GAIN`` of the current split's
     predicted time: one row can matter (Meta-World steps cost ~0.45 ms each, and a split one row off left
@@ -180,7 +180,8 @@ class ProcessBatchEnv(BatchEnv):
         self.num_envs = num_envs
         self.num_workers = min(num_workers, num_envs)
         self._slices = self.split(num_envs, self.num_workers)
-        self._pending = {}  # this process's part of each row range in flight
+        # this process's (actions, active) of each row range in flight
+        self._pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._here: _Slice | None = _Slice(make_env)
         probe = self._here.env(0)
         self.obs_dim = self._here.obs_dim
@@ -325,7 +326,7 @@ class ProcessBatchEnv(BatchEnv):
         for s, x, y in self._overlaps(rows):
             part = (actions[x - lo : y - lo], active[x - lo : y - lo], x, y)
             if s == 0:
-                self._pending[rows] = part  # type: ignore[assignment]
+                self._pending[rows] = part[:2]  # its rows are the overlap's again in step_wait
             else:
                 self._conns[s - 1].send(("step", part))
 
@@ -337,7 +338,7 @@ class ProcessBatchEnv(BatchEnv):
         counted = self._mark is not None  # a whole step since the previous one (not the pause after reset)
         for s, x, y in self._overlaps(rows):
             if s == 0:
-                actions, active, _, _ = self._pending.pop(rows)  # type: ignore[misc]
+                actions, active = self._pending.pop(rows)
                 t0 = time.perf_counter()
                 parts.append(self._local().step(actions, active, x, y))
                 dt = time.perf_counter() - t0
