@@ -22,7 +22,7 @@ import copy
 import io
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,17 +245,25 @@ def check_agent(learner: MetaLearner, suite: Suite, evaluation: bool = False, se
         piped.close()
 
 
+def _require_state_kept(learner: MetaLearner, evaluation_step: Callable[[], Any], where: str = "") -> None:
+    """Run ``evaluation_step``; ContractError if it changed the learner's state_dict (``where`` names it)."""
+    state = copy.deepcopy(learner.state_dict())
+    evaluation_step()
+    diff = states_equal(state, learner.state_dict())
+    _require(diff is None, f"an evaluation changed the learner's state_dict (key {diff}{where})")
+
+
 def _check_evaluation_leaves_learner(
     learner: MetaLearner, suite: Suite, sampler: TrialSampler, seed: int
 ) -> None:
-    state = copy.deepcopy(learner.state_dict())
-    torch.manual_seed(seed + 1)
-    evaluate(
-        learner.make_agent(evaluation=True), sampler, list(suite.tasks("test"))[:3],
-        split="test", iteration=0, env_steps=0, mark=0, seed=seed,
-    )  # fmt: skip
-    diff = states_equal(state, learner.state_dict())
-    _require(diff is None, f"an evaluation changed the learner's state_dict (key {diff})")
+    def evaluation() -> None:
+        torch.manual_seed(seed + 1)
+        evaluate(
+            learner.make_agent(evaluation=True), sampler, list(suite.tasks("test"))[:3],
+            split="test", iteration=0, env_steps=0, mark=0, seed=seed,
+        )  # fmt: skip
+
+    _require_state_kept(learner, evaluation)
 
 
 def check_learner(
@@ -289,12 +297,7 @@ def check_learner(
             # (else the evaluation agent's trials could not repeat and the wrong rule would be named)
             _check_weights_only(learner.state_dict())
             check_agent(learner, suite, False, seed)
-            before = copy.deepcopy(learner.state_dict())
-            learner.make_agent(evaluation=True)
-            diff = states_equal(before, learner.state_dict())
-            _require(
-                diff is None, f"an evaluation changed the learner's state_dict (key {diff}; in make_agent)"
-            )
+            _require_state_kept(learner, lambda: learner.make_agent(evaluation=True), "; in make_agent")
             check_agent(learner, suite, True, seed)
             _check_evaluation_leaves_learner(learner, suite, sampler, seed)
             seen: list[Task] = []
