@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from benchmark.config import PROFILES, ConfigError
 from benchmark.errors import UsageError
 from benchmark.launch import print_summary, resolve_run, run_one
+from benchmark.paths import file_in_the_way
 
 DEFAULT_SUITE = "halfcheetah-vel"
 DEFAULT_OUT = "results/runs"
@@ -25,6 +26,14 @@ DEFAULT_OUT = "results/runs"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
         raise UsageError(message)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line ``PROG: error: ...`` on stderr and exit code 2 (no usage
+    block), as the CLI's; for the scripts, which have no ``UsageError`` handler of their own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def seed_type(text: str) -> int:
@@ -49,11 +58,9 @@ def out_dir(flag: str):  # noqa: ANN201 - an argparse type
         path = Path(text)
         if path.is_symlink() and not path.exists():
             raise argparse.ArgumentTypeError(f"{text}: a broken symbolic link, not a directory")
-        existing = path.absolute()
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir():
-            where = "" if existing == path.absolute() else f" ({existing})"
+        blocking = file_in_the_way(path.absolute())
+        if blocking is not None:
+            where = "" if blocking == path.absolute() else f" ({blocking})"
             raise argparse.ArgumentTypeError(f"{text}: is a file{where}, not a directory")
         return text
 
@@ -272,7 +279,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     an output directory that holds a run without ``--resume`` or ``--overwrite``, ray missing for
     ``--backend ray``.
     """
-    from benchmark.results import file_in_the_way, run_dir
+    from benchmark.results import run_dir
     from benchmark.runner import processes_used, recorded_update_threads, update_threads
     from benchmark.sweep import RunResult, RunSpec
 

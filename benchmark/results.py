@@ -31,12 +31,6 @@ def run_dir(out: str | Path, suite: str, algo: str, seed: int) -> Path:
     return Path(out) / suite / algo / f"seed{seed}"
 
 
-def file_in_the_way(directory: Path) -> Path | None:
-    """The file (not a directory) at ``directory`` or at one of its parents, if any: what would make
-    creating ``directory`` fail."""
-    return next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
-
-
 class CsvLog:
     """Append-only CSV; each row is flushed to disk when written.
 

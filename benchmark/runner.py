@@ -43,13 +43,13 @@ from threadpoolctl import threadpool_limits
 from benchmark.config import HarnessConfig
 from benchmark.errors import UsageError
 from benchmark.evaluate import evaluate, headline, summarize
+from benchmark.paths import file_in_the_way
 from benchmark.results import (
     CHECKPOINT,
     DONE_MARKER,
     EVAL_COLUMNS,
     CsvLog,
     ResultsError,
-    file_in_the_way,
     kept_rows,
     load_checkpoint,
     load_learner_state,

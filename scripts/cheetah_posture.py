@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cli import seed_type
-from scripts.finished_run import OneLineParser, RunError, load_run, read_record
+from benchmark.cli import OneLineParser, seed_type
+from scripts.finished_run import RunError, load_run, read_record
 
 SUITES = ("halfcheetah-vel", "halfcheetah-dir")
 PITCH, SPEED = 1, 8  # HalfCheetah-v5 observation indices: rooty (rad), x velocity of the torso (m/s)

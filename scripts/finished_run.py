@@ -10,22 +10,14 @@ picks the tasks of ``split`` (``validation``: the held-out tasks of a tuning run
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 
 class RunError(Exception):
     """One line: what is wrong with the run directory or the request, and what is accepted."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit code 2 (no usage block), as the CLI's."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 @dataclass

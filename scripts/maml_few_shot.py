@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cli import seed_type
-from scripts.finished_run import OneLineParser, RunError, load_run, read_record
+from benchmark.cli import OneLineParser, seed_type
+from scripts.finished_run import RunError, load_run, read_record
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

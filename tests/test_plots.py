@@ -222,6 +222,19 @@ def test_make_all_never_replaces_a_page_it_did_not_write(tree, tmp_path):
     plots.make_all(tree, out)
 
 
+@pytest.mark.parametrize("blocker", ["home/proj", "home/proj/figures", "home/proj/tables", "home"])
+def test_make_all_names_a_file_where_a_directory_goes(tree, tmp_path, blocker):
+    """A file where the output directory, figures/, tables/ or a parent of them goes: one ResultsError
+    naming that file, before anything is written (not an OSError half-way through the figures)."""
+    home = tmp_path / "home"
+    (tmp_path / blocker).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / blocker).write_text("mine")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(plots.ResultsError, match="a file where the directory .* goes"):
+        plots.make_all(tree, home / "proj")
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
 def test_single_seed_legend_says_no_ci():
     assert legend_label("maml", 1) == "MAML (1 seed, no CI)"
     assert legend_label("rl2", 2, 1) == "RL² (2 seeds, 1 in progress)"

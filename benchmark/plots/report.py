@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.paths import file_in_the_way
+
 from . import style
 from .adaptation import ood_suites, plot_adaptation, plot_ood_adaptation
 from .aggregate import aggregate_scores, plot_aggregate, write_aggregate_table
@@ -182,15 +184,17 @@ def _check_outputs(out_dir: Path) -> None:
 
 def make_all(results_root: Path | str, out_dir: Path | str | None = None) -> list[Path]:
     """Write every figure (``<out>/figures/*.png|pdf``), table (``<out>/tables/*.md|tex|csv``) and the
-    index ``<out>/README.md``; return the written paths. Raises :class:`ResultsError` on bad input, and
-    when ``<out>/README.md`` exists but is not an index of ours (nothing is written then)."""
+    index ``<out>/README.md``; return the written paths. Raises :class:`ResultsError` on bad input, when a
+    file stands where ``<out>``, ``figures/``, ``tables/`` or one of their parents goes, and when
+    ``<out>/README.md`` exists but is not an index of ours (nothing is written in each case)."""
     results_root = Path(results_root)
     out_dir = default_out_dir(results_root) if out_dir is None else Path(out_dir)
     results = load_results(results_root)
+    for sub in (out_dir / "figures", out_dir / "tables"):
+        blocking = file_in_the_way(sub)
+        if blocking is not None:
+            raise ResultsError(f"{blocking}: a file where the directory {sub} goes")
     _check_outputs(out_dir)
-    for sub in (out_dir, out_dir / "figures", out_dir / "tables"):
-        if sub.exists() and not sub.is_dir():
-            raise ResultsError(f"{sub}: a file where the figures' directory {sub.name}/ goes")
     written: list[Path] = []
     made: list[tuple[Artifact, list[Path]]] = []
     for art in ARTIFACTS:

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.cli import positive_int
-from scripts.finished_run import OneLineParser
+from benchmark.cli import OneLineParser, positive_int
 
 KINDS = ("raw", "sampler", "train", "peer", "paper", "scaling")
 
