@@ -127,6 +127,7 @@ class GaussianMLPPolicy(nn.Module):
         self.head = GaussianHead(width, spec.act_dim, init_std=cfg.init_std)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs (..., obs_dim) -> mean (..., act_dim), log_std (act_dim,) clamped to the head's range."""
         log_std = self.head.log_std.clamp(self.head.min_log_std, self.head.max_log_std)
         return self.head.mean(self.body(obs)), log_std
 
@@ -355,6 +356,10 @@ class MAMLAgent(AdaptiveAgent):
         self.fast: tuple[MLP, GaussianActing] | None = None  # numpy theta path, built per trial (new_trial)
 
     def new_trial(self, task_keys: np.ndarray) -> None:
+        """Group the B rows by task key (U keys, padded to the largest group) and start each key at its
+        ``adapted`` parameters or at theta; clear the episode buffer and step counters. While every row
+        acts with theta, acting goes through one numpy MLP (``numpy_acting`` on the CPU). See
+        AdaptiveAgent.new_trial."""
         keys = np.asarray(task_keys).tolist()
         uniq = list(dict.fromkeys(keys))
         index = {k: i for i, k in enumerate(uniq)}
@@ -397,6 +402,10 @@ class MAMLAgent(AdaptiveAgent):
         return before_last and (cfg.eval_max_steps == 0 or step <= cfg.eval_max_steps)
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Actions (B, act_dim) from each row's task parameters: the mean with ``mean_actions`` or, in
+        evaluation with ``eval_mean_when_done``, in episodes no inner step follows; a sample otherwise.
+        Extras: ``log_prob`` (B,) of the pre-clip action, which is also kept for ``observe``. See
+        AdaptiveAgent.act."""
         deterministic = self.mean_actions or (
             self.evaluation and self.cfg.eval_mean_when_done and not self._learns_from_episode(self.episode)
         )
@@ -416,6 +425,9 @@ class MAMLAgent(AdaptiveAgent):
         return action_np, {"log_prob": log_prob.cpu().numpy()}
 
     def observe(self, transition: Transition) -> None:
+        """Evaluation only: buffer (obs, pre-clip action from ``act``, reward, active) of the step for the
+        next inner step; a training agent keeps nothing. Asserts that ``act`` came first. See
+        AdaptiveAgent.observe."""
         if not self.evaluation:
             return
         # the transition carries the clipped env action; the likelihood ratio needs the sampled one
@@ -430,6 +442,10 @@ class MAMLAgent(AdaptiveAgent):
         )
 
     def end_episode(self) -> None:
+        """Evaluation only: once ``eval_adapt_every`` episodes that a step follows are buffered (at most
+        ``eval_max_steps`` steps per trial, 0 = no limit), one inner step per task key on them (``adapt``,
+        ``inner_lr``); its rows then act with their adapted parameters. Other episodes are dropped from the
+        buffer. See AdaptiveAgent.end_episode."""
         if not self.evaluation:
             return
         learn = self._learns_from_episode(self.episode)
@@ -511,9 +527,11 @@ class MetaObjective:
         self.old_log_prob = gaussian_log_prob(self.old_mean, self.old_log_std.unsqueeze(1), post.actions)
 
     def flat_params(self) -> torch.Tensor:
+        """The policy's current parameters theta as one vector (P,), in ``parameters()`` order."""
         return torch.cat([p.reshape(-1) for p in self.policy.parameters()])
 
     def unflatten(self, theta: torch.Tensor) -> Params:
+        """Flat theta (P,) -> parameter name -> tensor of that parameter's shape (differentiable in theta)."""
         out, i = {}, 0
         for name, shape in zip(self.names, self.shapes, strict=True):
             n = shape.numel()
@@ -626,6 +644,10 @@ class MAML(MetaLearner):
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
+        """Paper: Finn et al. 2017's settings (``maml_trpo_point.py`` on point-nav,
+        ``cluster_maml_trpo_cheetah.py`` on locomotion). Meta-World, both profiles: Meta-World+'s ML1
+        settings. Quick: point-nav tuned (docs/tuning/maml.md), locomotion not tuned. See MetaLearner.profile.
+        """
         if family == "point-nav":
             if profile == "paper":
                 # Finn et al. 2017, maml_examples/maml_trpo_point.py: alpha 0.5, 20 rollouts, meta-batch 40,
@@ -673,6 +695,10 @@ class MAML(MetaLearner):
 
     @classmethod
     def validate(cls, config: MAMLConfig, spec: SuiteSpec | None = None) -> None:
+        """Raise ``ValueError`` for an unknown ``activation``; meta_batch_size, rollouts_per_task, cg_iters,
+        max_backtracks or eval_adapt_every < 1; eval_max_steps < 0; inner_lr, max_kl or init_std <= 0;
+        backtrack_ratio outside (0, 1); gamma or gae_lambda outside [0, 1]; a hidden width < 1. The
+        constructor calls it too. See MetaLearner.validate."""
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"activation={config.activation!r}: expected one of {sorted(ACTIVATIONS)}")
         for name in (
@@ -719,6 +745,11 @@ class MAML(MetaLearner):
         return {k: {n: v[i] for n, v in adapted.items()} for i, k in enumerate(keys)}, data
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """M = ``meta_batch_size`` distinct tasks x R = ``rollouts_per_task`` single-episode rollouts with
+        theta, one inner step per task, R post-update rollouts per task, one ``trpo_step``: at most
+        2 * M * R * H env steps. Returns the TRPO statistics, mean pre- and post-update returns and the mean
+        action std. Raises ``ValueError`` if the sampled tasks are not distinct (meta_batch_size above the
+        number of training tasks). See MetaLearner.train_step."""
         cfg = self.config
         tasks = ctx.sample_tasks(cfg.meta_batch_size)
         if len({t.task_id for t in tasks}) != len(tasks):
@@ -740,6 +771,8 @@ class MAML(MetaLearner):
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """The policy's parameters, the iteration count and the config (not read back); TRPO keeps no
+        optimizer state. See MetaLearner.state_dict."""
         return {
             "policy": self.policy.state_dict(),
             "iteration": self.iteration,
@@ -747,6 +780,7 @@ class MAML(MetaLearner):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the policy and the iteration count from a ``state_dict``."""
         self.policy.load_state_dict(state["policy"])
         self.iteration = int(state["iteration"])
 

@@ -100,7 +100,9 @@ class PEARLConfig:
     )  # parallel rollouts of each sampled task per phase (1 in oyster)
     grad_steps_per_iter: int = 2000  # issue: cheetah-vel 2000 (4000 ant, humanoid)
     replay_size: int = setting(1_000_000, low=1)  # per task (oyster replay_buffer_size)
-    eval_prior_episodes: int = 1  # meta-test episodes with z ~ prior (default.py num_exp_traj_eval)
+    # meta-test episodes with z ~ prior (default.py num_exp_traj_eval); 0 acts as 1, as in oyster: the first
+    # episode has no context to infer from
+    eval_prior_episodes: int = 1
     # meta-test context: True = every transition of the trial so far (paper, oyster collect_paths); False =
     # only the transitions of the prior (exploration) episodes, the kind of data the encoder is trained on
     eval_context_all_episodes: bool = True
@@ -180,6 +182,7 @@ class QNet(nn.Module):
         self.net = mlp(in_dim, (cfg.net_size,) * cfg.net_layers, 1, nn.ReLU)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Inputs (..., ·), e.g. (s, a, z) or (s, z), concatenated on the last dim -> value (...)."""
         return self.net(torch.cat(inputs, -1)).squeeze(-1)
 
 
@@ -207,6 +210,9 @@ class PEARLAgent(AdaptiveAgent):
         self.fast: TanhGaussianActing | None = None  # numpy copy of the policy, built per trial
 
     def new_trial(self, task_keys: np.ndarray) -> None:
+        """Draw each row's z (B, L): from its task key's posterior in ``"posterior"`` mode (``KeyError`` for
+        a key without one), else from N(0, I); clear the online context sums and the episode count; build
+        the numpy policy copy (``numpy_acting`` on the CPU). See AdaptiveAgent.new_trial."""
         B, L = len(task_keys), self.cfg.latent_dim
         self.episodes = 0
         if usable(self.device, self.cfg.numpy_acting):
@@ -222,6 +228,9 @@ class PEARLAgent(AdaptiveAgent):
         self.weighted_mu = torch.zeros(B, L, device=self.device)
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Actions (B, act_dim) in (-1, 1) from the policy on [obs, z]: tanh(mean) in evaluation after the
+        first ``eval_stochastic_episodes`` episodes, tanh of a sample otherwise; no extras. Asserts that
+        ``new_trial`` came first. See AdaptiveAgent.act."""
         assert self.z is not None, "call new_trial() first"
         deterministic = self.evaluation and self.episodes >= self.cfg.eval_stochastic_episodes
         if self.fast is not None:  # the same policy in numpy, the same noise draw
@@ -232,6 +241,9 @@ class PEARLAgent(AdaptiveAgent):
         return action.cpu().numpy(), {}
 
     def observe(self, transition: Transition) -> None:
+        """``"online"`` (evaluation) mode only: add each active row's encoder factor of (s, a, r[, s']) to
+        its running precision sums (every episode, or only the first ``eval_prior_episodes`` with
+        ``eval_context_all_episodes=False``). Training modes keep no context. See AdaptiveAgent.observe."""
         if self.mode != "online":
             return
         if not self.cfg.eval_context_all_episodes and self.episodes >= self.cfg.eval_prior_episodes:
@@ -247,6 +259,10 @@ class PEARLAgent(AdaptiveAgent):
         self.weighted_mu = self.weighted_mu + active * mu / var
 
     def end_episode(self) -> None:
+        """Count the episode and redraw every row's z (B, L): ``"posterior"`` mode from the given posterior;
+        ``"prior"`` mode and the first ``eval_prior_episodes`` evaluation episodes from N(0, I); later
+        evaluation episodes from the product of the row's own context factors (the prior for a row with
+        none yet). See AdaptiveAgent.end_episode."""
         assert self.z is not None
         self.episodes += 1
         with torch.no_grad():
@@ -264,6 +280,17 @@ class PEARLAgent(AdaptiveAgent):
 
 # -- the learner ----------------------------------------------------------------------------------
 class PEARL(MetaLearner):
+    """PEARL (Rakelly et al. 2019, arXiv:1903.08254): SAC v1 on (s, z), z inferred by a context encoder.
+
+    ``PEARL(spec, config, device, storage_dir)``: ``config`` is a ``PEARLConfig`` (hyperparameters and their
+    oyster sources at the top of this module); the encoder, policy, Q1, Q2, V and target V live on
+    ``device``; the replay is an ``AppendOnlyArrays`` under ``storage_dir / "replay"`` (in memory when
+    ``storage_dir`` is None). Acting: training agents draw z from the prior (or, in the posterior phase,
+    from a task's posterior), redrawn each episode; the evaluation agent infers z from its own context
+    (module docstring). A ``train_step`` collects prior and posterior episodes on ``num_tasks_sample``
+    training tasks, then takes ``grad_steps_per_iter`` SAC + encoder steps (oyster ``MetaRLAlgorithm.train``).
+    """
+
     name = "pearl"
     parallel_update = True  # see MetaLearner.parallel_update; measured in README "Performance"
     Config = PEARLConfig
@@ -308,6 +335,10 @@ class PEARL(MetaLearner):
     # -- profiles and validation -------------------------------------------------------------------
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
+        """Paper: point-nav from oyster ``configs/point-robot.json``, Meta-World from garage's
+        ``pearl_metaworld_ml1_*.py`` examples, locomotion the issue's cheetah-vel facts (step counts as
+        episodes of H). Quick: point-nav tuned (docs/tuning/pearl.md); Meta-World and locomotion smaller and
+        not tuned. See MetaLearner.profile."""
         if family == "point-nav":
             if profile == "paper":
                 # oyster configs/point-robot.json (path length 20 there; H = 100 here): 200 initial,
@@ -408,6 +439,12 @@ class PEARL(MetaLearner):
 
     @classmethod
     def validate(cls, config: PEARLConfig, spec: SuiteSpec | None = None) -> None:
+        """Raise ``ValueError`` for a size or count < 1 (latent_dim, network widths and depths, meta_batch,
+        batch sizes, num_tasks_sample, initial / prior episodes, rollouts_per_task, replay_size);
+        posterior_episodes, grad_steps_per_iter or eval_prior_episodes < 0; reward_scale or lr <= 0;
+        kl_lambda < 0; gamma outside [0, 1] or tau outside (0, 1]; eval_prior_episodes = 0 with
+        ``eval_context_all_episodes=False`` (the posterior would see no context); and, given ``spec``,
+        eval_prior_episodes >= spec.eval_episodes (no posterior episode left). See MetaLearner.validate."""
         positive = (
             "latent_dim", "encoder_hidden", "encoder_layers", "net_size", "net_layers", "meta_batch",
             "batch_size", "embedding_batch_size", "num_tasks_sample", "initial_episodes", "prior_episodes",
@@ -426,6 +463,12 @@ class PEARL(MetaLearner):
             raise ValueError(f"kl_lambda must be >= 0, got {config.kl_lambda}")
         if not 0 <= config.gamma <= 1 or not 0 < config.tau <= 1:
             raise ValueError(f"need 0 <= gamma <= 1 and 0 < tau <= 1, got {config.gamma}, {config.tau}")
+        if config.eval_prior_episodes == 0 and not config.eval_context_all_episodes:
+            raise ValueError(
+                "eval_prior_episodes=0 with eval_context_all_episodes=false leaves the meta-test posterior "
+                "without context (z stays at the prior); use eval_prior_episodes >= 1 or "
+                "eval_context_all_episodes=true"
+            )
         if spec is not None and config.eval_prior_episodes >= spec.eval_episodes:
             raise ValueError(
                 f"eval_prior_episodes={config.eval_prior_episodes} leaves no posterior episode in a "
@@ -566,6 +609,11 @@ class PEARL(MetaLearner):
 
     # -- one iteration -----------------------------------------------------------------------------
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """One iteration, steps 1-3 of the module docstring: at iteration 0 ``initial_episodes`` prior
+        episodes on every training task; prior and posterior episodes on ``num_tasks_sample`` sampled tasks;
+        ``grad_steps_per_iter`` calls of ``sac_step``. Returns the phases' mean returns, the steps' mean
+        losses and the counters (grad_steps, env_steps_collected, grad_steps_per_env_step, replay_rows).
+        See MetaLearner.train_step."""
         cfg = self.config
         steps0 = ctx.env_steps
         stats: dict[str, float] = {}
@@ -610,6 +658,10 @@ class PEARL(MetaLearner):
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Encoder, policy, Q1, Q2, V, target V and the four Adam states; the replay's row count
+        (``AppendOnlyArrays.state``: flushes and syncs the files, ``OSError`` if that fails); each task's
+        encoder-buffer start row (str keys); the grad_steps / env_steps / iterations counters; the config
+        (not read back). See MetaLearner.state_dict."""
         return {
             "encoder": self.encoder.state_dict(),
             "policy": self.policy.state_dict(),
@@ -627,6 +679,9 @@ class PEARL(MetaLearner):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load networks and optimizers (under this learner's ``fused_optimizer``), cut the replay files
+        back to the checkpoint's rows (``ValueError`` from ``AppendOnlyArrays.restore`` if fewer are
+        stored), restore the counters and encoder-buffer starts and rebuild the per-task row index."""
         for name in ("encoder", "policy", "q1", "q2", "v", "v_target"):
             getattr(self, name).load_state_dict(state[name])
         for k, o in self.opt.items():  # under this learner's fused_optimizer, whichever wrote the state

@@ -27,7 +27,8 @@ from metarl_protocol.settings import setting
 
 @dataclass
 class RL2Config:
-    """Hyperparameters (Meta-World reference: GRU 256, gamma 0.99, lambda 1, clip 0.2)."""
+    """Hyperparameters; the defaults are generic PPO values, each suite family's are in ``RL2.profile`` (the
+    Meta-World reference there: GRU 256, gamma 0.99, lambda 1, clip 0.2)."""
 
     hidden_size: int = setting(256, low=1)
     encoder_hidden: int = 64  # an MLP embeds the step input before the GRU (0 = none)
@@ -128,12 +129,18 @@ class RL2Agent(AdaptiveAgent):
         self.fast: NumpyStep | None = None  # the numpy step (numpy_acting on the CPU), built per trial
 
     def new_trial(self, task_keys: np.ndarray) -> None:
+        """Zero previous-step inputs and a cleared hidden state (zeros at the first ``act``), kept from then
+        on across all episodes of the trial; build the numpy step (``numpy_acting`` on the CPU), which reads
+        the parameters and the normaliser now. See AdaptiveAgent.new_trial."""
         num_envs = len(task_keys)
         self.prev = PreviousStep(num_envs, self.spec.act_dim)
         self.hidden = None
         self.fast = NumpyStep(self.net, num_envs) if usable(self.device, self.net.cfg.numpy_acting) else None
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One GRU step on (s_t, a_{t-1}, r_{t-1}, done_{t-1}) (B, obs_dim + act_dim + 2): actions
+        (B, act_dim), the mean in evaluation and a sample otherwise; extras ``log_prob`` (B,) and ``value``
+        (B,). Asserts that ``new_trial`` came first. See AdaptiveAgent.act."""
         assert self.prev is not None, "call new_trial() first"
         if self.fast is not None:
             action, log_prob, value = self.fast(self.prev.features(obs), self.evaluation)
@@ -149,11 +156,23 @@ class RL2Agent(AdaptiveAgent):
         return action.cpu().numpy(), {"log_prob": log_prob.cpu().numpy(), "value": value.cpu().numpy()}
 
     def observe(self, transition: Transition) -> None:
+        """Keep the transition's action, reward and ``episode_done`` as the next step's previous-step
+        input (active rows only, ``PreviousStep.update``). See AdaptiveAgent.observe."""
         assert self.prev is not None
         self.prev.update(transition)
 
 
 class RL2(MetaLearner):
+    """RL² (Duan et al. 2016; Wang et al. 2016): a GRU policy over whole trials, trained with PPO.
+
+    ``RL2(spec, config, device, storage_dir)``: ``config`` is an ``RL2Config`` (hyperparameters at the top
+    of this module); the network (``RL2Network``) lives on ``device``; ``storage_dir`` is not used. Acting:
+    the GRU hidden state, the agent's memory of the task, is kept across the episodes of a trial and
+    cleared at a new trial; the evaluation agent acts with the mean action. A ``train_step`` samples
+    ``meta_batch_size`` training trials and applies PPO (Adam) with GAE across the episode boundaries of a
+    trial (``algorithms.common.ppo``).
+    """
+
     name = "rl2"
     Config = RL2Config
 
@@ -167,6 +186,9 @@ class RL2(MetaLearner):
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
+        """Meta-World: the Meta-World paper's RL² baseline values (GRU 256, gamma 0.99, lambda 1, clip
+        0.2). Point-nav (both profiles) and locomotion quick: as chosen in docs/tuning/rl2.md; locomotion
+        paper: 20 tasks per iteration as TrMRL. See MetaLearner.profile."""
         if family == "metaworld":
             # Meta-World reference (Meta-World paper, RL² baseline): GRU 256, gamma 0.99, lambda 1,
             # clip 0.2, 10 episodes per trial
@@ -211,6 +233,10 @@ class RL2(MetaLearner):
         return RL2Agent(self.net, self.spec, self.device, evaluation)
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """``meta_batch_size`` trials (the suite's training trial length) with the stochastic policy; GAE
+        (gamma, gae_lambda) across each trial; ``ppo_update`` over minibatches of whole trials, re-running
+        the GRU (in numpy on the CPU with ``numpy_training``); then the observation normaliser absorbs the
+        batch. Returns the PPO statistics, ``train_return`` and ``action_std``. See MetaLearner.train_step."""
         cfg = self.config
         tasks = ctx.sample_tasks(cfg.meta_batch_size)
         batch = ctx.sample_trials(self.make_agent(), tasks)
@@ -244,6 +270,8 @@ class RL2(MetaLearner):
         return stats
 
     def state_dict(self) -> dict[str, Any]:
+        """The network (with the normaliser's statistics), the Adam state and the config (not read back).
+        See MetaLearner.state_dict."""
         return {
             "net": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -251,5 +279,6 @@ class RL2(MetaLearner):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load the network and the Adam state of a ``state_dict``."""
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -269,9 +269,12 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
 
     def forward(self, x: torch.Tensor, band: Band) -> torch.Tensor:
+        """Whole sequences x (B, T, d_model) -> (B, T, d_model), attention over the window ``band``."""
         return self._residuals(x, self.attn(x, band))
 
     def step(self, x: torch.Tensor, cache: KV, slot: int, filled: int) -> torch.Tensor:
+        """One acting step x (B, 1, d_model) -> (B, 1, d_model); writes this layer's key / value ring
+        buffers ``cache`` in place (``SelfAttention.step``)."""
         return self._residuals(x, self.attn.step(x, cache, slot, filled))
 
 
@@ -373,6 +376,8 @@ class TrMRLNetwork(nn.Module):
         return self.policy(self.policy_body(memory)), self.value_of(memory, feats)
 
     def value_of(self, memory: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Value (...) by ``value_fn``: an MLP on the memory (..., d_model) (``"shared"``), on the memory
+        detached (``"detached"``) or on the step input ``feats`` (..., in) (``"step"``)."""
         value_in = {"shared": memory, "detached": memory.detach(), "step": feats}[self.cfg.value_fn]
         return self.value(value_in).squeeze(-1)
 
@@ -445,14 +450,21 @@ class TrMRLAgent(AdaptiveAgent):
         self.position = 0  # step index inside the current episode
 
     def new_trial(self, task_keys: np.ndarray) -> None:
+        """Zero previous-step inputs, an empty memory (key / value cache) and step counters at 0; build the
+        numpy step (``numpy_acting`` on the CPU), which reads the parameters and the normaliser now. See
+        AdaptiveAgent.new_trial."""
         num_envs = len(task_keys)
         self.prev = PreviousStep(num_envs, self.spec.act_dim)
-        self.num_envs, self.cache = num_envs, None  # allocated lazily, under the caller's grad mode
+        self.num_envs, self.cache = num_envs, None  # allocated at the first torch-path act (inference mode)
         self.count = self.position = 0
         numpy_path = usable(self.device, self.net.cfg.numpy_acting)
         self.fast = NumpyStep(self.net, num_envs) if numpy_path else None
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One cached encoder step on (s_t, a_{t-1}, r_{t-1}, done_{t-1}) (B, obs_dim + act_dim + 2) at the
+        current episode position: actions (B, act_dim), the mean in evaluation and a sample otherwise;
+        extras ``log_prob`` (B,) and ``value`` (B,). Asserts that ``new_trial`` came first. See
+        AdaptiveAgent.act."""
         assert self.prev is not None, "call new_trial() first"
         features = self.prev.features(obs)
         if self.fast is not None:
@@ -478,10 +490,14 @@ class TrMRLAgent(AdaptiveAgent):
         return action.cpu().numpy(), log_prob.cpu().numpy(), value.cpu().numpy()
 
     def observe(self, transition: Transition) -> None:
+        """Keep the transition's action, reward and ``episode_done`` as the next step's previous-step input
+        (``PreviousStep.update``). See AdaptiveAgent.observe."""
         assert self.prev is not None
         self.prev.update(transition)  # inactive rows keep their last valid (a, r, done), as trial_features
 
     def end_episode(self) -> None:
+        """Position back to 0; in ``"episode"`` memory mode the memory is also cleared, in ``"trial"`` mode it
+        carries over. See AdaptiveAgent.end_episode."""
         self.position = 0
         if self.net.cfg.memory == "episode":
             self.count = 0  # the ring buffer is overwritten from slot 0; old entries are never read
@@ -493,6 +509,17 @@ class TrMRLAgent(AdaptiveAgent):
 
 
 class TrMRL(MetaLearner):
+    """TrMRL (Melo, "Transformers are Meta-Reinforcement Learners", ICML 2022), trained with PPO over trials.
+
+    ``TrMRL(spec, config, device, storage_dir)``: ``config`` is a ``TrMRLConfig`` (hyperparameters at the top
+    of this module; defaults the paper's HalfCheetahVel settings); the network (``TrMRLNetwork``) lives on
+    ``device``; ``storage_dir`` is not used. Raises ``ValueError`` (from ``TrMRLNetwork``) for an unknown
+    ``memory`` or ``value_fn``. Acting: one cached encoder step per env step, the memory cleared per episode
+    or per trial (``memory``); the evaluation agent acts with the mean action. A ``train_step`` samples
+    ``meta_batch_size`` trials and applies PPO over whole trials (AdamW with separate policy and value
+    learning rates, geometric learning-rate decay between iterations; module docstring).
+    """
+
     name = "trmrl"
     parallel_update = True  # see MetaLearner.parallel_update; measured in README "Performance"
     Config = TrMRLConfig
@@ -535,6 +562,9 @@ class TrMRL(MetaLearner):
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
+        """Meta-World: the official Meta-World command (quick: fewer tasks and epochs, larger learning
+        rates). Point-nav (both profiles): a small test-bed encoder (docs/tuning/trmrl.md). Locomotion: paper
+        = the dataclass defaults; quick as chosen in docs/tuning/trmrl.md. See MetaLearner.profile."""
         if family == "metaworld":
             # official Meta-World command: 4 layers / 4 heads / d 32 / FFN 128, constant lr 5e-5
             paper = {"d_model": 32, "n_heads": 4, "n_layers": 4, "d_ff": 128, "gamma": 0.9,
@@ -579,6 +609,12 @@ class TrMRL(MetaLearner):
         return max(1, min(num_trials, round(num_trials * trial_steps / self.config.minibatch_steps)))
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """``meta_batch_size`` trials with the stochastic policy; rewards scaled with ``normalize_rewards``;
+        GAE advantages (gae_lambda) and value targets (value_lambda) across each trial; ``ppo_update`` over
+        minibatches of whole trials (about ``minibatch_steps`` env steps each), re-encoded in batch (under
+        bfloat16 autocast with ``update_precision="bfloat16"``); then the observation normaliser update and
+        one learning-rate schedule step. Returns the PPO statistics, ``policy_lr`` (this iteration's),
+        ``train_return`` and ``action_std``. See MetaLearner.train_step."""
         cfg = self.config
         batch = ctx.sample_trials(self.make_agent(), ctx.sample_tasks(cfg.meta_batch_size))
         raw_feats = trial_features(batch, self.device)
@@ -615,6 +651,8 @@ class TrMRL(MetaLearner):
         return stats
 
     def state_dict(self) -> dict[str, Any]:
+        """The network (with the normaliser's statistics), the AdamW and scheduler states, the return
+        normaliser and the config (not read back). See MetaLearner.state_dict."""
         return {
             "net": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -624,6 +662,8 @@ class TrMRL(MetaLearner):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a ``state_dict``; the optimizer under this learner's ``fused_optimizer``; a state without
+        ``return_norm`` (older checkpoints) keeps the fresh return normaliser."""
         self.net.load_state_dict(state["net"])
         load_optimizer_state(self.optimizer, state["optimizer"])  # under this learner's fused_optimizer
         self.scheduler.load_state_dict(state["scheduler"])

@@ -305,6 +305,10 @@ class BeliefPolicy(nn.Module):
     def forward(
         self, obs: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     ) -> tuple[torch.distributions.Normal, torch.Tensor]:
+        """obs (..., obs_dim), mu / logvar (..., L) -> (Normal over actions (..., act_dim), value (...)).
+
+        Actor and critic are separate tanh MLPs on the same ``features``.
+        """
         x = self.features(obs, mu, logvar)
         return self.head(self.actor(x)), self.critic(x).squeeze(-1)
 
@@ -372,6 +376,10 @@ class VariBADAgent(AdaptiveAgent):
         self.logvar: Any = None
 
     def new_trial(self, task_keys: np.ndarray) -> None:
+        """Every row starts at the prior belief N(0, I) (mu = logvar = 0, (B, L)) with a zero GRU hidden
+        state (B, gru_hidden), carried from then on across all episodes of the trial; build the numpy copies
+        (``numpy_acting`` on the CPU), which read the parameters and normalisers now. See
+        AdaptiveAgent.new_trial."""
         B = len(task_keys)  # rebinding (never mutating) keeps shallow clones independent
         self.fast = NumpyActing(self.encoder, self.policy) if usable(self.device, self.numpy_acting) else None
         if self.fast is not None:
@@ -384,6 +392,9 @@ class VariBADAgent(AdaptiveAgent):
         self.logvar = torch.zeros(B, self.latent_dim, device=self.device)
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Actions (B, act_dim) from the policy on [obs, belief]: the mean in evaluation and a sample
+        otherwise; extras as the class docstring. Asserts that ``new_trial`` came first. See
+        AdaptiveAgent.act."""
         assert self.mu is not None and self.logvar is not None, "call new_trial() first"
         if self.fast is not None:
             obs = np.asarray(obs, np.float32)
@@ -403,6 +414,8 @@ class VariBADAgent(AdaptiveAgent):
         return action.cpu().numpy(), extras
 
     def observe(self, transition: Transition) -> None:
+        """One encoder step on (a_t, r_t, s_{t+1}) of every row; belief and hidden state change only on the
+        rows with ``transition.active``. See AdaptiveAgent.observe."""
         assert self.mu is not None and self.logvar is not None
         if self.fast is not None:
             mu, logvar, hidden = self.fast.step(
@@ -429,6 +442,17 @@ class VariBADAgent(AdaptiveAgent):
 
 # -- learner --------------------------------------------------------------------------------------------
 class VariBAD(MetaLearner):
+    """VariBAD (Zintgraf et al., ICLR 2020): PPO on [state, belief], the belief from a recurrent VAE encoder.
+
+    ``VariBAD(spec, config, device, storage_dir)``: ``config`` is a ``VariBADConfig`` (hyperparameters at the
+    top of this module, defaults from the official cheetah-vel config); encoder, decoder and policy live on
+    ``device``; the VAE's trial buffer is an ``AppendOnlyArrays`` under ``storage_dir / "vae_buffer"`` (in
+    memory when ``storage_dir`` is None), each row one trial of ``train_episodes`` x H steps. Acting: the
+    belief starts at the prior N(0, I), the encoder updates it after each transition, and it is carried
+    across the episodes of a trial; the evaluation agent acts with the mean action. A ``train_step`` is
+    steps 1-5 of the module docstring: sample trials, store them, PPO on the policy, VAE updates.
+    """
+
     name = "varibad"
     Config = VariBADConfig
 
@@ -465,6 +489,10 @@ class VariBAD(MetaLearner):
 
     @classmethod
     def validate(cls, config: VariBADConfig, spec: SuiteSpec | None = None) -> None:
+        """Raise ``ValueError`` for a size or count < 1 (embeddings, gru_hidden, latent_dim, VAE buffer and
+        batch, meta_batch_size, epochs, minibatches); subsample_elbos, subsample_decodes, tbptt or
+        vae_updates < 0; an empty ``policy_hidden`` or a width < 1 there or in ``decoder_hidden``;
+        kl_weight < 0; init_std, lr or vae_lr <= 0. See MetaLearner.validate."""
         positive = ("latent_dim", "action_embed", "state_embed", "reward_embed", "gru_hidden",
                     "vae_buffer_size", "vae_batch_trials", "policy_state_embed", "policy_latent_embed",
                     "meta_batch_size", "epochs", "minibatches")  # fmt: skip
@@ -483,6 +511,9 @@ class VariBAD(MetaLearner):
 
     @classmethod
     def profile(cls, profile: str, family: str) -> dict[str, Any]:
+        """Point-nav (both profiles): chosen on validation goals (docs/tuning/varibad.md), with
+        ``rl_through_encoder``. Meta-World: the cheetah-vel values with meta_batch_size 25 (paper) / 10
+        (quick). Locomotion: the cheetah-vel config (the dataclass defaults). See MetaLearner.profile."""
         if family == "point-nav":
             # chosen on validation goals (docs/tuning/varibad.md). t1-t5 (the paper's VariBAD: the RL loss
             # stops at the beliefs) never left the "stand still" level: the VAE alone learns goal inference
@@ -655,6 +686,11 @@ class VariBAD(MetaLearner):
         return max(0.0, 1.0 - env_steps / self.config.lr_anneal_steps)
 
     def train_step(self, ctx: TrainContext) -> dict[str, float]:
+        """Steps 1-5 of the module docstring: set PPO's learning rates (``lr_anneal_steps``; the VAE's too
+        with ``anneal_vae_lr``); ``meta_batch_size`` trials of ``train_episodes`` episodes; append them (valid
+        steps packed to the front) to the VAE buffer; ``ppo_step``; ``vae_updates`` calls of ``vae_update``.
+        Returns the PPO and VAE statistics, ``train_return``, ``action_std``, ``vae_buffer_trials`` and
+        ``policy_lr``. See MetaLearner.train_step."""
         cfg = self.config
         factor = self.lr_factor(ctx.env_steps)
         for group, base in zip(self.policy_optimizer.param_groups, self.base_lrs, strict=True):
@@ -690,6 +726,9 @@ class VariBAD(MetaLearner):
         return VariBADAgent(self, evaluation)
 
     def state_dict(self) -> dict[str, Any]:
+        """Encoder, decoder, policy (with its normalisers), return normaliser, both Adam states, the VAE
+        buffer's row count (``AppendOnlyArrays.state``: flushes and syncs the files, ``OSError`` if that
+        fails) and the config (not read back). See MetaLearner.state_dict."""
         return {
             "encoder": self.encoder.state_dict(),
             "decoder": self.decoder.state_dict(),
@@ -702,6 +741,8 @@ class VariBAD(MetaLearner):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a ``state_dict`` and cut the VAE buffer's files back to its rows (``ValueError`` from
+        ``AppendOnlyArrays.restore`` if fewer are stored)."""
         self.encoder.load_state_dict(state["encoder"])
         self.decoder.load_state_dict(state["decoder"])
         self.policy.load_state_dict(state["policy"])

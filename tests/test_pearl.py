@@ -205,6 +205,9 @@ def test_validate_names_bad_settings():
     spec = PointNav().spec()
     with pytest.raises(ValueError, match="eval_prior_episodes"):
         PEARL.validate(PEARLConfig(eval_prior_episodes=6), spec)
+    with pytest.raises(ValueError, match="eval_prior_episodes=0 with eval_context_all_episodes=false"):
+        PEARL.validate(PEARLConfig(eval_prior_episodes=0, eval_context_all_episodes=False), spec)
+    PEARL.validate(PEARLConfig(eval_prior_episodes=0), spec)  # every episode's context: as 1
     with pytest.raises(ValueError, match="meta_batch"):
         PEARL.validate(PEARLConfig(meta_batch=0), spec)
     PEARL.validate(PEARLConfig(**PEARL.profile("quick", "point-nav")), spec)

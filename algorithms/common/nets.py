@@ -58,6 +58,11 @@ class GaussianHead(nn.Module):
         self.min_log_std, self.max_log_std = min_log_std, max_log_std
 
     def forward(self, features: torch.Tensor) -> Normal:
+        """features (..., in_dim) -> per-dimension Normal over actions (..., act_dim).
+
+        Mean from the linear layer; std exp(log_std), log_std clamped to [min_log_std, max_log_std] and
+        broadcast to the mean's shape. Sum over actions with ``log_prob`` / ``entropy``.
+        """
         log_std = self.log_std.clamp(self.min_log_std, self.max_log_std)
         mean = self.mean(features)
         return Normal(mean, log_std.exp().expand_as(mean), validate_args=False)
@@ -78,10 +83,12 @@ class GaussianHead(nn.Module):
 
     @staticmethod
     def log_prob(dist: Normal, actions: torch.Tensor) -> torch.Tensor:
+        """Log-density of actions (..., act_dim) under ``dist``, summed over the action dimension: (...,)."""
         return dist.log_prob(actions).sum(-1)
 
     @staticmethod
     def entropy(dist: Normal) -> torch.Tensor:
+        """Entropy of ``dist`` summed over the action dimension: (..., act_dim) -> (...,)."""
         return dist.entropy().sum(-1)
 
 
@@ -115,6 +122,10 @@ class RunningNorm(nn.Module):
         self.count = total
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) -> (x - mean) / sqrt(var + eps), clipped to [-clip, clip]; same shape.
+
+        Returns ``x`` unchanged while no statistics have been merged (``count == 0``).
+        """
         if self.count == 0:
             return x
         return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)

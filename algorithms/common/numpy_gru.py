@@ -42,6 +42,10 @@ class NumpyGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x, h0, w_ih, w_hh, b_ih, b_hh):  # type: ignore[override]
+        """Outputs (B, T, H) for the inputs of the class docstring (call through ``NumpyGRU.apply``).
+
+        Keeps w_ih, w_hh and the numpy intermediates (inputs, hidden states, gates) on ``ctx`` for backward.
+        """
         B, T, n_in = x.shape
         H = w_hh.shape[1]
         dtype = _np(x).dtype
@@ -76,6 +80,11 @@ class NumpyGRU(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+        """grad_out (B, T, H) -> gradients of (x, h0, w_ih, w_hh, b_ih, b_hh), each in its input's shape.
+
+        The written-out backward pass of the module docstring; the gradient of x is None unless x requires
+        one. Not twice differentiable (``once_differentiable``).
+        """
         w_ih, w_hh = ctx.saved_tensors
         xt, hs, rz, n, ghn = ctx.arrays
         T, B, n_in = xt.shape

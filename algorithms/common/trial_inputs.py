@@ -23,6 +23,10 @@ class PreviousStep:
         self.done = np.zeros(num_envs, np.float32)
 
     def update(self, tr: Transition) -> None:
+        """Store the transition's env action (clipped), reward and ``episode_done`` as the previous step.
+
+        Only rows with ``tr.active`` change; the others keep their last values (module docstring).
+        """
         a = tr.active
         self.action[a] = tr.action[a]
         self.reward[a] = tr.reward[a]
