@@ -33,6 +33,7 @@ class OneLineParser(argparse.ArgumentParser):
     block), as the CLI's; for the scripts, which have no ``UsageError`` handler of their own."""
 
     def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE`` on stderr and exit with code 2 (``SystemExit``), no usage block."""
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -147,6 +148,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``metarl-bench`` parser with its subcommands list, run, sweep and figures. A malformed
+    command line raises ``UsageError`` (one line, exit 2 in ``main``) instead of argparse's usage and exit;
+    ``--help`` still exits through ``SystemExit``."""
     parser = _Parser(prog="metarl-bench", description="Meta-RL benchmark: one protocol, tidy CSVs, figures.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -199,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
+    """``metarl-bench list``: the registered algorithms (first docstring line, or why one failed to load)
+    and suites (family, horizon H in steps, episodes per trial K, eval episodes, split and class sizes;
+    ML1 suites other than ml1-reach by name only). With ``--settings ALGO``, every harness and method
+    ``--set`` key with its default and accepted values instead. Returns 0.
+
+    Raises ``RegistryError`` when ``--settings`` names an algorithm that is unknown or fails to load, or
+    when a suite fails to load.
+    """
     from benchmark import registry
 
     if args.settings:
@@ -262,6 +274,13 @@ def check_device(device: str, here: bool = True) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``metarl-bench run``: train and evaluate one (algo, suite, seed) and print its summary; returns 0.
+
+    Raises ``UsageError`` (a bad or absent ``--device``, ``--resume`` with ``--overwrite``),
+    ``RegistryError`` / ``ConfigError`` (unknown name, bad setting) and ``ResultsError`` (a file where
+    the run directory goes, a run already there, a run in use or one that cannot be resumed) from
+    ``run_one``.
+    """
     check_device(args.device)
     summary = run_one(args.algo, args.suite, args.seed, args)
     print_summary(args.algo, args.suite, args.seed, summary)
@@ -394,6 +413,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    """``metarl-bench figures``: every figure and table from the CSVs under ``args.results`` (written
+    under ``args.out``, default ``make_all``'s), then the list of files written; returns 0.
+
+    Raises ``UsageError`` when the results directory is missing or is a file, and ``ResultsError``
+    from ``make_all`` (bad results, a file where an output directory goes).
+    """
     from benchmark.plots import make_all
 
     root = Path(args.results)
@@ -412,6 +437,12 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "figures": cmd
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run its command; returns the exit code: the
+    command's (0, or 1 when a sweep had failed runs); 2 after a ``UsageError``, ``ConfigError``,
+    ``RegistryError`` or ``ResultsError``, said in one line ``metarl-bench: error: ...`` on stderr;
+    130 on Ctrl-C; 1 when the reader of stdout went away. Other exceptions propagate, as does a broken
+    pipe of our own (not stdout's).
+    """
     from benchmark.registry import RegistryError
     from benchmark.results import ResultsError
 

@@ -105,6 +105,8 @@ RUN_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved annotation (``typing.get_type_hints``) of dataclass ``cls``, leaving out
+    fields whose name starts with ``_``. Raises ``TypeError`` when ``cls`` is not a dataclass."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls) if not f.name.startswith("_")}
 
@@ -165,6 +167,9 @@ def _parse_tuple(key: str, raw: str, inner: type) -> tuple[Any, ...]:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """``--set`` pairs ``KEY=VALUE`` -> ``{key: raw value}``, both stripped, split at the first ``=``; a
+    later pair for a key wins. Values stay text (``resolve`` types them). Raises ``ConfigError`` for a
+    pair without ``=``."""
     out: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:

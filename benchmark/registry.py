@@ -38,10 +38,17 @@ def _failure(exc: BaseException) -> str:
 
 
 def algorithm_names() -> list[str]:
+    """Names of every ``metarl_bench.algorithms`` entry point, sorted; nothing is imported."""
     return sorted(_entry_points(ALGORITHM_GROUP))
 
 
 def load_algorithm(name: str) -> type[MetaLearner]:
+    """The ``MetaLearner`` subclass registered as ``name`` (its entry point imported).
+
+    Raises ``RegistryError`` (one line) for an unknown name (listing the accepted ones), an entry point
+    that fails to import (the error and where it was raised), an object that is not a ``MetaLearner``
+    subclass, or a class without a ``Config`` dataclass.
+    """
     eps = _entry_points(ALGORITHM_GROUP)
     if name not in eps:
         raise RegistryError(f"unknown algorithm {name!r}; accepted: {', '.join(sorted(eps))}")
@@ -84,6 +91,8 @@ def _suite_factories() -> dict[str, Callable[[], Suite]]:
 
 
 def suite_names() -> list[str]:
+    """Every suite name, family members included, sorted. Loads every suite entry point (cached per
+    process); one that fails to load is left out with a warning."""
     return sorted(_suite_factories())
 
 

@@ -28,6 +28,7 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def run_dir(out: str | Path, suite: str, algo: str, seed: int) -> Path:
+    """A run's directory ``<out>/<suite>/<algo>/seed<N>`` (the path only; nothing is checked or created)."""
     return Path(out) / suite / algo / f"seed{seed}"
 
 
@@ -195,6 +196,8 @@ def write_csv_atomic(path: Path, columns: Sequence[str], rows: list[dict[str, An
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` as indented JSON, atomically (a ``.tmp`` sibling, then ``os.replace``);
+    values JSON cannot encode are written as their ``str``. File-system errors (``OSError``) propagate."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)

@@ -96,6 +96,7 @@ class RunId:
 
     @property
     def dir(self) -> Path:
+        """The run's directory, ``<out>/<suite>/<algo>/seed<N>`` (``results.run_dir``)."""
         return run_dir(self.out, self.suite, self.algo, self.seed)
 
 
@@ -197,15 +198,25 @@ class HarnessContext:
         self.env_steps = 0
 
     def train_tasks(self) -> Sequence[Task]:
+        """The training pool ``train_step`` may sample (see ``TrainContext.train_tasks``)."""
         return self.pool
 
     def sample_tasks(self, n: int) -> list[Task]:
+        """``n`` tasks of the training pool drawn with the run's generator, with replacement only when
+        ``n`` exceeds the pool (see ``TrainContext.sample_tasks``)."""
         idx = self.rng.choice(len(self.pool), size=n, replace=n > len(self.pool))
         return [self.pool[i] for i in idx]
 
     def sample_trials(
         self, agent: AdaptiveAgent, tasks: Sequence[Task], episodes: int | None = None
     ) -> TrialBatch:
+        """One trial per task (``episodes`` defaults to the suite's ``episodes_per_trial``), sampled with
+        the acting intra-op threads and a reset seed drawn from the run's generator; adds the batch's
+        valid steps to ``env_steps``. See ``TrainContext.sample_trials``.
+
+        Raises ``ValueError`` for a task outside the train split or outside the training pool (a
+        validation task), and for an evaluation agent.
+        """
         outside = sorted({t.split for t in tasks if t.split != "train"})
         if outside:
             raise ValueError(f"train_step may only sample training tasks; got tasks of split {outside}")
@@ -246,6 +257,7 @@ def git_dirty(where: Path | None = None) -> bool | None:
 
 
 def package_versions() -> dict[str, str | None]:
+    """The Python version and the installed version of each of ``PACKAGES`` (None where not installed)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -470,6 +482,9 @@ class Runner:
         return learner, counters
 
     def config_record(self) -> dict[str, Any]:
+        """The run's ``config.json``: identity, budget (env steps), resolved harness and method
+        settings, suite facts (``suite_info``), each split's reference returns (those the suite has),
+        package versions, git commit and dirtiness, and the command line."""
         refs = {s: self.suite.reference_returns(s) for s in (*self.suite.splits(), "validation")}
         return {
             "algo": self.run_id.algo,

@@ -71,11 +71,14 @@ class TrialSampler:
         self._envs: dict[int, BatchEnv] = {}
 
     def env(self, num_envs: int) -> BatchEnv:
+        """The batch environment of ``num_envs`` rows: built on first use with
+        ``suite.make_batch_env(num_envs, num_workers)``, then reused for every batch of that size."""
         if num_envs not in self._envs:
             self._envs[num_envs] = self.suite.make_batch_env(num_envs, self.num_workers)
         return self._envs[num_envs]
 
     def close(self) -> None:
+        """Close every batch environment built so far (``BatchEnv.close``); a later ``env`` builds anew."""
         for env in self._envs.values():
             env.close()
         self._envs.clear()

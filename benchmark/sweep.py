@@ -36,8 +36,9 @@ LOG_DIR = "logs"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a sweep and the resources it uses: CPU cores (its simulator processes or torch
-    threads, whichever is more) and GPUs (1 with ``--device cuda``)."""
+    """One run of a sweep and the resources it uses: CPU cores (the most of its simulator processes, its
+    acting threads and its update threads, on ``--resume`` the update threads the run recorded) and GPUs
+    (1 with ``--device cuda``)."""
 
     algo: str
     suite: str
@@ -48,12 +49,15 @@ class RunSpec:
 
     @property
     def name(self) -> str:
+        """``<algo>/<suite>/seed<N>``: the run in progress lines, messages and the failure table."""
         return f"{self.algo}/{self.suite}/seed{self.seed}"
 
     def run_dir(self, out: str | Path) -> Path:
+        """The run's directory under the results root ``out``: ``<out>/<suite>/<algo>/seed<N>``."""
         return run_dir(out, self.suite, self.algo, self.seed)
 
     def log_path(self, out: str | Path) -> Path:
+        """The file every attempt's stderr is appended to: ``<out>/logs/<suite>_<algo>_seed<N>.log``."""
         return Path(out) / LOG_DIR / f"{self.suite}_{self.algo}_seed{self.seed}.log"
 
 
@@ -120,6 +124,7 @@ class RunProcess:
 
     @property
     def pid(self) -> int:
+        """The child's process id."""
         return self.proc.pid
 
     def poll(self) -> int | None:
@@ -127,6 +132,7 @@ class RunProcess:
         return self.proc.poll()
 
     def kill(self) -> None:
+        """SIGKILL the child if it still runs (``Popen.kill``), then wait until it has ended."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -285,6 +291,7 @@ class SweepProgress:
         return meter + "  " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
 
     def block(self) -> list[str]:
+        """The block's lines: one per run (in ``specs`` order), then the overall bar."""
         return [s.line(self._width) for s in self._states.values()] + [self.overall()]
 
     def refresh(self, force: bool = False) -> None:

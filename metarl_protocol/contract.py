@@ -114,10 +114,12 @@ class TrialBatch:
 
     @property
     def num_trials(self) -> int:
+        """B, the number of trials (rows)."""
         return self.rewards.shape[0]
 
     @property
     def episodes(self) -> int:
+        """K, the episodes per trial: T // ``horizon``."""
         return self.rewards.shape[1] // self.horizon
 
     @property
@@ -224,6 +226,7 @@ class MetaLearner(abc.ABC):
 
     ``storage_dir`` is a directory of the run where the method may keep large append-only state
     (``metarl_protocol.storage.AppendOnlyArrays``); ``None`` means keep it in memory (checkers, tests).
+    The constructor raises ``ValueError`` for a config that ``validate`` refuses.
     """
 
     name: ClassVar[str] = ""
@@ -239,6 +242,7 @@ class MetaLearner(abc.ABC):
     def __init__(
         self, spec: SuiteSpec, config: Any, device: torch.device, storage_dir: Path | None = None
     ) -> None:
+        type(self).validate(config, spec)  # a learner built directly refuses what the harness refuses
         self.spec = spec
         self.config = config
         self.device = device
@@ -253,7 +257,8 @@ class MetaLearner(abc.ABC):
     def validate(cls, config: Any, spec: SuiteSpec | None = None) -> None:
         """Raise ``ValueError`` with one line naming the bad setting and what is accepted.
 
-        Called by the harness before anything is written. The default accepts everything.
+        Called by the harness before anything is written, and by ``MetaLearner.__init__`` (a learner built
+        directly with a bad config raises too). The default accepts everything.
         """
 
     @abc.abstractmethod
@@ -269,4 +274,9 @@ class MetaLearner(abc.ABC):
         """Everything needed to resume training exactly (networks, optimisers, schedules)."""
 
     @abc.abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, so training resumes exactly.
+
+        A state of another method or shape should raise ``KeyError``, ``ValueError``, ``TypeError`` or
+        ``RuntimeError``: the harness turns those into a one-line ``ResultsError``.
+        """

@@ -36,6 +36,7 @@ class Range:
     choices: tuple[Any, ...] | None = None
 
     def describe(self) -> str:
+        """The accepted values in words: ``one of a, b``, ``> 0 and <= 1``, or ``any value``."""
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
         parts = []
@@ -46,6 +47,8 @@ class Range:
         return " and ".join(parts) if parts else "any value"
 
     def accepts(self, value: Any) -> bool:
+        """Whether ``value`` is accepted: one of ``choices`` where they are given; else each element of a
+        tuple; a number (not a bool) must be finite and inside the bounds; any other value passes."""
         if self.choices is not None:
             return value in self.choices
         if isinstance(value, tuple):

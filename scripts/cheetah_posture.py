@@ -47,6 +47,8 @@ def posture(obs: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (``argv``; None: ``sys.argv[1:]``): RUN_DIR, ``--split``, ``--seed``, ``--device``.
+    A malformed one exits with one line on stderr and code 2 (``OneLineParser``)."""
     p = OneLineParser(prog="python -m scripts.cheetah_posture", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a run directory (holds config.json and checkpoint.pt)")
     p.add_argument(
@@ -58,11 +60,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def fail(message: str) -> None:
+    """Print ``cheetah_posture: MESSAGE`` on stderr and exit with code 2 (raises ``SystemExit``)."""
     print(f"cheetah_posture: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Play one meta-test trial per task of ``--split`` and print, per task and on average, the last
+    episode's speed (m/s), flipped share and return; returns 0. Exits with code 2 (``fail``) for a run that
+    is not on a HalfCheetah suite or that ``read_record`` / ``load_run`` refuse (``RunError``)."""
     args = parse_args(argv)
     run = args.run_dir
     try:

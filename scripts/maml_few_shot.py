@@ -28,6 +28,8 @@ from scripts.finished_run import RunError, load_run, read_record
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (``argv``; None: ``sys.argv[1:]``): RUN_DIR, ``--rollouts``, ``--split``, ``--seed``,
+    ``--device``. A malformed one exits with one line on stderr and code 2 (``OneLineParser``)."""
     p = OneLineParser(prog="python -m scripts.maml_few_shot", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a MAML run directory (holds config.json and checkpoint.pt)")
     p.add_argument("--rollouts", type=int, default=20, help="rollouts per task per inner step (Finn: 20)")
@@ -40,11 +42,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def fail(message: str) -> None:
+    """Print ``maml_few_shot: MESSAGE`` on stderr and exit with code 2 (raises ``SystemExit``)."""
     print(f"maml_few_shot: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the check (``algorithms.maml.few_shot_returns``) and print the mean return per task before the
+    inner step, after it (sampled actions) and after it acting with the mean, then their means, normalised
+    where the split has reference returns; returns 0. Exits with code 2 (``fail``) for ``--rollouts`` < 1,
+    a run of another method, or a run that ``read_record`` / ``load_run`` refuse (``RunError``)."""
     args = parse_args(argv)
     if args.rollouts < 1:
         fail(f"--rollouts {args.rollouts}: must be an integer >= 1")

@@ -187,6 +187,7 @@ def test_make_all_writes_figures_tables_and_index(tree, tmp_path):
     assert "in progress" in index and "finished" in index
     assert "MAML" in index and "seeds 0-2" in index and "profile quick" in index
     assert "MAML on `ml1-reach`" in index  # a method missing a suite is reported
+    assert "from the CSVs under `" in index and "under under" not in index
     md = (out / "tables" / "metaworld.md").read_text()
     assert "published" in md and "measured here" in md and "86.9" in md and "35.8" in md
     for md_path in (out / "tables").glob("*.md"):
@@ -497,6 +498,18 @@ def test_aggregate_gives_every_suite_the_same_weight_whatever_its_seed_count():
     iqm = stats.stratified_bootstrap_ci(strata, n_boot=200)
     assert iqm.value == pytest.approx(0.5)  # middle half of the mass: a quarter at 0, a quarter at 1
     assert stats.iqm(np.concatenate(strata)) == 0.0  # the pooled IQM this replaces
+
+
+def test_aggregate_without_a_suite_of_two_runs_says_no_ci_not_one_seed(tmp_path):
+    """One run on each of two suites: two runs pooled, but no suite to resample, so no CI; the cell says
+    so instead of calling a two-run aggregate '(1 seed)'."""
+    root = tmp_path / "runs"
+    write_run(root, "point-nav", "maml", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+    write_run(root, "ml1-reach", "maml", 0, ML1, None, skill=1.0)
+    paths = plots.write_aggregate_table(load_results(root), tmp_path / "tables")
+    text = next(p for p in paths if p.suffix == ".md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| MAML"))
+    assert row.count("(no CI)") == 2 and "seed" not in row, row
 
 
 # ------------------------------------------------------------------------------------------------

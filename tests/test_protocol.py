@@ -4,6 +4,7 @@ task keys, isolated evaluation, process-layout independence, large learner state
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,3 +394,25 @@ def test_resume_keeps_the_recorded_update_threads_and_refuses_another(tmp_path):
     assert runner().run_cfg.update_threads == 1
     with pytest.raises(ResumeMismatchError, match="update_threads 1 -> 2"):
         runner(update_threads=2)
+
+
+@pytest.mark.parametrize(
+    "algo, bad",
+    [
+        ("maml", {"activation": "sigmoid"}),
+        ("pearl", {"eval_prior_episodes": 0, "eval_context_all_episodes": False}),
+        ("trmrl", {"d_model": 30, "n_heads": 4}),
+        ("varibad", {"policy_hidden": ()}),
+    ],
+)
+def test_a_learner_built_directly_refuses_what_validate_refuses(algo, bad):
+    """``MetaLearner.__init__`` runs the method's ``validate``: a learner built without the harness raises the
+    same one-line ValueError, not an assertion or a crash deep in its networks."""
+    from benchmark.registry import load_algorithm
+
+    cls = load_algorithm(algo)
+    config = cls.Config(**bad)
+    with pytest.raises(ValueError) as refused:
+        cls.validate(config, PointNav().spec())
+    with pytest.raises(ValueError, match=re.escape(str(refused.value))):
+        cls(PointNav().spec(), config, torch.device("cpu"))

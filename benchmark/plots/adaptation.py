@@ -46,6 +46,9 @@ def summarize_matrix(matrix: pd.DataFrame) -> pd.DataFrame:
 def adaptation_table(
     results: Results, suite: str, algo: str, split: str = "test", paired_with: str | None = None
 ) -> pd.DataFrame:
+    """Mean and 95% Student-t CI over seeds of the metric per 0-based episode index, for ``algo`` on
+    ``suite`` (see ``seed_episode_matrix`` for ``paired_with``); columns ``ADAPT_COLUMNS``, no rows when no
+    run has evaluated ``split``."""
     matrix = seed_episode_matrix(results.select(suite, algo), split, paired_with)
     return summarize_matrix(matrix) if not matrix.empty else pd.DataFrame({c: [] for c in ADAPT_COLUMNS})
 
@@ -101,6 +104,7 @@ def plot_adaptation(results: Results, out_dir: Path, name: str = "adaptation") -
 
 
 def ood_suites(results: Results) -> list[str]:
+    """The suites where some run has OOD evaluation rows (``split == "ood"``)."""
     return results.suites_with("ood")
 
 

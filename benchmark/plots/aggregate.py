@@ -190,6 +190,10 @@ def plot_aggregate(results: Results, out_dir: Path, name: str = "aggregate") -> 
 
 
 def write_aggregate_table(results: Results, out_dir: Path, name: str = "aggregate") -> list[Path]:
+    """Write ``aggregate_table`` as ``<out_dir>/<name>.md`` and ``.tex`` (IQM and mean per method, then
+    P(X > Y) per pair of methods where some pair shares a suite) and ``.csv`` (every number, column
+    ``table`` = ``statistic`` or ``poi``); return the three paths, or [] (nothing written) when no run has
+    a score. Creates ``out_dir``."""
     stats_df, poi_df = aggregate_table(results)
     if stats_df.empty:
         return []
@@ -199,14 +203,11 @@ def write_aggregate_table(results: Results, out_dir: Path, name: str = "aggregat
         cells = []
         for stat in STATISTICS:
             r = sub.loc[stat]
-            cells.append(
-                fmt_estimate(
-                    pd.Series(
-                        {"mean": r["value"], "low": r["low"], "high": r["high"], "n_seeds": r["n_runs"]}
-                    ),
-                    2,
-                )
-            )
+            if np.isfinite(r["low"]) and np.isfinite(r["high"]):
+                est = {"mean": r["value"], "low": r["low"], "high": r["high"], "n_seeds": r["n_runs"]}
+                cells.append(fmt_estimate(pd.Series(est), 2))
+            else:  # no suite with two runs to resample: no CI, however many runs are pooled
+                cells.append(f"{r['value']:.2f} (no CI)")
         r = sub.iloc[0]
         rows.append(
             [
@@ -239,9 +240,10 @@ def write_aggregate_table(results: Results, out_dir: Path, name: str = "aggregat
         n_text=1,
         notes=[
             f"Score per run ({kinds}); test tasks, headline episodes, latest evaluation.",
-            "IQM = mean of the middle 50% of all runs of all suites; CIs resample runs within each suite "
-            f"({DEFAULT_BOOT} resamples). Methods missing suites are aggregated over the suites "
-            "they ran.",
+            "IQM = interquartile mean over all runs of all suites, each suite weighing the same (a run "
+            "weighs 1 / seeds of its suite); CIs resample runs within each suite "
+            f"({DEFAULT_BOOT} resamples), '(no CI)' where no suite has two runs. Methods missing suites "
+            "are aggregated over the suites they ran.",
         ],
     )
     t2 = TextTable(

@@ -150,6 +150,7 @@ def plot_learning_curves(results: Results, out_dir: Path, name: str = "learning_
 
 
 def metaworld_suites_with_train(results: Results) -> list[str]:
+    """The Meta-World suites where some run has train-split evaluation rows (meta-train curves)."""
     return [s for s in results.suites_with("train") if results.info(s).is_metaworld]
 
 

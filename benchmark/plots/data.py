@@ -69,6 +69,7 @@ class SuiteInfo:
 
     @property
     def is_metaworld(self) -> bool:
+        """Whether the family is Meta-World (``metaworld``, ignoring case, ``-`` and ``_``)."""
         return self.family.lower().replace("-", "").replace("_", "") == "metaworld"
 
     @property
@@ -89,6 +90,8 @@ class References:
     source: str = ""
 
     def normalize(self, returns: Any) -> Any:
+        """``(returns - random) / (oracle - random)``, elementwise; a number, array or Series of per-episode
+        returns in, the same shape out (0 = random, 1 = oracle)."""
         return (returns - self.random) / (self.oracle - self.random)
 
 
@@ -329,10 +332,12 @@ class Run:
 
     @property
     def name(self) -> str:
+        """``<suite>/<algo>/seed<N>``, for messages."""
         return f"{self.suite}/{self.algo}/seed{self.seed}"
 
     @property
     def profile(self) -> str:
+        """The profile the run was made with (``config.json["profile"]``, e.g. ``quick`` or ``paper``)."""
         return str(self.config["profile"])
 
     @property
@@ -355,6 +360,7 @@ class Run:
 
     @property
     def eval_marks(self) -> list[int]:
+        """The env-step marks of its evaluations in eval.csv (any split), ascending."""
         return sorted(self.eval["mark"].unique().tolist())
 
     def latest_mark(self, split: str = "test") -> int | None:
@@ -369,6 +375,8 @@ class Run:
 
     @property
     def git_commit(self) -> str | None:
+        """The commit config.json records (``git_commit``, or the older ``commit`` / ``git.commit``);
+        None where it records none."""
         cfg = self.config
         for key in ("git_commit", "commit"):
             if isinstance(cfg.get(key), str):
@@ -440,15 +448,18 @@ class Results:
 
     @property
     def algos(self) -> list[str]:
+        """Every method with a run, in-tree ones in their fixed order, then plugins (``method_order``)."""
         return method_order(r.algo for r in self.runs)
 
     def select(self, suite: str | None = None, algo: str | None = None) -> list[Run]:
+        """The runs of ``suite`` and ``algo`` (None: any), sorted by suite, method, seed; may be empty."""
         picked = (
             r for r in self.runs if (suite is None or r.suite == suite) and (algo is None or r.algo == algo)
         )
         return sorted(picked, key=lambda r: (r.suite, r.algo, r.seed))
 
     def algos_for(self, suite: str) -> list[str]:
+        """The methods with a run on ``suite``, in ``method_order``."""
         return method_order(r.algo for r in self.runs if r.suite == suite)
 
     def suites_with(self, split: str) -> list[str]:
@@ -456,9 +467,13 @@ class Results:
         return [s for s in self.suites if any((r.eval["split"] == split).any() for r in self.select(s))]
 
     def info(self, suite: str) -> SuiteInfo:
+        """The suite facts of ``suite`` as its first run (by method, seed) recorded them; ``IndexError``
+        when no run has that suite."""
         return self.select(suite)[0].info
 
     def references(self, suite: str) -> References | None:
+        """The test split's reference returns of ``suite`` from its first run (by method, seed), None
+        where that run has none; ``IndexError`` when no run has that suite."""
         return self.select(suite)[0].references
 
 

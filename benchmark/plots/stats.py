@@ -39,6 +39,7 @@ class Estimate:
 
     @property
     def has_ci(self) -> bool:
+        """Whether both CI bounds are finite (False where too few runs gave none)."""
         return bool(np.isfinite(self.low) and np.isfinite(self.high))
 
 

@@ -65,10 +65,12 @@ PANEL_W, PANEL_H = 4.0, 3.0
 
 
 def display_name(algo: str) -> str:
+    """The method's name in figures and Markdown (``rl2`` -> ``RL²``); a plugin's own name unchanged."""
     return DISPLAY_NAMES.get(algo, algo)
 
 
 def latex_name(algo: str) -> str:
+    """The method's name in LaTeX tables (``rl2`` -> ``RL$^2$``); a plugin's own name unchanged."""
     return LATEX_NAMES.get(algo, algo)
 
 
@@ -88,16 +90,19 @@ def method_colors(algos: Iterable[str]) -> dict[str, str]:
 
 
 def method_markers(algos: Iterable[str]) -> dict[str, str]:
+    """Fixed markers for the in-tree methods, then the plugin markers in alphabetical order."""
     return _assign(algos, METHOD_MARKERS, PLUGIN_MARKERS)
 
 
 @contextmanager
 def paper_style() -> Iterator[None]:
+    """Apply the shared matplotlib settings (``RC``) inside the block; restored on exit."""
     with matplotlib.rc_context(RC):
         yield
 
 
 def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure of ``width`` x ``height`` inches on its own Agg canvas (no pyplot)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig

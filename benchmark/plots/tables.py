@@ -57,6 +57,8 @@ class TextTable:
     n_text: int = 2
 
     def markdown(self) -> str:
+        """The table as Markdown: a ``###`` title, text columns left- and number columns right-aligned,
+        then the notes as a bullet list; ``|`` in cells is escaped."""
         lines = [f"### {self.title}", ""]
         lines.append("| " + " | ".join(_md(h) for h in self.header) + " |")
         aligns = [":---" if i < self.n_text else "---:" for i in range(len(self.header))]
@@ -68,6 +70,9 @@ class TextTable:
         return "\n".join(lines) + "\n"
 
     def latex(self) -> str:
+        """The table as a LaTeX ``table`` float (booktabs rules, ``\\midrule`` before each row in
+        ``breaks``, scaled to the line width, notes in a footnote-size paragraph); needs ``booktabs`` and
+        ``graphicx``. Cell text is escaped for LaTeX."""
         n_text = min(self.n_text, len(self.header))
         align = "l" * n_text + "r" * (len(self.header) - n_text)
         out = [
@@ -208,6 +213,9 @@ def _per_seed_text(row: pd.Series, decimals: int) -> str:
 
 
 def write_final_table(results: Results, out_dir: Path, name: str = "final_performance") -> list[Path]:
+    """Write ``final_table`` as ``<out_dir>/<name>.md``, ``.tex`` (one row per suite and method: seeds,
+    metric, measured and normalised value with 95% CI, each seed's value) and ``.csv`` (the numbers);
+    return the three paths, or [] (nothing written) when no run has a test evaluation."""
     numbers = final_table(results)
     if numbers.empty:
         return []
@@ -351,6 +359,9 @@ def ood_table(results: Results) -> pd.DataFrame:
 
 
 def write_ood_table(results: Results, out_dir: Path, name: str = "ood") -> list[Path]:
+    """Write ``ood_table`` as ``<out_dir>/<name>.md``, ``.tex`` (per suite and method: test, OOD and drop
+    rows, one column per episode of the trial) and ``.csv`` (the numbers); return the three paths, or
+    [] (nothing written) when no run has an OOD evaluation."""
     numbers = ood_table(results)
     if numbers.empty:
         return []
@@ -399,6 +410,7 @@ def write_ood_table(results: Results, out_dir: Path, name: str = "ood") -> list[
 # Meta-World table
 # ------------------------------------------------------------------------------------------------
 def metaworld_suites(results: Results) -> list[str]:
+    """The suites of ``results`` whose family is Meta-World (``SuiteInfo.is_metaworld``)."""
     return [s for s in results.suites if results.info(s).is_metaworld]
 
 
@@ -438,6 +450,10 @@ def metaworld_table(results: Results) -> pd.DataFrame:
 
 
 def write_metaworld_table(results: Results, out_dir: Path, name: str = "metaworld") -> list[Path]:
+    """Write ``metaworld_table`` as ``<out_dir>/<name>.md``, ``.tex`` (meta-train and meta-test success
+    in %, measured here and published, per suite and method; ML10 / ML45 rows last, with their published
+    numbers even where not run here) and ``.csv`` (the numbers); return the three paths, or [] (nothing
+    written) when no Meta-World suite has runs."""
     if not metaworld_suites(results):
         return []
     numbers = metaworld_table(results)
@@ -575,10 +591,14 @@ def task_bins_table(results: Results, bins: int = TASK_BINS) -> pd.DataFrame:
 
 
 def task_bin_suites(results: Results) -> list[str]:
+    """The suites ``task_bins_table`` has rows for (one scalar task parameter), in its order."""
     return list(dict.fromkeys(task_bins_table(results)["suite"]))
 
 
 def write_task_bins_table(results: Results, out_dir: Path, name: str = "task_bins") -> list[Path]:
+    """Write ``task_bins_table`` as ``<out_dir>/<name>.md``, ``.tex`` (per suite a row giving each group's
+    parameter range and task count, then one row per method, one column per group) and ``.csv`` (the
+    numbers); return the three paths, or [] (nothing written) when no suite qualifies."""
     numbers = task_bins_table(results)
     if numbers.empty:
         return []

@@ -33,6 +33,8 @@ class ReferenceReturns:
     source: str
 
     def normalise(self, ret: np.ndarray | float) -> np.ndarray | float:
+        """``(ret - random) / (oracle - random)`` in float64, elementwise: per-episode returns in, the
+        same shape out (0 = random, 1 = oracle)."""
         return (np.asarray(ret, dtype=np.float64) - self.random) / (self.oracle - self.random)
 
 
@@ -136,6 +138,8 @@ class Suite(abc.ABC):
         return ("train", "test")
 
     def tasks(self, split: str) -> list[Task]:
+        """The task list of ``split``, built by ``_make_tasks`` on first use and cached (the same list on
+        every call). Raises ``ValueError`` for a split not in ``splits()``."""
         if split not in self.splits():
             raise ValueError(
                 f"suite {self.name!r} has no split {split!r}; accepted: {', '.join(self.splits())}"

@@ -70,6 +70,8 @@ class LocomotionTaskEnv(gym.Wrapper):
         raise NotImplementedError
 
     def set_task(self, task: Task) -> None:
+        """Make ``task`` (its ``params``) the one this env rewards from the next step on
+        (``TaskEnv.set_task``); each subclass implements it, here it raises ``NotImplementedError``."""
         raise NotImplementedError
 
     def _reward(self, velocity: np.ndarray, action: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -81,12 +83,18 @@ class LocomotionTaskEnv(gym.Wrapper):
         return self.data.qpos[:2].copy()
 
     def healthy(self) -> bool:
+        """Whether the torso height ``qpos[2]`` lies in ``healthy_z`` (bounds included; False for NaN);
+        always True where ``healthy_z`` is None."""
         if self.healthy_z is None:
             return True
         low, high = self.healthy_z
         return bool(low <= self.data.qpos[2] <= high)  # False for a NaN height too
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One step with ``action`` in the simulator's own bounds (the batch env scales [-1, 1] onto them):
+        the inner env's physics and observation, the suite's reward (``_reward``, from the velocity of
+        ``_position`` over ``dt``, per second), ``terminated = not healthy()``, never truncated; ``info``
+        holds the reward terms. See ``TaskEnv.step``."""
         before = self._position()
         obs, _reward, _terminated, _truncated, _info = self.env.step(action)
         velocity = (self._position() - before) / self.dt
@@ -118,6 +126,7 @@ class HalfCheetahVelEnv(LocomotionTaskEnv):
         return self.data.qpos[:1].copy()
 
     def set_task(self, task: Task) -> None:
+        """Target x velocity from ``task.params["v_goal"]`` (per second; ``KeyError`` if absent)."""
         self.goal_velocity = float(task.params["v_goal"])
 
     def _forward(self, x_velocity: float) -> float:
@@ -139,6 +148,7 @@ class HalfCheetahDirEnv(HalfCheetahVelEnv):
     direction = 1.0
 
     def set_task(self, task: Task) -> None:
+        """Direction d from ``task.params["direction"]`` (+1 forward, -1 backward; ``KeyError`` if absent)."""
         self.direction = float(task.params["direction"])
 
     def _forward(self, x_velocity: float) -> float:
@@ -158,6 +168,8 @@ class AntDirEnv(LocomotionTaskEnv):
         return AntEnv(include_cfrc_ext_in_observation=False, terminate_when_unhealthy=False)
 
     def set_task(self, task: Task) -> None:
+        """Unit direction ``(cos theta, sin theta)`` from ``task.params["theta"]`` (radians; ``KeyError`` if
+        absent)."""
         self.direction = _unit(task.params["theta"])
 
     def _reward(self, velocity: np.ndarray, action: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -190,6 +202,7 @@ class AntGoalEnv(LocomotionTaskEnv):
         )
 
     def set_task(self, task: Task) -> None:
+        """Goal torso x-y position from ``task.params`` ``goal_x`` and ``goal_y`` (``KeyError`` if absent)."""
         self.goal = np.array([task.params["goal_x"], task.params["goal_y"]], dtype=np.float64)
 
     def _reward(self, velocity: np.ndarray, action: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -218,6 +231,8 @@ class HumanoidDirEnv(LocomotionTaskEnv):
         return (mass @ self.data.xipos[:, :2]) / mass.sum()
 
     def set_task(self, task: Task) -> None:
+        """Unit direction ``(cos theta, sin theta)`` from ``task.params["theta"]`` (radians; ``KeyError`` if
+        absent)."""
         self.direction = _unit(task.params["theta"])
 
     def _reward(self, velocity: np.ndarray, action: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -257,6 +272,7 @@ class LocomotionSuite(Suite):
     env_cls: ClassVar[type[LocomotionTaskEnv]]
 
     def splits(self) -> tuple[str, ...]:
+        """The keys of ``split_sizes``: train, test, and ood where the suite defines it (``Suite.splits``)."""
         return tuple(self.split_sizes)
 
     @abc.abstractmethod
@@ -275,6 +291,8 @@ class LocomotionSuite(Suite):
         return self.env_cls(task)
 
     def make_batch_env(self, num_envs: int, num_workers: int = 1) -> BatchEnv:
+        """A ``ProcessBatchEnv`` of ``num_envs`` ``env_cls`` task envs stepped by ``num_workers`` processes,
+        this one included (``Suite.make_batch_env``)."""
         return ProcessBatchEnv(functools.partial(self.env_cls), num_envs, num_workers)
 
 

@@ -40,7 +40,8 @@ HORIZON = 500  # SawyerXYZEnv.max_path_length: stepping further raises
 _ML_TASK_KEYS = {"rand_vec", "env_cls", "partially_observable"}  # a metaworld ML task's pickled data
 
 # The 50 Meta-World v3 task classes (metaworld.env_dict.ALL_V3_ENVIRONMENTS, in its order). Spelled out
-# so that listing the suites does not import metaworld/mujoco; a test checks it against metaworld.
+# so that naming the 50 ML1 suites does not import metaworld/mujoco (ML10 / ML45 do: they read their class
+# lists from metaworld.env_dict); a test checks it against metaworld.
 V3_ENV_NAMES: tuple[str, ...] = (
     "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3",
     "button-press-topdown-wall-v3", "button-press-v3", "button-press-wall-v3", "coffee-button-v3",
@@ -157,6 +158,9 @@ class MetaWorldTaskEnv(gym.Env):
         return self._env
 
     def set_task(self, task: Task) -> None:
+        """Take a raw env of ``task``'s class (kept while the class is unchanged, else the old one is parked
+        in the idle pool) and freeze its goal (``rand_vec``) with the raw env's ``set_task``. See
+        ``TaskEnv.set_task``."""
         name = task.params["env_name"]
         if name != self._env_name:
             if self._env is not None:
@@ -166,6 +170,8 @@ class MetaWorldTaskEnv(gym.Env):
         self.task = task
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Seed the raw env with ``seed(seed)`` where given, reset it; returns (obs (39,) float32, info).
+        ``options`` is ignored. Raises ``RuntimeError`` before the first ``set_task``."""
         if self._env is None:
             raise RuntimeError("MetaWorldTaskEnv.reset before set_task")
         super().reset(seed=seed)
@@ -175,12 +181,15 @@ class MetaWorldTaskEnv(gym.Env):
         return obs.astype(np.float32), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """One raw-env step with ``action`` (4,) in [-1, 1]: obs (39,) float32, the raw env's reward,
+        terminated and truncated (step 500), and its info with ``success`` as a bool."""
         obs, reward, terminated, truncated, info = self._env.step(np.asarray(action, dtype=np.float64))
         info = dict(info)
         info["success"] = bool(info.get("success", False))
         return obs.astype(np.float32), float(reward), bool(terminated), bool(truncated), info
 
     def close(self) -> None:
+        """Hand the raw env back to the process's idle pool (closed only when the pool evicts it)."""
         if self._env is not None:
             _park_raw_env(self._env_name, self._env)
             self._env, self._env_name = None, None
@@ -211,12 +220,15 @@ class MetaWorldSuite(Suite):
     env_name: str | None = None  # the class of an ML1 suite
 
     def train_classes(self) -> list[str]:
+        """The metaworld class names (``<task>-v3``) of the train split; subclasses implement it."""
         raise NotImplementedError
 
     def test_classes(self) -> list[str]:
+        """The metaworld class names (``<task>-v3``) of the test split; subclasses implement it."""
         raise NotImplementedError
 
     def classes(self, split: str) -> list[str]:
+        """``train_classes()`` for ``"train"``, ``test_classes()`` for any other split."""
         return self.train_classes() if split == "train" else self.test_classes()
 
     def _make_tasks(self, split: str) -> list[Task]:
@@ -246,6 +258,8 @@ class MetaWorldSuite(Suite):
         return tasks
 
     def make_batch_env(self, num_envs: int, num_workers: int = 1) -> BatchEnv:
+        """A ``ProcessBatchEnv`` of ``num_envs`` ``MetaWorldTaskEnv`` stepped by ``num_workers`` processes,
+        this one included (``Suite.make_batch_env``)."""
         return ProcessBatchEnv(partial(MetaWorldTaskEnv), num_envs, num_workers)
 
     # -- evaluation protocol ------------------------------------------------------------------------
@@ -289,6 +303,7 @@ class MetaWorldSuite(Suite):
         return {"test": list(self.tasks("test")), "train": train}
 
     def reference_returns(self, split: str = "test") -> ReferenceReturns | None:
+        """None for every split (``Suite.reference_returns``)."""
         return None  # Meta-World is reported as success rate
 
     def task_counts(self) -> dict[str, int]:
@@ -324,9 +339,11 @@ class MetaWorldML1(MetaWorldSuite):
         )
 
     def train_classes(self) -> list[str]:
+        """``[env_name]``: the one class (its train goals)."""
         return [self.env_name]
 
     def test_classes(self) -> list[str]:
+        """``[env_name]``: the same class as train (its disjoint test goals)."""
         return [self.env_name]
 
 
@@ -352,9 +369,11 @@ class MetaWorldMLN(MetaWorldSuite):
         return list(getattr(env_dict, f"{self.benchmark}_V3")[split])
 
     def train_classes(self) -> list[str]:
+        """The official train classes, from ``metaworld.env_dict.<ML10|ML45>_V3`` (imports metaworld)."""
         return self._split_classes("train")
 
     def test_classes(self) -> list[str]:
+        """The 5 official held-out classes, from ``metaworld.env_dict.<ML10|ML45>_V3`` (imports metaworld)."""
         return self._split_classes("test")
 
 

@@ -39,14 +39,19 @@ class PointNavEnv(gym.Env):
             self.set_task(task)
 
     def set_task(self, task: Task) -> None:
+        """Goal g from ``task.params`` ``goal_x`` and ``goal_y`` (``KeyError`` if absent). See
+        ``TaskEnv.set_task``."""
         self.goal = np.array([task.params["goal_x"], task.params["goal_y"]], dtype=np.float64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Put the point at (0, 0); returns (p (2,) float32, {}). The start does not depend on ``seed``."""
         super().reset(seed=seed)
         self.pos = np.zeros(2)
         return self.pos.astype(np.float32), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """p' = p + clip(action, -0.1, 0.1) (environment units, not [-1, 1]); returns (p' (2,) float32,
+        reward -||p' - g||_2, never terminated, never truncated, {})."""
         self.pos = self.pos + np.clip(np.asarray(action, dtype=np.float64), -MAX_STEP, MAX_STEP)
         reward = -float(np.linalg.norm(self.pos - self.goal))
         return self.pos.astype(np.float32), reward, False, False, {}
@@ -64,15 +69,20 @@ class PointNavBatchEnv(BatchEnv):
         self.pos = np.zeros((num_envs, 2))
 
     def set_tasks(self, tasks: Sequence[Task]) -> None:
+        """One goal per row from each task's ``goal_x`` / ``goal_y``; raises ``ValueError`` unless
+        ``len(tasks) == num_envs``. See ``BatchEnv.set_tasks``."""
         if len(tasks) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} tasks, got {len(tasks)}")
         self.goals = np.array([[t.params["goal_x"], t.params["goal_y"]] for t in tasks], dtype=np.float64)
 
     def reset(self, seeds: Sequence[int]) -> np.ndarray:
+        """Every point back to (0, 0); returns (B, 2) float32 zeros (``seeds`` are not needed)."""
         self.pos = np.zeros((self.num_envs, 2))
         return self.pos.astype(np.float32)
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> StepResult:
+        """Move each active row by ``clip(actions, -1, 1) * 0.1`` ((B, 2) in [-1, 1] -> [-0.1, 0.1]^2);
+        reward (B,) -||p' - g||_2; never terminated, no success. See ``BatchEnv.step``."""
         delta = np.clip(actions, -1.0, 1.0) * MAX_STEP
         self.pos = np.where(active[:, None], self.pos + delta, self.pos)
         reward = -np.linalg.norm(self.pos - self.goals, axis=1)
@@ -81,6 +91,11 @@ class PointNavBatchEnv(BatchEnv):
 
 
 class PointNav(Suite):
+    """point-nav, as defined in the module docstring: horizon 100, training trials of 2 episodes,
+    6-episode evaluation trials, no success notion. One generator seeded with ``task_seed`` draws 1000
+    train and 20 test goals from U[-0.5, 0.5]^2, then (for the ood split) 20 OOD goals from U[-1, 1]^2
+    keeping those with max-norm > 0.5. Test and OOD have their own reference returns."""
+
     name = "point-nav"
     family = "point-nav"
     horizon = 100
@@ -93,6 +108,7 @@ class PointNav(Suite):
     description = "2D point to a goal in U[-0.5,0.5]^2; reward -||p-g||; OOD goals with max-norm in (0.5,1]"
 
     def splits(self) -> tuple[str, ...]:
+        """train, test and ood (``Suite.splits``)."""
         return ("train", "test", "ood")
 
     def _make_tasks(self, split: str) -> list[Task]:
@@ -111,6 +127,8 @@ class PointNav(Suite):
         return [_goal_task(i, split, g) for i, g in enumerate(goals[split])]
 
     def make_batch_env(self, num_envs: int, num_workers: int = 1) -> BatchEnv:
+        """A ``PointNavBatchEnv`` of ``num_envs`` rows, stepped in this process (``num_workers`` is
+        ignored). See ``Suite.make_batch_env``."""
         return PointNavBatchEnv(num_envs)
 
     def reference_returns(self, split: str = "test") -> ReferenceReturns | None:

@@ -44,6 +44,10 @@ def threads_arg(low: int) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line (``argv``; None: ``sys.argv[1:]``); with the internal ``--jobs`` it returns at once.
+    Otherwise names are checked before anything is measured: an unknown ``--suites`` or ``--algos`` name,
+    or an ``--out`` that is not a ``.csv`` path, exits with one line on stderr and code 2 (as does any
+    malformed option: ``OneLineParser``)."""
     from scripts.perf import __doc__ as overview
 
     p = OneLineParser(
@@ -138,6 +142,11 @@ def profile_one(jobs: list[dict[str, Any]], job_id: str, top: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m scripts.perf``. With the internal ``--jobs``: measure those jobs here (``serve``),
+    return 0. With ``--profile ID``: ``profile_one``, 0 (2 for an unknown ID). Otherwise plan, measure each
+    group in a fresh subprocess (``--no-isolate``: here), write the CSV (``--out``; default
+    ``results/perf.csv``, with ``--quick`` a temporary directory) and the scaling CSV and figure beside it,
+    print the table and the README Markdown; returns 1 when a row is an ERROR, else 0."""
     args = parse_args(argv)
     if args.jobs:
         from scripts.perf.isolate import serve

@@ -36,6 +36,8 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
+        """Sum the RSS (bytes) of this process and every descendant now; keep the largest sum in ``peak``.
+        A descendant that has gone or cannot be read is left out; an error on this process skips it."""
         import psutil
 
         try:
@@ -65,6 +67,7 @@ class PeakRSS:
 
     @property
     def peak_mb(self) -> float:
+        """The peak in MiB: the largest sample, floored by this process's ``ru_maxrss`` (KiB on Linux)."""
         import resource
 
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux

@@ -35,6 +35,10 @@ def threaded_train(model: Any, threads: int) -> None:
 
 
 def measure_sb3_ppo(job: dict[str, Any]) -> dict[str, Any]:
+    """SB3 ``PPO("MlpPolicy")`` on ``job["env_id"]`` in a ``job["vec"]`` (dummy / subproc) vec env of
+    ``n_envs`` envs, with the job's rollout (env steps per iteration), minibatches and epochs; ``learn``
+    is timed over ``iterations`` iterations after one warm-up. Returns ``count`` (env steps),
+    ``seconds``, ``work`` (``ppo_work``) and ``notes``."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -72,6 +76,10 @@ def measure_sb3_ppo(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_sb3_sac(job: dict[str, Any]) -> dict[str, Any]:
+    """SB3 ``SAC("MlpPolicy")`` with ``net_layers`` x ``net_size`` hidden layers and batch ``batch_size``
+    on ``job["env_id"]``: ``learning_starts`` random steps fill the buffer, ``warmup_grad_steps`` gradient
+    steps warm up, then ``SAC.train`` is timed over ``grad_steps``. Returns ``count`` (gradient steps),
+    ``seconds``, ``unit``, ``work`` (``sac_work``), ``flops_per_grad_step`` and ``notes``."""
     import gymnasium as gym
     from stable_baselines3 import SAC
 

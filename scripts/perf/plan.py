@@ -50,6 +50,15 @@ PAPER_REDUCTIONS = {"pearl": {"grad_steps_per_iter": "10"}}
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
+    """The sizes of a plan: ``FULL`` (the measurements) or ``QUICK`` (the smoke test, not measurements).
+
+    ``episodes``: episodes of a raw batch-env row (a sampler round's, scaled by 200 / H at full size);
+    ``single_steps``: env steps of the one-env raw rows; ``workers``: processes of the batch envs (and
+    the update threads of ``parallel_update`` methods when ``--update-threads`` is 0);
+    ``paper_iterations``: measured iterations of the paper rows; ``sac_grad_steps``: timed gradient
+    steps of the SAC peer.
+    """
+
     train_suite: str  # training, paper and scaling rows
     suites: tuple[str, ...]  # raw and sampler rows
     batch: int  # tasks per raw / sampler batch (the targets' 20)
@@ -114,6 +123,8 @@ def equal_work(algo: str, overrides: dict[str, str]) -> dict[str, str]:
 
 
 def tasks_per_iteration(cfg: Any) -> int:
+    """Tasks a method's config samples per training iteration: ``meta_batch_size``, else
+    ``num_tasks_sample``, else 0 (the ``B<n>`` of a training row's id)."""
     return int(getattr(cfg, "meta_batch_size", getattr(cfg, "num_tasks_sample", 0)))
 
 

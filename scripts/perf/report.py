@@ -182,6 +182,8 @@ def run_row(seconds: float, limit: float | None, load: tuple[float, float, float
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) -> None:
+    """Write ``rows`` under the header ``columns`` to ``path`` atomically (``write_csv_atomic``), creating
+    its directory; a missing key is an empty field, a key outside ``columns`` raises ``ValueError``."""
     from benchmark.results import write_csv_atomic  # imported here: env workers re-import modules
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +267,8 @@ def _cell(v: Any) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """The console table: one line per row (id, rate, unit, reference, ratio, target, status, projected
+    hours, peak MB, load; cells cut to 60 characters, numbers right-aligned), then every row's notes."""
     columns = [
         ("id", "id"),
         ("rate", "rate"),
