@@ -637,8 +637,7 @@ class MAML(MetaLearner):
     def __init__(
         self, spec: SuiteSpec, config: MAMLConfig, device: torch.device, storage_dir: Path | None = None
     ) -> None:
-        super().__init__(spec, config, device, storage_dir)
-        self.validate(config, spec)
+        super().__init__(spec, config, device, storage_dir)  # validates the config
         self.policy = GaussianMLPPolicy(spec, config).to(device)
         self.iteration = 0
 
