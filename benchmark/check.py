@@ -154,10 +154,11 @@ def flatten_state(state: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def states_equal(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """None when two state dicts are equal leaf by leaf (tensors bitwise), else the first differing key."""
+    """None when two state dicts are equal leaf by leaf (tensors bitwise), else where they differ: ``key K``
+    (the first differing leaf) or ``keys in one only: [...]`` (up to five)."""
     fa, fb = flatten_state(a), flatten_state(b)
     if fa.keys() != fb.keys():
-        return f"keys differ: {sorted(set(fa) ^ set(fb))[:5]}"
+        return f"keys in one only: {sorted(set(fa) ^ set(fb))[:5]}"
     for key in fa:
         x, y = fa[key], fb[key]
         if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
@@ -175,7 +176,7 @@ def states_equal(a: dict[str, Any], b: dict[str, Any]) -> str | None:
         else:
             same = x == y
         if not same:
-            return key
+            return f"key {key}"
     return None
 
 
@@ -216,8 +217,9 @@ def check_agent(learner: MetaLearner, suite: Suite, evaluation: bool = False, se
         f"make_agent(evaluation={evaluation}) gave evaluation={agent.evaluation}",
     )
     train = list(suite.tasks("train"))
-    tasks = [train[0], train[0], train[1 % len(train)], train[2 % len(train)]]
-    keys = None if not evaluation else np.array([-1, -1, -2, -3])
+    # groups of 3 and 2 rows: an action array transposed to (act_dim, rows) cannot pass as (rows, act_dim)
+    tasks = [train[0], train[0], train[0], train[1 % len(train)], train[2 % len(train)]]
+    keys = None if not evaluation else np.array([-1, -1, -1, -2, -3])
     lock, piped = _OrderedSampler(suite, pipelined=False), _OrderedSampler(suite, pipelined=True)
 
     def trial(sampler: TrialSampler, rows: list[Task], agent: AdaptiveAgent | None = None) -> TrialBatch:
@@ -228,17 +230,18 @@ def check_agent(learner: MetaLearner, suite: Suite, evaluation: bool = False, se
     try:
         a = trial(lock, tasks, agent)
         _same_trials(a, trial(lock, tasks), "the same seed must give the same trial")
+        # clone independence first (shared state also breaks the pipelined comparison below, whose message
+        # would name the wrong rule): the second group's rows must not depend on what the first group saw
+        d = trial(lock, [train[3 % len(train)]] * 3 + tasks[3:])
+        _require(
+            all(np.array_equal(getattr(a, f)[3:], getattr(d, f)[3:]) for f in TRIAL_FIELDS),
+            "clones must be independent: rows of one group changed when another group's task changed "
+            "(shared adaptation state; override clone() or rebind state in new_trial)",
+        )
         _same_trials(
             a,
             trial(piped, tasks),
             "a trial sampled with pipelined groups differs from lock-step (call-order dependence)",
-        )
-        # clone independence: the second group's rows must not depend on what the first group saw
-        d = trial(lock, [train[3 % len(train)], train[3 % len(train)], *tasks[2:]])
-        _require(
-            all(np.array_equal(getattr(a, f)[2:], getattr(d, f)[2:]) for f in TRIAL_FIELDS),
-            "clones must be independent: rows of one group changed when another group's task changed "
-            "(shared adaptation state; override clone() or rebind state in new_trial)",
         )
     finally:
         lock.close()
@@ -250,7 +253,7 @@ def _require_state_kept(learner: MetaLearner, evaluation_step: Callable[[], Any]
     state = copy.deepcopy(learner.state_dict())
     evaluation_step()
     diff = states_equal(state, learner.state_dict())
-    _require(diff is None, f"an evaluation changed the learner's state_dict (key {diff}{where})")
+    _require(diff is None, f"an evaluation changed the learner's state_dict ({diff}{where})")
 
 
 def _check_evaluation_leaves_learner(
@@ -333,18 +336,22 @@ def check_learner(
             resumed = learner_cls(spec, config, dev, storage)
             resumed.load_state_dict(loaded)
             diff = states_equal(state, resumed.state_dict())
-            _require(diff is None, f"load_state_dict(state_dict()) does not restore key {diff}")
+            _require(diff is None, f"load_state_dict(state_dict()) does not restore the state ({diff})")
             ctx2 = Recording(suite, sampler, np.random.default_rng(), dev)
             ctx2.rng.bit_generator.state = rng_state
             ctx2.env_steps = steps  # the runner restores the step count with the generator
             torch.manual_seed(seed + 2)
             mb = resumed.train_step(ctx2)
+            differ = sorted(set(ma) ^ set(mb)) or [
+                k for k in ma if not (ma[k] == mb[k] or (ma[k] != ma[k] and mb[k] != mb[k]))
+            ]
             _require(
-                ma.keys() == mb.keys()
-                and all(ma[k] == mb[k] or (ma[k] != ma[k] and mb[k] != mb[k]) for k in ma),
-                "a resumed learner's next train_step differs from the uninterrupted one's metrics",
+                not differ,
+                "a resumed learner's next train_step differs from the uninterrupted one's, in metric(s) "
+                f"{', '.join(map(str, differ[:5]))}: state that shapes an update (a schedule, a counter, "
+                "a generator) is missing from state_dict or not restored",
             )
             diff = states_equal(after_a, resumed.state_dict())
-            _require(diff is None, f"a resumed learner's next train_step differs at key {diff}")
+            _require(diff is None, f"a resumed learner's next train_step differs ({diff})")
         finally:
             sampler.close()

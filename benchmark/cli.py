@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_list = sub.add_parser("list", help="suites and algorithms (plugins included)")
     p_list.add_argument("--settings", metavar="ALGO", help="show every --set key for an algorithm")
+    p_list.add_argument(
+        "--suite", help="with --settings: the values a run on this suite starts from (its profile applied)"
+    )
+    p_list.add_argument("--profile", choices=PROFILES, help="with --settings --suite (default quick)")
 
     p_run = sub.add_parser("run", help="train and evaluate one (algo, suite, seed)")
     p_run.add_argument("--algo", required=True)
@@ -213,6 +217,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     """
     from benchmark import registry
 
+    if (args.suite or args.profile) and not args.settings:
+        raise UsageError("--suite and --profile apply to list --settings ALGO only")
+    if args.profile and not args.suite:
+        raise UsageError("--profile needs --suite (a profile's values differ per suite family)")
     if args.settings:
         import dataclasses
 
@@ -221,11 +229,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         cls = registry.load_algorithm(args.settings)
         from metarl_protocol.settings import setting_range
 
-        for title, dc in (("harness", HarnessConfig), (args.settings, cls.Config)):
-            print(f"{title} settings (--set key=value; default, accepted values):")
-            for f in dataclasses.fields(dc):
-                accepted = "true or false" if isinstance(f.default, bool) else setting_range(f).describe()
-                print(f"  {f.name}={f.default!r}  ({accepted})")
+        configs: tuple[Any, Any] = (HarnessConfig(), cls.Config())
+        shown = "default before any profile; --suite S [--profile P] shows a run's"
+        if args.suite:
+            profile = args.profile or "quick"
+            _, _, run_cfg, algo_cfg = resolve_run(args.settings, args.suite, profile, [])
+            configs, shown = (run_cfg, algo_cfg), f"value of a {profile} run on {args.suite}"
+        for title, config in zip(("harness", args.settings), configs, strict=True):
+            print(f"{title} settings (--set key=value; {shown}; accepted values):")
+            for f in dataclasses.fields(config):
+                value = getattr(config, f.name)
+                accepted = "true or false" if isinstance(value, bool) else setting_range(f).describe()
+                print(f"  {f.name}={value!r}  ({accepted})")
         return 0
     print("algorithms:")
     for name in registry.algorithm_names():

@@ -240,9 +240,9 @@ def resolve(
             accepted = ", ".join(sorted(run_types) + sorted(algo_types))
             raise ConfigError(f"--set {key}: no such setting; accepted: {accepted}")
     run, algo = apply(run, run_set), apply(algo, algo_set)
-    for config in (run, algo):  # declared ranges (metarl_protocol.settings), before anything is written
+    for config, given in ((run, run_set), (algo, algo_set)):  # declared ranges, before anything is written
         try:
-            check_settings(config)
+            check_settings(config, given)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     cores = os.cpu_count() or 1

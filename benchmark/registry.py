@@ -30,6 +30,21 @@ def _entry_points(group: str) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=group)}
 
 
+def algorithm_source(name: str) -> dict[str, str | None] | None:
+    """Where algorithm ``name`` comes from, for a run's record: ``{"entry_point": "pkg.module:Class",
+    "distribution": ..., "version": ...}`` (the installed package that registers it, None where its
+    metadata does not say), so a plugin's results can be traced to its code; None for an unknown name."""
+    ep = _entry_points(ALGORITHM_GROUP).get(name)
+    if ep is None:
+        return None
+    dist = getattr(ep, "dist", None)
+    return {
+        "entry_point": ep.value,
+        "distribution": dist.name if dist is not None else None,
+        "version": dist.version if dist is not None else None,
+    }
+
+
 def _failure(exc: BaseException) -> str:
     """'failed to load: <type>: <message> (at <file>:<line>)' on one line, the line where it was raised."""
     where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []

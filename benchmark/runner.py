@@ -44,6 +44,7 @@ from benchmark.config import HarnessConfig
 from benchmark.errors import UsageError
 from benchmark.evaluate import evaluate, headline, summarize
 from benchmark.paths import file_in_the_way
+from benchmark.registry import algorithm_source
 from benchmark.results import (
     CHECKPOINT,
     DONE_MARKER,
@@ -484,7 +485,8 @@ class Runner:
     def config_record(self) -> dict[str, Any]:
         """The run's ``config.json``: identity, budget (env steps), resolved harness and method
         settings, suite facts (``suite_info``), each split's reference returns (those the suite has),
-        package versions, git commit and dirtiness, and the command line."""
+        package versions, the method's entry point and the package that registers it (``algo_source``),
+        git commit and dirtiness, and the command line."""
         refs = {s: self.suite.reference_returns(s) for s in (*self.suite.splits(), "validation")}
         return {
             "algo": self.run_id.algo,
@@ -507,6 +509,7 @@ class Runner:
             },
             "reference_returns": {s: asdict(r) for s, r in refs.items() if r is not None},
             "versions": package_versions(),
+            "algo_source": algorithm_source(self.run_id.algo),  # a plugin's package and version
             "git_commit": git_commit(),
             "git_dirty": git_dirty(),
             "command": sys.argv,

@@ -97,7 +97,10 @@ class TrialSampler:
         task's id). ``seed`` fixes the environments' reset seeds. The agent's calls happen in the same
         order whatever the process layout: ``new_trial`` per group, then per step ``act`` for group 0,
         1, ... (each group's ``observe`` before its next ``act``), then ``end_episode`` per group.
-        ``act`` and ``observe`` run under ``torch.no_grad()``.
+        ``act`` and ``observe`` run under ``torch.no_grad()``. The arrays they receive (``obs``, each
+        ``Transition`` field) are the agent's own copies: an agent that writes into them (say, scales a
+        reward in place, or wraps one in a tensor and changes that) cannot change what is recorded and
+        scored.
         """
         tasks = list(tasks)
         keys = np.asarray([t.task_id for t in tasks] if task_keys is None else task_keys, dtype=np.int64)
@@ -130,7 +133,7 @@ class TrialSampler:
             """Group g picks its actions for step h of the current episode."""
             a, b, t = *groups[g], k * H + h
             with torch.no_grad():
-                action, extra = agents[g].act(obs[a:b])
+                action, extra = agents[g].act(obs[a:b].copy())
             action = np.asarray(action, dtype=np.float32)
             act_buf[a:b, t] = action
             env_act_buf[a:b, t] = np.clip(action, -1.0, 1.0)
@@ -153,7 +156,8 @@ class TrialSampler:
             valid_buf[a:b, t], succ_buf[a:b, t] = act_, res.success & act_
             # the agent sees exactly the row just recorded (buffer rows are never overwritten)
             recorded = (obs_buf, env_act_buf, rew_buf, next_obs_buf, term_buf, done_buf, valid_buf)
-            tr = Transition(*(buf[a:b, t] for buf in recorded))
+            # copies: what the agent changes in place is not the record
+            tr = Transition(*(buf[a:b, t].copy() for buf in recorded))
             with torch.no_grad():
                 agents[g].observe(tr)
             active[a:b] = act_ & ~terminated

@@ -13,6 +13,7 @@ from metarl_protocol.contract import (
     Transition,
     TrialBatch,
 )
+from metarl_protocol.settings import setting
 
 __all__ = [
     "SPLITS",
@@ -23,4 +24,5 @@ __all__ = [
     "TrainContext",
     "TrialBatch",
     "Transition",
+    "setting",
 ]

@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import abc
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+
+from metarl_protocol.settings import check_settings
 
 if TYPE_CHECKING:  # torch is imported where it is used: listing suites must stay cheap
     import torch
@@ -78,7 +81,11 @@ class SuiteSpec:
 
 @dataclass
 class Transition:
-    """One synchronous step of B parallel trials (numpy arrays over the batch)."""
+    """One synchronous step of B parallel trials (numpy arrays over the batch).
+
+    ``observe`` gets its own copies of the step the sampler records and scores: changing them in place
+    changes nothing recorded.
+    """
 
     obs: np.ndarray  # (B, obs_dim) observation the action was taken in
     action: np.ndarray  # (B, act_dim) action sent to the env, clipped to [-1, 1]
@@ -167,8 +174,9 @@ class AdaptiveAgent(abc.ABC):
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Actions (B, act_dim) (clipped to [-1, 1] by the sampler) and per-step extras.
 
-        ``obs`` is (B, obs_dim) float32. Extras (e.g. ``log_prob`` (B,), ``value`` (B,)) are stored by
-        the sampler as (B, T, ...) arrays in ``TrialBatch.extras``. Runs under ``torch.no_grad()``.
+        ``obs`` is (B, obs_dim) float32, the agent's own copy. Extras (e.g. ``log_prob``
+        (B,), ``value`` (B,)) are stored by the sampler as (B, T, ...) arrays in ``TrialBatch.extras``.
+        Runs under ``torch.no_grad()``.
         """
 
     @abc.abstractmethod
@@ -226,7 +234,8 @@ class MetaLearner(abc.ABC):
 
     ``storage_dir`` is a directory of the run where the method may keep large append-only state
     (``metarl_protocol.storage.AppendOnlyArrays``); ``None`` means keep it in memory (checkers, tests).
-    The constructor raises ``ValueError`` for a config that ``validate`` refuses.
+    The constructor raises ``ValueError`` for a config outside its declared ranges
+    (``metarl_protocol.settings``) or that ``validate`` refuses.
     """
 
     name: ClassVar[str] = ""
@@ -242,7 +251,9 @@ class MetaLearner(abc.ABC):
     def __init__(
         self, spec: SuiteSpec, config: Any, device: torch.device, storage_dir: Path | None = None
     ) -> None:
-        type(self).validate(config, spec)  # a learner built directly refuses what the harness refuses
+        if dataclasses.is_dataclass(config):  # a learner built directly refuses what the harness refuses
+            check_settings(config)
+        type(self).validate(config, spec)
         self.spec = spec
         self.config = config
         self.device = device

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,17 +85,36 @@ def setting_range(field: dataclasses.Field) -> Range:
     return field.metadata.get(_KEY, DEFAULT_RANGE)
 
 
-def check_settings(config: Any) -> None:
-    """Raise ``ValueError`` naming the first field of dataclass ``config`` outside its range."""
+def check_settings(config: Any, overridden: Collection[str] | None = None) -> None:
+    """Raise ``ValueError`` naming the first field of dataclass ``config`` outside its range.
+
+    A field in ``overridden`` (the keys the user gave with ``--set``) is named as ``--set KEY=VALUE``;
+    any other field (a default, a profile's value, a config built in code) as ``ConfigClass.KEY=VALUE``, and
+    where it has no declared
+    range the message says that the default rule refused it and how to declare one (a method author's fix,
+    not the user's).
+    """
+    given = set(overridden or ())
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if value is None:
             continue
         rng = setting_range(field)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else "''" if value == "" else value
+        name = (
+            f"--set {field.name}={shown!s}"
+            if field.name in given
+            else f"{type(config).__name__}.{field.name}={shown!s}"
+        )
         if isinstance(value, str) and rng.choices is None:
             if not value:
-                raise ValueError(f"--set {field.name}='': expected a non-empty string")
+                raise ValueError(f"{name}: expected a non-empty string")
             continue
         if not rng.accepts(value):
-            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-            raise ValueError(f"--set {field.name}={shown}: expected {rng.describe()}")
+            hint = ""
+            if field.name not in given and _KEY not in field.metadata:
+                hint = (
+                    "; the field declares no range, so the default rule applies: declare its accepted "
+                    "values with metarl_protocol.settings.setting(default, low=..., high=...)"
+                )
+            raise ValueError(f"{name}: expected {rng.describe()}{hint}")

@@ -74,6 +74,25 @@ class SharedMemory(RL2):
         return SharedMemoryAgent(self.net, self.spec, self.device, evaluation)
 
 
+class SharedObserveAgent(SharedMemoryAgent):
+    """As SharedMemoryAgent, but the shared sum grows in observe: lock-step and pipelined sampling call
+    the groups' observe and act in different interleavings, so the trials also differ between them; the
+    rule broken is still clone independence, and it is the one named."""
+
+    def act(self, obs):
+        actions, extras = RL2Agent.act(self, obs)
+        return actions + 0.01 * self.seen, extras
+
+    def observe(self, transition):
+        self.seen += transition.reward.sum()
+        super().observe(transition)
+
+
+class SharedObserve(RL2):
+    def make_agent(self, evaluation=False):
+        return SharedObserveAgent(self.net, self.spec, self.device, evaluation)
+
+
 class NoisyObserveAgent(RL2Agent):
     def observe(self, transition):
         torch.rand(1)  # randomness outside act / end_episode depends on the call order
@@ -100,6 +119,14 @@ class ForgetsOptimizer(RL2):
         self.net.load_state_dict(state["net"])
 
 
+class ForgetsCounter(RL2):
+    """Counts its iterations (as a schedule would) but keeps the count out of state_dict."""
+
+    def train_step(self, ctx):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().train_step(ctx) | {"calls": self.calls}
+
+
 class NumpyState(RL2):
     def state_dict(self):
         return super().state_dict() | {"extra": np.zeros(2)}
@@ -109,6 +136,19 @@ class WideActionsAgent(RL2Agent):
     def act(self, obs):
         actions, extras = super().act(obs)
         return np.concatenate([actions, actions[:, :1]], axis=1), extras
+
+
+class TransposedActionsAgent(RL2Agent):
+    def act(self, obs):
+        actions, extras = super().act(obs)
+        return np.ascontiguousarray(actions.T), extras
+
+
+class TransposedActions(RL2):
+    """act returns (act_dim, rows): on point-nav (act_dim 2) a group of 2 rows would not show it."""
+
+    def make_agent(self, evaluation=False):
+        return TransposedActionsAgent(self.net, self.spec, self.device, evaluation)
 
 
 class WideActions(RL2):
@@ -144,11 +184,14 @@ class WrongEvaluationFlag(RL2):
     "cls,message",
     [
         (SharedMemory, "clones must be independent"),
+        (SharedObserve, "clones must be independent"),
         (NoisyObserve, "observe drew from torch's global generator"),
         (EvaluationTrains, "an evaluation changed the learner's state_dict"),
-        (ForgetsOptimizer, "load_state_dict"),
+        (ForgetsOptimizer, r"does not restore the state \(keys in one only: \['optimizer\.state\."),
+        (ForgetsCounter, r"differs from the uninterrupted one's, in metric\(s\) calls:"),
         (NumpyState, r"state_dict.extra is a numpy.ndarray, which torch.load\(weights_only=True\) refuses"),
         (ObjectInState, r"state_dict.thing is a (tests.)?test_check.Thing, which torch.load"),
+        (TransposedActions, r"act returned actions of shape \(2, 3\), expected \(3, 2\)"),
         (WideActions, r"act returned actions of shape \(\d+, 3\), expected \(\d+, 2\)"),
         (WideEvaluationActions, r"act returned actions of shape \(\d+, 3\), expected \(\d+, 2\)"),
         (WrongEvaluationFlag, "make_agent\\(evaluation=True\\)"),

@@ -45,6 +45,27 @@ def test_list_shows_suites_and_algorithms(capsys):
     assert "rl2" in out and "point-nav" in out and "H=100" in out and "K=2" in out
 
 
+def test_list_settings_shows_a_runs_values_for_a_suite_and_profile(capsys):
+    """Without --suite: the dataclass defaults, said to be before any profile; with it: what a run of that
+    profile on that suite starts from (RL²'s quick point-nav profile: gamma 0.9, 3.84M steps)."""
+    code, out, _ = run_cli(capsys, "list", "--settings", "rl2")
+    assert code == 0 and "default before any profile" in out and "  gamma=0.99  " in out
+    code, out, _ = run_cli(capsys, "list", "--settings", "rl2", "--suite", "point-nav")
+    assert code == 0 and "value of a quick run on point-nav" in out
+    assert "  gamma=0.9  " in out and "  budget_steps=3840000  " in out and "  lr=0.001  " in out
+    code, out, _ = run_cli(
+        capsys, "list", "--settings", "rl2", "--suite", "halfcheetah-vel", "--profile", "paper"
+    )
+    assert code == 0 and "  hidden_size=256  " in out and "  gamma=0.99  " in out
+    for argv, needle in (
+        (["--suite", "point-nav"], "--suite and --profile apply to list --settings ALGO only"),
+        (["--settings", "rl2", "--profile", "paper"], "--profile needs --suite"),
+        (["--settings", "rl2", "--suite", "nowhere"], "unknown suite 'nowhere'"),
+    ):
+        code, _, err = run_cli(capsys, "list", *argv)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

@@ -1,5 +1,6 @@
 """A separately installed distribution registers a method and a suite through entry points."""
 
+import json
 import os
 import subprocess
 import sys
@@ -65,7 +66,14 @@ def test_installed_plugin_runs_through_the_cli(tmp_path):
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    ev = pd.read_csv(tmp_path / "out" / "line-nav" / "uniform-random" / "seed0" / "eval.csv")
+    run_dir = tmp_path / "out" / "line-nav" / "uniform-random" / "seed0"
+    source = json.loads((run_dir / "config.json").read_text())["algo_source"]  # the plugin's code, traceable
+    assert source == {
+        "entry_point": "metarl_bench_example:UniformRandom",
+        "distribution": "metarl-bench-example-plugin",
+        "version": "0.1.0",
+    }
+    ev = pd.read_csv(run_dir / "eval.csv")
     assert (
         set(ev["episode"]) == {0, 1, 2}
         and ev["iteration"].max() == 3

@@ -409,10 +409,36 @@ def test_a_learner_built_directly_refuses_what_validate_refuses(algo, bad):
     """``MetaLearner.__init__`` runs the method's ``validate``: a learner built without the harness raises the
     same one-line ValueError, not an assertion or a crash deep in its networks."""
     from benchmark.registry import load_algorithm
+    from metarl_protocol.settings import check_settings
 
     cls = load_algorithm(algo)
     config = cls.Config(**bad)
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError) as refused:  # the harness: declared ranges, then the method's validate
+        check_settings(config)
         cls.validate(config, PointNav().spec())
     with pytest.raises(ValueError, match=re.escape(str(refused.value))):
         cls(PointNav().spec(), config, torch.device("cpu"))
+
+
+def test_settings_messages_say_whether_the_user_or_the_method_set_the_value():
+    """A bad ``--set`` value is the user's; a default outside the default rule is the method author's:
+    the message names the config field and says how to declare its range. A learner built directly checks
+    the declared ranges too, as the harness does (a plugin could pass check_learner, then fail in run)."""
+    from benchmark.config import ConfigError, resolve
+    from metarl_protocol import setting
+
+    @dataclass
+    class AuthorConfig:
+        init_log_std: float = -0.5  # no declared range: the default rule (finite, >= 0) refuses it
+        lr: float = setting(1e-3, low=0.0, low_open=True)
+
+    with pytest.raises(ConfigError) as err:
+        resolve("quick", "point-nav", AuthorConfig, {}, {})
+    assert str(err.value).startswith(
+        "AuthorConfig.init_log_std=-0.5: expected >= 0; the field declares no range"
+    )
+    assert "metarl_protocol.settings.setting(default, low=..., high=...)" in str(err.value)
+    with pytest.raises(ConfigError, match=r"^--set lr=0.0: expected > 0$"):
+        resolve("quick", "point-nav", RL2Config, {}, {"lr": "0"})
+    with pytest.raises(ValueError, match=r"^RL2Config.lr=-1.0: expected > 0$"):
+        RL2(PointNav().spec(), RL2Config(lr=-1.0), torch.device("cpu"))

@@ -205,6 +205,43 @@ def test_pipelined_groups_record_the_same_trials_as_lock_step():
     assert len(np.unique(lock.actions[:, 3])) == 3  # the agents' memories really differ per row
 
 
+class InPlaceAgent(RecordingAgent):
+    """Scales what it is shown in place: a reward in observe, or the observation in act."""
+
+    def __init__(self, act_dim, where):
+        super().__init__(act_dim)
+        self.where = where
+
+    def clone(self):
+        return InPlaceAgent(self.act_dim, self.where)
+
+    def act(self, obs):
+        if self.where == "obs":
+            obs *= 0.5
+        return super().act(obs)
+
+    def observe(self, tr):
+        if self.where == "reward":
+            tr.reward *= 0.01
+        elif self.where == "next_obs":
+            torch.as_tensor(tr.next_obs).zero_()  # shares the array's memory
+        super().observe(tr)
+
+
+@pytest.mark.parametrize("where", ["obs", "reward", "next_obs"])
+def test_an_agent_cannot_change_what_the_sampler_records(where):
+    """The agent gets copies: writing into what it is shown (a reward scaled in place in observe, or a
+    tensor over it changed) leaves the recorded and scored trial as it was. Before, ``observe`` got views
+    of the record, and a reward scaled in place rewrote the returns the evaluator reported."""
+    suite = PointNav()
+    tasks = suite.tasks("train")[:3]
+    clean = TrialSampler(suite).run(InPlaceAgent(2, None), tasks, episodes=2, seed=0)
+    dirty = TrialSampler(suite).run(InPlaceAgent(2, where), tasks, episodes=2, seed=0)
+    for name in ("obs", "rewards", "next_obs", "actions"):
+        assert np.array_equal(getattr(clean, name), getattr(dirty, name)), name
+    assert (clean.rewards < 0).all()
+
+
 def test_task_groups_never_split_a_task_and_ignore_the_process_layout():
     assert task_groups(np.array([5, 5, 5, 7, 7, 7])) == [(0, 3), (3, 6)]
     assert task_groups(np.array([1, 2, 3, 4, 5])) == [(0, 2), (2, 5)]  # nearest valid cut to the middle
