@@ -69,7 +69,8 @@ def print_summary(algo: str, suite: str, seed: int, summary: dict[str, Any]) -> 
     print(
         f"\n{algo} on {suite}, seed {seed}: final evaluation at the budget of "
         f"{summary['budget_steps']:,} env "
-        f"steps ({summary['env_steps']:,} consumed, {summary['iterations']} iterations; {summary['dir']})"
+        f"steps ({summary['env_steps']:,} consumed, {summary['iterations']} "
+        f"iteration{'' if summary['iterations'] == 1 else 's'}; {summary['dir']})"
     )
     if len(table):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))

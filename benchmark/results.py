@@ -154,12 +154,14 @@ def kept_rows(
     has no header. Reads only: resume checks both CSVs with this before it changes anything.
 
     Raises:
-        ResultsError: the file is not UTF-8 CSV text, its header differs from ``columns`` (when given),
-            a row has more fields than the header, or ``keep`` fails on a row (e.g. a non-integer
-            ``iteration``); the message names the file and the row.
+        ResultsError: ``path`` is a directory, the file is not UTF-8 CSV text, its header differs from
+            ``columns`` (when given), a row has more fields than the header, or ``keep`` fails on a row
+            (e.g. a non-integer ``iteration``); the message names the file and the row.
     """
     if not path.exists():
         return None
+    if path.is_dir():
+        raise ResultsError(f"{path}: a directory, not the run's CSV file")
     try:
         reader = csv.DictReader(io.StringIO(complete_lines(path.read_bytes()).decode(), newline=""))
         header = reader.fieldnames

@@ -304,6 +304,8 @@ class Runner:
         blocking = file_in_the_way(self.dir)
         if blocking is not None:
             raise ResultsError(f"{blocking}: a file where the run directory {self.dir} goes")
+        if self.dir.is_symlink() and not self.dir.exists():
+            raise ResultsError(f"{self.dir}: a broken symbolic link where the run directory goes")
         exists = self.dir.exists() and any(self.dir.iterdir())
         self.finished = (self.dir / DONE_MARKER).exists()
         self.replacing = exists and overwrite
@@ -342,6 +344,13 @@ class Runner:
         if not isinstance(old, dict) or not isinstance(old.get("run", {}), dict):
             raise ResultsError(
                 f"{path}: not the config.json of a run (expected an object with a 'run' object)"
+            )
+        ours = {"algo": self.run_id.algo, "suite": self.run_id.suite, "seed": self.run_id.seed}
+        theirs = {key: old.get(key) for key in ours}
+        if theirs != ours:
+            raise ResumeMismatchError(
+                f"{path}: the config of the run {_run_name(theirs)}, not of {_run_name(ours)}: a run resumes "
+                "under its own path (its records would be mixed with another run's), or --overwrite"
             )
         self._was_dirty = bool(old.get("git_dirty"))
         recorded = old.setdefault("run", {})
@@ -413,6 +422,44 @@ class Runner:
             state["cuda_rng"] = [t.cpu() for t in state["cuda_rng"]]
         return state
 
+    def _check_records(self, state: dict[str, Any] | None, kept: dict[str, Any]) -> None:
+        """Refuse to resume a run whose records do not reach its checkpoint (reads only).
+
+        With a checkpoint at iteration i, progress.csv must hold iterations 1..i and eval.csv every
+        evaluation mark before the checkpoint's next one (0, E, 2E, ...): a missing or emptied CSV would
+        otherwise be restarted and those rows lost for good. Without a checkpoint, progress.csv must not
+        go on past the iteration that reached the first checkpoint mark (the checkpoint was written then:
+        it is missing, not yet due), and a finished run must have one.
+        """
+        progress, evals = kept["progress.csv"], kept["eval.csv"]
+        fix = "restore it, or pass --overwrite to start the run again"
+        if state is None:
+            first = self.run_cfg.checkpoint_every_steps
+            # the iterations at or past the first mark (none is kept): a checkpoint followed the first
+            past = kept_rows(self.dir / "progress.csv", lambda r: int(r["env_steps"]) >= first)
+            finished = self.finished or self._extend
+            if finished or (past is not None and len(past[1]) > 1):
+                done = "finished" if finished else f"went past its first checkpoint at {first} env steps"
+                raise ResultsError(f"{self.dir / CHECKPOINT}: missing, though the run {done}; {fix}")
+            return
+        it, next_eval = int(state["iteration"]), int(state["next_eval_mark"])
+        iterations = [int(r["iteration"]) for r in (progress[1] if progress else [])]
+        if iterations != list(range(1, it + 1)):
+            have = f"iterations {iterations[0]}..{iterations[-1]}" if iterations else "no rows"
+            raise ResultsError(
+                f"{self.dir / 'progress.csv'}: {have} where the checkpoint needs 1..{it}; {fix}"
+            )
+        try:
+            marks = {int(r["mark"]) for r in (evals[1] if evals else [])}
+        except ValueError as exc:
+            raise ResultsError(f"{self.dir / 'eval.csv'}: a malformed mark ({exc})") from None
+        needed = set(range(0, next_eval, self.run_cfg.eval_every_steps))
+        if not needed <= marks:
+            raise ResultsError(
+                f"{self.dir / 'eval.csv'}: no evaluation at mark(s) "
+                f"{', '.join(map(str, sorted(needed - marks)[:5]))} before the checkpoint; {fix}"
+            )
+
     def _set_up(self, rng: np.random.Generator) -> tuple[MetaLearner, tuple[int, int, float, int, int]]:
         """Build the learner (restored when resuming) and bring the directory to the resume point.
 
@@ -446,6 +493,7 @@ class Runner:
                     self.dir / "eval.csv", lambda r: int(r["iteration"]) < it, EVAL_COLUMNS
                 ),
             }
+            self._check_records(state, kept)
         storage = self.dir / "storage"
         had_storage = storage.exists()
         try:
@@ -720,6 +768,11 @@ class Runner:
         except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ResultsError(f"{path}: cannot read the finished run's evaluation ({first})") from None
+
+
+def _run_name(ident: dict[str, Any]) -> str:
+    """``rl2 on point-nav, seed 0`` from a run's algo / suite / seed."""
+    return f"{ident.get('algo')} on {ident.get('suite')}, seed {ident.get('seed')}"
 
 
 def _fmt(x: float | None) -> str:

@@ -466,6 +466,23 @@ def _foreign_learner_state(run):
     _save(run / "checkpoint.pt", state)
 
 
+def _keep_lines(name, n):
+    def breaks(run):
+        lines = (run / name).read_text().splitlines(keepends=True)
+        (run / name).write_text("".join(lines[:n]))
+
+    return breaks
+
+
+def _csv_directory(name):
+    def breaks(run):
+        (run / name).unlink()
+        (run / name).mkdir()
+        (run / name / "kept").write_text("a file, so the directory shows in the before/after tree")
+
+    return breaks
+
+
 def _config(edit):
     def breaks(run):
         config = json.loads((run / "config.json").read_text())
@@ -491,6 +508,24 @@ def _config(edit):
         (lambda run: (run / "config.json").write_bytes(b"\xff{}"), "unreadable config of the run to resume"),
         (_config(lambda c: c | {"run": c["run"] | {"budget_steps": "1600"}}), "run.budget_steps is '1600'"),
         (lambda run: (run / "config.json").unlink(), "config.json is missing"),
+        # records that do not reach the checkpoint: resuming would restart them and lose their rows
+        (lambda run: (run / "eval.csv").unlink(), "eval.csv: no evaluation at mark(s) 0, 800 before the"),
+        (lambda run: (run / "eval.csv").write_text(""), "eval.csv: no evaluation at mark(s) 0, 800 before"),
+        (
+            lambda run: (run / "progress.csv").unlink(),
+            "progress.csv: no rows where the checkpoint needs 1..2",
+        ),
+        (
+            lambda run: (run / "progress.csv").write_text("iteration,env_"),
+            "progress.csv: no rows where the checkpoint needs 1..2",
+        ),
+        (_keep_lines("progress.csv", 2), "progress.csv: iterations 1..1 where the checkpoint needs 1..2"),
+        (_csv_directory("eval.csv"), "eval.csv: a directory, not the run's CSV file"),
+        (lambda run: (run / "checkpoint.pt").unlink(), "checkpoint.pt: missing, though the run finished"),
+        (
+            _config(lambda c: c | {"seed": 5}),
+            "the config of the run rl2 on point-nav, seed 5, not of rl2 on point-nav, seed 0",
+        ),
     ],
 )
 def test_a_resume_that_cannot_go_on_changes_nothing(capsys, tmp_path, breaks, named):
@@ -503,6 +538,29 @@ def test_a_resume_that_cannot_go_on_changes_nothing(capsys, tmp_path, breaks, na
     code, _, err = run_cli(capsys, *quick_run(tmp_path, "--resume", "--set", "budget_steps=2400"))
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
     assert _tree(tmp_path) == before
+
+
+def test_resume_refuses_an_unfinished_run_whose_checkpoint_went_missing(capsys, tmp_path):
+    """Checkpoints at 800 and 1,600 steps; without its checkpoint (and done marker) the run went on past
+    its first checkpoint, so the checkpoint is lost, not yet due: refused, files as they were. A run
+    killed before its first checkpoint still starts afresh (test_sweep)."""
+    argv = quick_run(tmp_path, "--set", "checkpoint_every_steps=800")
+    assert run_cli(capsys, *argv)[0] == 0
+    run = tmp_path / "point-nav" / "rl2" / "seed0"
+    (run / "done").unlink()
+    (run / "checkpoint.pt").unlink()
+    before = _tree(tmp_path)
+    code, _, err = run_cli(capsys, *argv, "--resume")
+    assert code == 2 and "checkpoint.pt: missing, though the run went past its first checkpoint at 800" in err
+    assert _tree(tmp_path) == before
+
+
+def test_a_broken_symbolic_link_where_the_run_directory_goes_is_one_line(capsys, tmp_path):
+    (tmp_path / "point-nav" / "rl2").mkdir(parents=True)
+    (tmp_path / "point-nav" / "rl2" / "seed0").symlink_to(tmp_path / "nowhere")
+    code, _, err = run_cli(capsys, *quick_run(tmp_path))
+    assert code == 2 and "seed0: a broken symbolic link where the run directory goes" in err, err
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_overwrite_puts_the_old_run_back_when_the_new_one_fails_to_start(capsys, tmp_path, monkeypatch):

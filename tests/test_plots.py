@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -234,6 +235,21 @@ def test_make_all_names_a_file_where_a_directory_goes(tree, tmp_path, blocker):
     with pytest.raises(plots.ResultsError, match="a file where the directory .* goes"):
         plots.make_all(tree, home / "proj")
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "output", ["tables/headline.md", "tables/aggregate.csv", "figures/aggregate.pdf", "README.md"]
+)
+def test_make_all_names_a_directory_where_an_output_file_goes(tree, tmp_path, output):
+    """A directory where one of the files make_all writes goes: one ResultsError naming it, before
+    anything is written (not an IsADirectoryError after the figures)."""
+    out = tmp_path / "out"
+    (out / output).mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    named = re.escape(f"{out / output}: a directory where an output file")
+    with pytest.raises(plots.ResultsError, match=f"^{named}"):
+        plots.make_all(tree, out)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_single_seed_legend_says_no_ci():
@@ -526,10 +542,29 @@ def _drop_return(path: Path) -> None:
     df.drop(columns="return").to_csv(path, index=False)
 
 
-def _bad_return(path: Path) -> None:
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    df.loc[3, "return"] = "abc"
-    df.to_csv(path, index=False)
+def _put(column: str, value: str):
+    """A breaker writing ``value`` into ``column`` on line 5 (adding eval.csv's ``mark`` column first)."""
+
+    def breaker(path: Path) -> None:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if column not in df.columns:
+            df.insert(1, column, df["env_steps"])
+        df.loc[3, column] = value
+        df.to_csv(path, index=False)
+
+    return breaker
+
+
+_bad_return = _put("return", "abc")
+
+
+def _cut(n_bytes: int):
+    """A breaker cutting the file's last ``n_bytes``: its last row lacks its newline and a field or two."""
+    return lambda path: path.write_bytes(path.read_bytes()[:-n_bytes])
+
+
+def _integer(column: str, value: str, least: str = " >= 0") -> str:
+    return f"invalid value {value!r} in column {column!r} (line 5; expected an integer{least} below 2**53)"
 
 
 @pytest.mark.parametrize(
@@ -539,6 +574,25 @@ def _bad_return(path: Path) -> None:
         (lambda p: p.write_text(""), "eval.csv", "empty file"),
         (lambda p: p.unlink(), "eval.csv", "file not found"),
         (_bad_return, "eval.csv", "non-numeric value 'abc' in column 'return' (line 5)"),
+        # a finished run's cut last line is no row (only a run in progress drops it)
+        (_cut(18), "eval.csv", "last line (line 91) is cut off: no newline at its end"),
+        (_cut(5), "progress.csv", "last line (line 51) is cut off: no newline at its end"),
+        # integer columns: whole, finite, >= 0 (task ids of any sign), small enough to count with
+        *[
+            (_put(col, value), "eval.csv", _integer(col, value))
+            for col, value in [
+                ("mark", "inf"),
+                ("mark", "0.5"),
+                ("episode", "1e300"),
+                ("iteration", "-3"),
+                ("env_steps", "-4000"),
+            ]
+        ],
+        (_put("task_id", "inf"), "eval.csv", _integer("task_id", "inf", least="")),
+        (_put("task_id", "1.5"), "eval.csv", _integer("task_id", "1.5", least="")),
+        (_put("episode", "6"), "eval.csv", "episode index 6 exceeds suite_info.eval_episodes = 6 (line 5)"),
+        (_put("iteration", "inf"), "progress.csv", _integer("iteration", "inf")),
+        (_put("env_steps", "2.5"), "progress.csv", _integer("env_steps", "2.5")),
         (lambda p: p.write_text(""), "progress.csv", "empty file"),
         (lambda p: p.write_text("{not json"), "config.json", "invalid JSON"),
         (lambda p: p.write_text(json.dumps({"suite": "point-nav"})), "config.json", "missing key 'algo'"),
@@ -555,6 +609,7 @@ def test_malformed_input_raises_one_line_error(tmp_path, breaker, fname, expecte
     assert msg.startswith(f"{target}: ")
     assert expected in msg
     assert isinstance(info.value, ValueError)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_missing_column_message_lists_expected_columns(tmp_path):
@@ -599,7 +654,7 @@ def test_run_in_progress_may_lack_csvs_and_end_mid_line(tmp_path):
     assert tmp_path / "out" / "figures" / "adaptation.png" in paths
     # the same defects in a finished run are errors
     (cut / "done").write_text("")
-    with pytest.raises(ResultsError, match=r"eval\.csv: empty value in column 'episode' \(line \d+\)"):
+    with pytest.raises(ResultsError, match=r"eval\.csv: last line \(line \d+\) is cut off"):
         load_results(root)
 
 

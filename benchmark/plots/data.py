@@ -31,6 +31,9 @@ from benchmark.errors import ResultsError  # noqa: F401 - re-exported
 
 PROGRESS_COLUMNS = ("iteration", "env_steps", "wall_time_s")
 EVAL_COLUMNS = ("iteration", "env_steps", "split", "task_id", "task", "episode", "return", "success")
+# integer columns and the least value each may hold (None: any); ``mark`` is absent from older eval.csv files
+PROGRESS_INTEGERS = {"iteration": 0, "env_steps": 0}
+EVAL_INTEGERS = {"iteration": 0, "mark": 0, "env_steps": 0, "task_id": None, "episode": 0}
 SPLITS = ("train", "test", "ood", "validation")
 SUITE_INFO_KEYS = (
     "family",
@@ -196,27 +199,40 @@ def read_csv_checked(
     numeric: Sequence[str] = (),
     *,
     optional_numeric: Sequence[str] = (),
+    integer: dict[str, int | None] | None = None,
     in_progress: bool = False,
 ) -> pd.DataFrame:
     """Read a CSV, check its columns, coerce numeric ones; raise :class:`ResultsError` on any defect.
 
     ``numeric`` columns must hold a number in every row; ``optional_numeric`` ones may be empty (NaN).
-    A file with a header and no rows is valid (a run that has not logged anything yet). For a run in
-    progress (``in_progress=True``) a missing file means "nothing logged yet" (the harness creates its
-    CSVs on the first write) and a last line cut off mid-write (no final newline) is dropped.
+    ``integer`` columns (those the file has) must hold an integer in every row, at least the least value
+    given (None: any) and below 2**53; they come back as int64. A file with a header and no rows is valid
+    (a run that has not logged anything yet). For a run in progress (``in_progress=True``) a missing file
+    means "nothing logged yet" (the harness creates its CSVs on the first write) and a last line cut off
+    mid-write (no final newline) is dropped; in a finished run's file such a line is an error.
     """
     expected = ", ".join(required)
+    integer = integer or {}
     if not path.is_file():
         if in_progress and not path.exists():
-            return pd.DataFrame({c: pd.Series(dtype=float if c in numeric else object) for c in required})
+            dtypes = {c: np.int64 if c in integer else float if c in numeric else object for c in required}
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
         raise _fail(path, f"file not found (expected a CSV with columns: {expected})")
     raw = path.read_bytes()
     if not raw.strip():
         raise _fail(path, f"empty file (expected a header row: {expected})")
-    if in_progress and not raw.endswith(b"\n") and raw.count(b"\n") >= 1:
-        # a run in progress may have been killed mid-row: drop the cut last line wherever it was cut
-        # (even inside a quoted field) before parsing; everything before it was written whole
-        raw = raw[: raw.rfind(b"\n") + 1]
+    lines = raw.count(b"\n")
+    if not raw.endswith(b"\n"):
+        if not in_progress:
+            raise _fail(
+                path,
+                f"last line (line {lines + 1}) is cut off: no newline at its end (a finished run's CSV ends "
+                "every row with a newline; a cut row is dropped only while the run is in progress)",
+            )
+        if lines >= 1:
+            # a run in progress may have been killed mid-row: drop the cut last line wherever it was cut
+            # (even inside a quoted field) before parsing; everything before it was written whole
+            raw = raw[: raw.rfind(b"\n") + 1]
     try:
         df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, skipinitialspace=True)
     except UnicodeDecodeError:
@@ -232,7 +248,8 @@ def read_csv_checked(
         raise _fail(path, f"missing column{'s' if len(missing) > 1 else ''} {names} (expected: {expected})")
     for col in df.columns:
         df[col] = df[col].str.strip()
-    for col, allow_empty in [(c, False) for c in numeric] + [(c, True) for c in optional_numeric]:
+    required_numbers = dict.fromkeys([*numeric, *(c for c in integer if c in df.columns)])
+    for col, allow_empty in [(c, False) for c in required_numbers] + [(c, True) for c in optional_numeric]:
         text = df[col]
         empty = text == ""
         values = pd.to_numeric(text.where(~empty, None), errors="coerce")
@@ -243,16 +260,33 @@ def read_csv_checked(
         if not allow_empty and empty.any():
             i = int(np.flatnonzero(empty.to_numpy())[0])
             raise _fail(path, f"empty value in column {col!r} (line {i + 2})")
-        if np.isinf(values.to_numpy(dtype=float, na_value=np.nan)).any():
-            i = int(np.flatnonzero(np.isinf(values.to_numpy(dtype=float, na_value=np.nan)))[0])
+        values = values.to_numpy(dtype=float, na_value=np.nan)
+        if col in integer:
+            bad = (values != np.round(values)) | (np.abs(values) >= 2**53)  # also inf
+            if integer[col] is not None:
+                bad |= values < integer[col]
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                kind = "an integer" if integer[col] is None else f"an integer >= {integer[col]}"
+                raise _fail(
+                    path,
+                    f"invalid value {text.iloc[i]!r} in column {col!r} (line {i + 2}; expected {kind} "
+                    "below 2**53)",
+                )
+            df[col] = values.astype(np.int64)
+            continue
+        if np.isinf(values).any():
+            i = int(np.flatnonzero(np.isinf(values))[0])
             raise _fail(path, f"infinite value {text.iloc[i]!r} in column {col!r} (line {i + 2})")
-        df[col] = values.astype(float)
+        df[col] = values
     return df
 
 
 def read_progress(path: Path, in_progress: bool = False) -> pd.DataFrame:
     """``progress.csv``: ``iteration, env_steps, wall_time_s`` then method metrics (kept as read)."""
-    df = read_csv_checked(path, PROGRESS_COLUMNS, PROGRESS_COLUMNS, in_progress=in_progress)
+    df = read_csv_checked(
+        path, PROGRESS_COLUMNS, PROGRESS_COLUMNS, integer=PROGRESS_INTEGERS, in_progress=in_progress
+    )
     for col in df.columns:
         if col not in PROGRESS_COLUMNS:
             df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce")
@@ -261,12 +295,12 @@ def read_progress(path: Path, in_progress: bool = False) -> pd.DataFrame:
 
 def read_eval(path: Path, has_success: bool, in_progress: bool = False) -> pd.DataFrame:
     """``eval.csv``: one row per evaluated episode, validated against the schema."""
-    numeric = ("iteration", "env_steps", "episode", "return")
     df = read_csv_checked(
         path,
         EVAL_COLUMNS,
-        numeric + (("success",) if has_success else ()),
+        ("return", "success") if has_success else ("return",),
         optional_numeric=() if has_success else ("success",),
+        integer=EVAL_INTEGERS,
         in_progress=in_progress,
     )
     bad_split = ~df["split"].isin(SPLITS)
@@ -276,28 +310,15 @@ def read_eval(path: Path, has_success: bool, in_progress: bool = False) -> pd.Da
             path,
             f"invalid split {df['split'].iloc[i]!r} (line {i + 2}; expected one of: {', '.join(SPLITS)})",
         )
-    ep = df["episode"].to_numpy()
-    bad_ep = (ep < 0) | (ep != np.round(ep))
-    if bad_ep.any():
-        i = int(np.flatnonzero(bad_ep)[0])
-        raise _fail(path, f"episode index {ep[i]:g} is not a non-negative integer (line {i + 2})")
     succ = df["success"].to_numpy(dtype=float)
     bad_s = ~np.isnan(succ) & (succ != 0) & (succ != 1)
     if bad_s.any():
         i = int(np.flatnonzero(bad_s)[0])
         raise _fail(path, f"success must be 0 or 1, got {succ[i]:g} (line {i + 2})")
-    df["episode"] = df["episode"].astype(int)
-    df["iteration"] = df["iteration"].astype(int)
     # ``mark``: the env-step mark an evaluation stands for. eval.csv files written before the column
     # existed evaluated at iteration boundaries of equal-sized iterations: their mark is env_steps.
-    if "mark" in df.columns:
-        marks = pd.to_numeric(df["mark"].replace("", None), errors="coerce")
-        if marks.isna().any():
-            i = int(np.flatnonzero(marks.isna().to_numpy())[0])
-            raise _fail(path, f"column 'mark' must hold an integer in every row (line {i + 2})")
-        df["mark"] = marks.astype(int)
-    else:
-        df["mark"] = df["env_steps"].astype(int)
+    if "mark" not in df.columns:
+        df["mark"] = df["env_steps"]
     key = ["mark", "split", "task_id", "episode"]
     dup = df.duplicated(key, keep="first")
     if dup.any():

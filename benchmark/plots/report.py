@@ -169,12 +169,24 @@ def default_out_dir(results_root: Path) -> Path:
     return results_root
 
 
+def _folder(out_dir: Path, art: Artifact) -> Path:
+    return out_dir / ("figures" if art.kind == "figure" else "tables")
+
+
 def _check_outputs(out_dir: Path) -> None:
     """Refuse to write into a directory whose ``README.md`` is a page of the user's own (an index of
-    ours starts with ``INDEX_TITLE``): it and the figures beside it are not ours to replace.
+    ours starts with ``INDEX_TITLE``): it and the figures beside it are not ours to replace; and refuse
+    a directory where one of the files ``make_all`` writes (or removes as stale) goes.
 
-    Raises ``ResultsError`` naming the page, before anything is written.
+    Raises ``ResultsError`` naming the page or directory, before anything is written.
     """
+    outputs = [_folder(out_dir, a) / f"{a.name}.{ext}" for a in ARTIFACTS for ext in _EXTENSIONS[a.kind]]
+    in_the_way = next((p for p in [*outputs, out_dir / "README.md"] if p.is_dir()), None)
+    if in_the_way is not None:
+        raise ResultsError(
+            f"{in_the_way}: a directory where an output file of metarl-bench figures goes; remove it or "
+            "write the figures elsewhere with --out DIR"
+        )
     if not _is_ours(out_dir):
         raise ResultsError(
             f"{out_dir / 'README.md'}: not an index written by metarl-bench figures, so neither it nor the "
@@ -185,8 +197,9 @@ def _check_outputs(out_dir: Path) -> None:
 def make_all(results_root: Path | str, out_dir: Path | str | None = None) -> list[Path]:
     """Write every figure (``<out>/figures/*.png|pdf``), table (``<out>/tables/*.md|tex|csv``) and the
     index ``<out>/README.md``; return the written paths. Raises :class:`ResultsError` on bad input, when a
-    file stands where ``<out>``, ``figures/``, ``tables/`` or one of their parents goes, and when
-    ``<out>/README.md`` exists but is not an index of ours (nothing is written in each case)."""
+    file stands where ``<out>``, ``figures/``, ``tables/`` or one of their parents goes, when a directory
+    stands where one of its files goes, and when ``<out>/README.md`` exists but is not an index of ours
+    (nothing is written in each case)."""
     results_root = Path(results_root)
     out_dir = default_out_dir(results_root) if out_dir is None else Path(out_dir)
     results = load_results(results_root)
@@ -198,7 +211,7 @@ def make_all(results_root: Path | str, out_dir: Path | str | None = None) -> lis
     written: list[Path] = []
     made: list[tuple[Artifact, list[Path]]] = []
     for art in ARTIFACTS:
-        folder = out_dir / ("figures" if art.kind == "figure" else "tables")
+        folder = _folder(out_dir, art)
         paths = art.make(results, folder)
         if paths:
             made.append((art, paths))
