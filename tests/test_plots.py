@@ -198,6 +198,28 @@ def test_make_all_writes_figures_tables_and_index(tree, tmp_path):
     assert "\\begin{tabular}" in tex and "\\toprule" in tex
 
 
+def test_index_says_when_pooled_seeds_were_run_with_different_settings(tmp_path):
+    """Seeds of one method on one suite are pooled; the index says when their recorded settings differ
+    (a learning rate, the budget), and not for settings that change no number (workers, threads)."""
+    root = tmp_path / "runs"
+    for seed, lr, workers in ((0, 0.001, 1), (1, 0.01, 2), (2, 0.001, 2)):
+        run = write_run(root, "point-nav", "rl2", seed, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+        config = json.loads((run / "config.json").read_text())
+        config |= {"budget_steps": 8000 * (1 + seed // 2), "run": {"num_workers": workers, "eval_tasks": 5}}
+        config["algo_config"] = {"lr": lr, "gamma": 0.9}
+        (run / "config.json").write_text(json.dumps(config))
+    write_run(root, "point-nav", "trmrl", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+    plots.make_all(root, tmp_path / "out")
+    lines = (tmp_path / "out" / "README.md").read_text().splitlines()
+    rl2 = next(line for line in lines if line.startswith("- `point-nav` / RL²"))
+    assert rl2.endswith(
+        "SETTINGS DIFFER between these seeds, pooled all the same: "
+        "budget_steps (16000, 8000), lr (0.001, 0.01)"
+    )
+    trmrl = next(line for line in lines if line.startswith("- `point-nav` / TrMRL"))
+    assert "SETTINGS DIFFER" not in trmrl
+
+
 def test_default_out_dir(tmp_path):
     assert plots.default_out_dir(tmp_path / "results" / "runs") == tmp_path / "results"
     assert plots.default_out_dir(tmp_path / "mine") == tmp_path / "mine"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -269,10 +270,34 @@ def _group_line(runs: Sequence[Run]) -> str:
     )
     profile_text = "/".join(profiles) + (" (MIXED PROFILES)" if len(profiles) > 1 else "")
     seeds = f"seed{'s' if len(runs) > 1 else ''} {_seeds(runs)}"
+    differ = _differing_settings(runs)
     return (
         f"`{r0.suite}` / {style.display_name(r0.algo)}: {seeds}, profile {profile_text}, "
         f"progress {', '.join(its)}, {step_text} env steps, {status}"
+        + (f"; SETTINGS DIFFER between these seeds, pooled all the same: {differ}" if differ else "")
     )
+
+
+# harness settings that change no reported number (layout, threads: float rounding at most, bookkeeping)
+_NOT_RESULTS = {"num_workers", "torch_threads", "update_threads", "checkpoint_every_steps", "eval_batch"}
+
+
+def _differing_settings(runs: Sequence[Run]) -> str:
+    """The settings (budget, harness, method) whose recorded values differ between ``runs`` of one
+    method on one suite, as ``key (value, value)``, up to five; '' when none do. A key some runs do not
+    record (a setting added to the code later) is left out."""
+    recorded = []
+    for run in runs:
+        harness = run.config.get("run") if isinstance(run.config.get("run"), dict) else {}
+        method = run.config.get("algo_config") if isinstance(run.config.get("algo_config"), dict) else {}
+        values = {k: v for k, v in harness.items() if k not in _NOT_RESULTS} | method
+        if "budget_steps" in run.config:
+            values["budget_steps"] = run.config["budget_steps"]
+        recorded.append({k: json.dumps(v, sort_keys=True) for k, v in values.items()})
+    common = set.intersection(*(set(r) for r in recorded)) if recorded else set()
+    differ = sorted(k for k in common if len({r[k] for r in recorded}) > 1)
+    shown = [f"{k} ({', '.join(sorted({r[k] for r in recorded}))})" for k in differ[:5]]
+    return ", ".join(shown) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
 
 
 def _suite_line(results: Results, suite: str, art: Artifact) -> str:
