@@ -556,7 +556,9 @@ class TrMRL(MetaLearner):
     def validate(cls, config: TrMRLConfig, spec: SuiteSpec | None = None) -> None:
         """Settings that only make sense together (single settings are checked by their ranges)."""
         if config.d_model % config.n_heads:
-            raise ValueError(f"--set n_heads={config.n_heads}: must divide d_model={config.d_model}")
+            raise ValueError(
+                f"n_heads={config.n_heads} must divide d_model={config.d_model} (--set either to fit)"
+            )
         if not config.policy_hidden:
             raise ValueError("--set policy_hidden=: needs at least one layer width >= 1, e.g. 64,64")
 
