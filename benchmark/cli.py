@@ -10,6 +10,7 @@ import os
 import re
 import select
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,12 +24,35 @@ DEFAULT_SUITE = "halfcheetah-vel"
 DEFAULT_OUT = "results/runs"
 
 
-class _Parser(argparse.ArgumentParser):
+class _StoreOnce(argparse._StoreAction):
+    """argparse's default action (store), refusing an option given twice: argparse would keep the last
+    value silently (``--algo rl2 --algo trmrl`` ran trmrl alone)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if option_string is not None and self.dest in given:
+            several = self.nargs in ("+", "*")
+            accepted = f"list all its values after one {option_string}" if several else "it takes one value"
+            raise argparse.ArgumentError(self, f"given more than once; {accepted}")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+class _OnceParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose options without an ``action`` refuse to be repeated (``_StoreOnce``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+
+class _Parser(_OnceParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
         raise UsageError(message)
 
 
-class OneLineParser(argparse.ArgumentParser):
+class OneLineParser(_OnceParser):
     """argparse whose errors are one line ``PROG: error: ...`` on stderr and exit code 2 (no usage
     block), as the CLI's; for the scripts, which have no ``UsageError`` handler of their own."""
 
@@ -68,19 +92,30 @@ def out_dir(flag: str):  # noqa: ANN201 - an argparse type
     return parse
 
 
+#: The most seeds one sweep takes (``--seeds``): far more than any benchmark runs, and the list stays small.
+MAX_SEEDS = 10_000
+
+
 def seeds_type(text: str) -> list[int]:
-    """'3', '0-4' or '0,2,5' -> list of seeds."""
-    out: list[int] = []
+    """'3', '0-4' or '0,2,5' (ranges and seeds mixed) -> list of seeds; at most ``MAX_SEEDS``, counted
+    before the list is built."""
+    parts: list[range] = []
     for part in text.split(","):
         if "-" in part.strip()[1:]:
             a, b = part.split("-", 1)
             lo, hi = seed_type(a), seed_type(b)
             if hi < lo:
                 raise argparse.ArgumentTypeError(f"seed range {part!r} is empty")
-            out += list(range(lo, hi + 1))
+            parts.append(range(lo, hi + 1))
         else:
-            out.append(seed_type(part))
-    return out
+            seed = seed_type(part)
+            parts.append(range(seed, seed + 1))
+    count = sum(r.stop - r.start for r in parts)  # len(range) overflows past 2^63
+    if count > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names {count:,} seeds; a sweep takes at most {MAX_SEEDS:,} (e.g. 0-9999)"
+        )
+    return [seed for r in parts for seed in r]
 
 
 def _int_at_least(flag: str, low: int, accepted: str):  # noqa: ANN201 - an argparse type
@@ -172,7 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--algo", nargs="+", required=True, help="algorithm names, or 'all' (every registered algorithm)"
     )
     p_sweep.add_argument("--suite", nargs="+", default=[DEFAULT_SUITE])
-    p_sweep.add_argument("--seeds", type=seeds_type, default=[0])
+    p_sweep.add_argument(
+        "--seeds",
+        type=seeds_type,
+        default=[0],
+        help=f"3, 0-4 or 0,2,5 (default 0; at most {MAX_SEEDS:,} seeds)",
+    )
     p_sweep.add_argument(
         "--backend",
         choices=("local", "ray"),
@@ -344,7 +384,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
         if not args.algo:
             raise UsageError("--algo all: no registered algorithm loads (each is said above)")
     for flag, values in (("--algo", args.algo), ("--suite", args.suite), ("--seeds", args.seeds)):
-        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        repeated = sorted((v for v, n in Counter(values).items() if n > 1), key=str)
         if repeated:  # two processes would write one run directory at once
             raise UsageError(
                 f"{flag} repeats {', '.join(map(str, repeated))}: each (algo, suite, seed) may run once"
@@ -397,10 +437,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         import ray
 
-        from benchmark.sweep_ray import connect, run_ray
+        from benchmark.sweep_ray import check_resources, connect, run_ray
 
         connect(args.address)
         try:
+            check_resources(specs, args.address)
             results = run_ray(specs, args, progress)
         finally:
             ray.shutdown()

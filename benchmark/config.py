@@ -169,12 +169,14 @@ def _parse_tuple(key: str, raw: str, inner: type) -> tuple[Any, ...]:
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
     """``--set`` pairs ``KEY=VALUE`` -> ``{key: raw value}``, both stripped, split at the first ``=``; a
     later pair for a key wins. Values stay text (``resolve`` types them). Raises ``ConfigError`` for a
-    pair without ``=``."""
+    pair without ``=`` or with an empty key."""
     out: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, value = pair.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"--set {pair!r}: the key is empty; expected key=value, e.g. budget_steps=4000")
         out[key.strip()] = value.strip()
     return out
 

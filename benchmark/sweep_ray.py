@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -43,6 +44,8 @@ from benchmark.sweep import (
 
 #: A node-local results root for the runs that node executes (no shared filesystem).
 NODE_OUT_ENV = "METARL_BENCH_NODE_OUT"
+#: Seconds ``probe`` waits for the head node's port to accept a connection.
+PROBE_TIMEOUT_S = 5.0
 RAY_EXTRA = "pip install 'metarl-bench[ray]' (or ray==2.60.0 with the pins of constraints.txt)"
 
 
@@ -60,6 +63,21 @@ def require_ray() -> None:
         ) from None
 
 
+def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ``UsageError`` (one line) when nothing accepts a TCP connection at ``address`` (``HOST:PORT``
+    or ``ray://HOST:PORT``) within ``timeout`` seconds: ``ray.init`` would retry for minutes, printing
+    warnings, instead of failing."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise UsageError(
+            f"could not connect to the Ray cluster at {address}: nothing answers there within {timeout:g} s "
+            f"({why}); expected the address of a running head node (`ray start --head` prints it)"
+        ) from None
+
+
 def connect(address: str | None) -> bool:
     """Connect to the cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or start a
     local one when it is None. Returns True. Raises ``UsageError`` when the cluster cannot be reached."""
@@ -67,6 +85,8 @@ def connect(address: str | None) -> bool:
 
     import ray
 
+    if address not in (None, "auto"):
+        probe(address)
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if address is None:
@@ -78,6 +98,32 @@ def connect(address: str | None) -> bool:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"could not connect to the Ray cluster {where}: {first}") from None
     return True
+
+
+def check_resources(specs: list[RunSpec], address: str | None) -> None:
+    """Raise ``UsageError`` (one line) when no node of the cluster ``connect`` joined has the CPUs and
+    GPUs one of ``specs`` asks for: Ray would keep that task waiting forever, silently. Only the nodes
+    alive now count (an autoscaler that would add a larger node is not consulted)."""
+    import ray
+
+    try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - a client that cannot list nodes: Ray schedules (or waits) as before
+        return
+    for spec in specs:
+        if not any(n.get("CPU", 0) >= spec.cpus and n.get("GPU", 0) >= spec.gpus for n in nodes):
+            where = f"at {address}" if address else "(local)"
+            need = f"{spec.cpus} CPU" + (f" and {spec.gpus} GPU" if spec.gpus else "")
+            sizes = sorted({f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes})
+            hint = (
+                "; --device cpu needs no GPU"
+                if spec.gpus
+                else "; fewer num_workers, torch_threads or update_threads (--set) need fewer CPUs"
+            )
+            raise UsageError(
+                f"no node of the Ray cluster {where} can run {spec.name}: it needs {need} on one node; "
+                f"the nodes have {'; '.join(sizes) or 'nothing'}{hint}"
+            )
 
 
 def node_out(out: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """The CLI contract: list / run, and one-line errors with exit code 2 for bad input."""
 
+import argparse
 import json
 import os
 import shutil
@@ -110,6 +111,27 @@ def test_list_settings_shows_a_runs_values_for_a_suite_and_profile(capsys):
             f"expected at most {os.cpu_count() or 1} (this machine's cores",
         ),
         (["run", "--algo", "rl2", "--set", "torch_threads=100000"], "torch_threads=100000: expected at most"),
+        (["run", "--algo", "rl2", "--set", "=3"], "--set '=3': the key is empty; expected key=value"),
+        (  # refused before the list is built (80 GB of seeds)
+            ["sweep", "--algo", "rl2", "--seeds", "0-10000000000"],
+            "argument --seeds: '0-10000000000' names 10,000,000,001 seeds; a sweep takes at most 10,000",
+        ),
+        # a single-value option given twice: argparse kept the last value silently (a bad last value here,
+        # so that the old behaviour fails fast instead of training)
+        (["run", "--algo", "rl2", "--algo", "nope"], "argument --algo: given more than once; it takes one"),
+        (
+            ["run", "--algo", "rl2", "--suite", "nowhere", "--profile", "quick", "--profile", "paper"],
+            "argument --profile: given more than once",
+        ),
+        (
+            ["run", "--algo", "rl2", "--suite", "nowhere", "--out", "x"],
+            "argument --out: given more",
+        ),  # + --out
+        (["sweep", "--algo", "rl2", "--algo", "nope"], "--algo: given more than once; list all its values"),
+        (
+            ["sweep", "--algo", "nope", "--seeds", "0", "--seeds", "1"],
+            "argument --seeds: given more than once",
+        ),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, tmp_path, argv, needle):
@@ -118,6 +140,29 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, argv, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("metarl-bench: error:") and needle in lines[0], err
     assert not any(tmp_path.iterdir()), "nothing may be written on bad input"
+
+
+def test_list_and_figures_refuse_a_repeated_single_value_option(capsys, tmp_path):
+    for argv in (
+        ["list", "--settings", "rl2", "--settings", "nope"],
+        ["list", "--settings", "rl2", "--suite", "point-nav", "--suite", "nowhere"],
+        ["figures", str(tmp_path), "--out", str(tmp_path / "a"), "--out", str(tmp_path / "b")],
+    ):
+        code, out, err = run_cli(capsys, *argv)
+        lines = err.strip().splitlines()
+        assert code == 2 and out == "" and len(lines) == 1, err
+        assert "given more than once; it takes one value" in lines[0], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_seeds_are_capped_before_the_list_is_built():
+    from benchmark.cli import MAX_SEEDS, seeds_type
+
+    assert seeds_type("0-9999") == list(range(10_000)) and MAX_SEEDS == 10_000
+    assert seeds_type("5,0-2") == [5, 0, 1, 2]
+    for text in ("0-10000", "0-9999,10000", f"0-{2**64 - 1}"):
+        with pytest.raises(argparse.ArgumentTypeError, match="seeds; a sweep takes at most 10,000"):
+            seeds_type(text)
 
 
 def test_finished_run_refused_then_resume_and_overwrite(capsys, tmp_path):

@@ -272,6 +272,10 @@ def test_a_sampler_row_replays_its_own_trials_on_a_terminating_suite(monkeypatch
         (["--timeout", "0"], "argument --timeout: expected a number of seconds > 0, got '0'"),
         (["--top", "-1"], "--top must be a positive integer"),
         (["--out", "."], "--out .: expected the path of a .csv file"),
+        (
+            ["--top", "3", "--top", "4", "--suites", "nosuch"],
+            "argument --top: given more than once; it takes",
+        ),
     ],
 )
 def test_bad_flags_are_one_line_before_anything_is_measured(capsys, argv, needle):
@@ -279,3 +283,35 @@ def test_bad_flags_are_one_line_before_anything_is_measured(capsys, argv, needle
         cli.main(["--quick", "--only", "sampler", *argv])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and needle in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("blocked", "needle"),
+    [
+        ("afile", "afile is a file, not a directory"),  # --out afile/perf.csv
+        ("perf.csv/", "perf.csv is a directory"),
+        ("perf_scaling.csv/", "perf_scaling.csv is a directory"),
+        ("perf_scaling.png/", "perf_scaling.png is a directory"),
+    ],
+)
+def test_an_out_that_cannot_be_written_is_one_line_before_anything_is_measured(
+    capsys, tmp_path, blocked, needle
+):
+    """The files are written after every measurement (up to ten minutes of them): checked first."""
+    path = tmp_path / blocked.rstrip("/")
+    path.mkdir() if blocked.endswith("/") else path.write_text("")
+    out = tmp_path / "afile" / "perf.csv" if blocked == "afile" else tmp_path / "perf.csv"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--quick", "--only", "raw", "--suites", "point-nav", "--out", str(out)])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert exc.value.code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"python -m scripts.perf: error: --out {out}: ") and captured.out == ""
+
+
+def test_an_out_in_a_directory_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # as a non-root user in a read-only dir
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--quick", "--only", "raw", "--out", str(tmp_path / "new" / "perf.csv")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and f"--out {tmp_path / 'new' / 'perf.csv'}: {tmp_path} is not writable" in err

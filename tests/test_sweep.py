@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -460,3 +461,70 @@ def test_ray_run_with_a_setting_of_its_own_refused_is_reported_and_the_others_go
     code = main(argv)
     stdout, err = capsys.readouterr()
     assert_refused_run_reported(code, stdout, err, out)
+
+
+def _need_ray():
+    if os.environ.get("METARL_BENCH_REQUIRE_RAY"):
+        import ray  # noqa: F401 - nox and CI install the ray extra: fail, never skip
+    return pytest.importorskip("ray", reason="the ray extra is not installed (nox -s tests installs it)")
+
+
+@pytest.mark.ray
+def test_ray_address_where_nothing_listens_is_one_line_at_once(capsys, tmp_path):
+    """ray.init would retry for minutes, printing GCS warnings: the address is probed first."""
+    _need_ray()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    code = main(
+        sweep_argv(tmp_path / "runs", ("rl2",), "0", "--backend", "ray", "--address", f"127.0.0.1:{port}")
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and time.monotonic() - start < 5, lines
+    assert lines[0].startswith(
+        f"metarl-bench: error: could not connect to the Ray cluster at 127.0.0.1:{port}"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.ray
+def test_ray_runs_no_node_can_hold_are_refused_by_their_resources(monkeypatch):
+    """A task no node can ever schedule would wait forever, silently (a GPU run on a CPU-only cluster)."""
+    ray = _need_ray()
+    from benchmark.errors import UsageError
+    from benchmark.sweep_ray import check_resources
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 4.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 2.0}},  # dead: does not count
+        {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}},
+    ]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    check_resources(
+        [RunSpec("rl2", "point-nav", 0, 1, cpus=4), RunSpec("rl2", "point-nav", 1, 1, 1, 1)], None
+    )
+    for spec, needs in (
+        (RunSpec("rl2", "point-nav", 0, 1, cpus=2, gpus=1), "it needs 2 CPU and 1 GPU on one node"),
+        (RunSpec("rl2", "point-nav", 0, 1, cpus=5), "it needs 5 CPU on one node"),
+    ):
+        with pytest.raises(UsageError) as exc:
+            check_resources([spec], "10.0.0.5:6379")
+        assert str(exc.value).startswith(
+            "no node of the Ray cluster at 10.0.0.5:6379 can run rl2/point-nav/seed0"
+        )
+        assert f"{needs}; the nodes have 1 CPU, 1 GPU; 4 CPU, 0 GPU" in str(exc.value)
+
+
+@pytest.mark.ray
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch_threads=2 needs 2 cores on the driver")
+def test_ray_sweep_of_runs_larger_than_any_node_is_one_line_writing_nothing(capsys, tmp_path, cluster):
+    address, _ = cluster  # two nodes of one CPU each: two CPUs in all, but no node has them
+    out = tmp_path / "runs"
+    code = main(
+        sweep_argv(out, ("rl2",), "0", "--set", "torch_threads=2", "--backend", "ray", "--address", address)
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert f"no node of the Ray cluster at {address} can run rl2/point-nav/seed0: it needs 2 CPU" in lines[0]
+    assert not out.exists()

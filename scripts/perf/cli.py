@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.cli import OneLineParser, positive_int
+from benchmark.paths import file_in_the_way
 
 KINDS = ("raw", "sampler", "train", "peer", "paper", "scaling")
+DEFAULT_OUT = Path("results/perf.csv")
 
 
 def threads_arg(low: int) -> Any:
@@ -107,9 +109,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [n for n in args.algos or [] if n not in algorithm_names()]
     if unknown:
         p.error(f"--algos: unknown algorithm {unknown[0]!r}; accepted: {', '.join(algorithm_names())}")
-    if args.out is not None and (args.out.is_dir() or args.out.suffix != ".csv"):
-        p.error(f"--out {args.out}: expected the path of a .csv file (the scaling files go beside it)")
+    out = args.out if args.out is not None or args.quick else DEFAULT_OUT
+    problem = out_problem(out) if out is not None and not args.profile else None
+    if problem:
+        p.error(f"--out {out}: {problem}")
     return args
+
+
+def out_problem(out: Path) -> str | None:
+    """Why the CSV ``out`` and the scaling CSV and PNG beside it could not be written, or None: checked
+    before anything is measured, so a mistake costs no measurements."""
+    accepted = "expected the path of a .csv file in a writable directory (the scaling files go beside it)"
+    if out.suffix != ".csv":
+        return accepted
+    stem = out.with_name(out.stem + "_scaling")
+    for path in (out, stem.with_suffix(".csv"), stem.with_suffix(".png")):
+        if path.is_dir():
+            return f"{path} is a directory; {accepted}"
+    parent = out.absolute().parent
+    blocking = file_in_the_way(parent)
+    if blocking is not None:
+        return f"{blocking} is a file, not a directory; {accepted}"
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable; {accepted}"
+    return None
 
 
 def positive_seconds(text: str) -> float:
@@ -201,11 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.run_row(elapsed, None if args.quick or args.only else plan.RUN_SECONDS, os.getloadavg())
     )
     if args.out is None:
-        args.out = (
-            Path(tempfile.mkdtemp(prefix="perf-quick-")) / "perf.csv"
-            if args.quick
-            else Path("results/perf.csv")
-        )
+        args.out = Path(tempfile.mkdtemp(prefix="perf-quick-")) / "perf.csv" if args.quick else DEFAULT_OUT
     out = args.out if args.out.is_absolute() else Path.cwd() / args.out
     report.write_csv(rows, out)
     table = report.scaling_rows(rows)
