@@ -112,6 +112,17 @@ class CsvLog:
             os.close(fd)
         self._has_header = True
 
+    def sync(self) -> None:
+        """Force the rows written so far onto the disk (``fsync``): called before each checkpoint, so a
+        machine crash cannot keep a checkpoint whose rows were lost (resume would refuse it for good)."""
+        if not self.path.exists():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         """Nothing stays open between writes (kept for callers that close their logs)."""
 

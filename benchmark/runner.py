@@ -304,8 +304,9 @@ class Runner:
         blocking = file_in_the_way(self.dir)
         if blocking is not None:
             raise ResultsError(f"{blocking}: a file where the run directory {self.dir} goes")
-        if self.dir.is_symlink() and not self.dir.exists():
-            raise ResultsError(f"{self.dir}: a broken symbolic link where the run directory goes")
+        dangling = next((p for p in (self.dir, *self.dir.parents) if p.is_symlink() and not p.exists()), None)
+        if dangling is not None:
+            raise ResultsError(f"{dangling}: a broken symbolic link where the run directory {self.dir} goes")
         exists = self.dir.exists() and any(self.dir.iterdir())
         self.finished = (self.dir / DONE_MARKER).exists()
         self.replacing = exists and overwrite
@@ -658,6 +659,8 @@ class Runner:
                 if ctx.env_steps >= next_ckpt or ctx.env_steps >= cfg.budget_steps:
                     while next_ckpt <= ctx.env_steps:
                         next_ckpt += cfg.checkpoint_every_steps
+                    progress_log.sync()  # the records a checkpoint needs are on disk before it is
+                    eval_log.sync()
                     self._checkpoint(learner, rng, it, ctx.env_steps, wall, next_eval, next_ckpt)
                 bar.update(ctx.env_steps - before)
                 bar.set_postfix(it=it, eval=_fmt(last_eval), refresh=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -101,9 +102,11 @@ def connect(address: str | None) -> bool:
 
 
 def check_resources(specs: list[RunSpec], address: str | None) -> None:
-    """Raise ``UsageError`` (one line) when no node of the cluster ``connect`` joined has the CPUs and
-    GPUs one of ``specs`` asks for: Ray would keep that task waiting forever, silently. Only the nodes
-    alive now count (an autoscaler that would add a larger node is not consulted)."""
+    """When no live node of the cluster ``connect`` joined has the CPUs and GPUs one of ``specs`` asks
+    for, Ray keeps that task waiting without a word. On the local cluster this sweep started (``address``
+    None) no node can ever come: raise ``UsageError`` (one line). On a cluster joined by ``--address`` an
+    autoscaler may add one (a head with ``--num-cpus=0`` that scales workers on demand is common): say so
+    on stderr in one line and go on."""
     import ray
 
     try:
@@ -120,10 +123,19 @@ def check_resources(specs: list[RunSpec], address: str | None) -> None:
                 if spec.gpus
                 else "; fewer num_workers, torch_threads or update_threads (--set) need fewer CPUs"
             )
-            raise UsageError(
+            message = (
                 f"no node of the Ray cluster {where} can run {spec.name}: it needs {need} on one node; "
-                f"the nodes have {'; '.join(sizes) or 'nothing'}{hint}"
+                f"the nodes have {'; '.join(sizes) or 'nothing'}"
             )
+            if address is None:
+                raise UsageError(message + hint)
+            print(
+                f"sweep: warning: {message} now; its runs wait until the cluster adds such a node (an "
+                "autoscaler), Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
 
 
 def node_out(out: str | Path) -> Path:

@@ -100,15 +100,10 @@ def check_settings(config: Any, overridden: Collection[str] | None = None) -> No
         if value is None:
             continue
         rng = setting_range(field)
-        shown = ",".join(map(str, value)) if isinstance(value, tuple) else "''" if value == "" else value
-        name = (
-            f"--set {field.name}={shown!s}"
-            if field.name in given
-            else f"{type(config).__name__}.{field.name}={shown!s}"
-        )
         if isinstance(value, str) and rng.choices is None:
             if not value:
-                raise ValueError(f"{name}: expected a non-empty string")
+                named = _named(config, field.name, given, "''")
+                raise ValueError(f"{named}: expected a non-empty string")
             continue
         if not rng.accepts(value):
             hint = ""
@@ -117,4 +112,10 @@ def check_settings(config: Any, overridden: Collection[str] | None = None) -> No
                     "; the field declares no range, so the default rule applies: declare its accepted "
                     "values with metarl_protocol.settings.setting(default, low=..., high=...)"
                 )
-            raise ValueError(f"{name}: expected {rng.describe()}{hint}")
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            raise ValueError(f"{_named(config, field.name, given, shown)}: expected {rng.describe()}{hint}")
+
+
+def _named(config: Any, key: str, given: set[str], shown: Any) -> str:
+    """``--set KEY=VALUE`` for a key the user gave, else ``ConfigClass.KEY=VALUE``."""
+    return f"--set {key}={shown}" if key in given else f"{type(config).__name__}.{key}={shown}"

@@ -600,11 +600,13 @@ def test_resume_refuses_an_unfinished_run_whose_checkpoint_went_missing(capsys, 
     assert _tree(tmp_path) == before
 
 
-def test_a_broken_symbolic_link_where_the_run_directory_goes_is_one_line(capsys, tmp_path):
-    (tmp_path / "point-nav" / "rl2").mkdir(parents=True)
-    (tmp_path / "point-nav" / "rl2" / "seed0").symlink_to(tmp_path / "nowhere")
+@pytest.mark.parametrize("link", ["point-nav/rl2/seed0", "point-nav"])
+def test_a_broken_symbolic_link_where_the_run_directory_goes_is_one_line(capsys, tmp_path, link):
+    """At the run directory or above it (the suite's directory): one line, not a FileExistsError."""
+    (tmp_path / link).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / link).symlink_to(tmp_path / "nowhere")
     code, _, err = run_cli(capsys, *quick_run(tmp_path))
-    assert code == 2 and "seed0: a broken symbolic link where the run directory goes" in err, err
+    assert code == 2 and f"{tmp_path / link}: a broken symbolic link where the run directory" in err, err
     assert not (tmp_path / "nowhere").exists()
 
 

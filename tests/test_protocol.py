@@ -3,6 +3,7 @@ task keys, isolated evaluation, process-layout independence, large learner state
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -442,3 +443,27 @@ def test_settings_messages_say_whether_the_user_or_the_method_set_the_value():
         resolve("quick", "point-nav", RL2Config, {}, {"lr": "0"})
     with pytest.raises(ValueError, match=r"^RL2Config.lr=-1.0: expected > 0$"):
         RL2(PointNav().spec(), RL2Config(lr=-1.0), torch.device("cpu"))
+
+    @dataclass
+    class ArrayConfig:  # a field no range applies to passes, whatever its type (an array compared to ""
+        scale: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(2))  # raised before)
+
+    assert resolve("quick", "point-nav", ArrayConfig, {}, {})[1].scale.shape == (2,)
+
+
+def test_both_csv_logs_reach_the_disk_before_each_checkpoint(tmp_path, monkeypatch):
+    """fsync of progress.csv and eval.csv before every checkpoint: after a machine crash a checkpoint never
+    outlives the rows it needs (resume refuses a checkpoint whose records fall short)."""
+    from benchmark.results import CsvLog
+
+    events: list[str] = []
+    sync, checkpoint = CsvLog.sync, Runner._checkpoint
+    monkeypatch.setattr(CsvLog, "sync", lambda self: (events.append(f"sync {self.path.name}"), sync(self))[1])
+    monkeypatch.setattr(
+        Runner, "_checkpoint", lambda self, *a: (events.append("checkpoint"), checkpoint(self, *a))[1]
+    )
+    run(tmp_path, RL2, TINY_RL2)
+    marks = [i for i, e in enumerate(events) if e == "checkpoint"]
+    assert len(marks) >= 3  # every 1,000 of 4,000 steps
+    for i in marks:
+        assert sorted(events[i - 2 : i]) == ["sync eval.csv", "sync progress.csv"], events
