@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from benchmark.config import PROFILES, ConfigError
 from benchmark.errors import UsageError
 from benchmark.launch import print_summary, resolve_run, run_one
-from benchmark.paths import file_in_the_way
+from benchmark.paths import file_in_the_way, what_is
 
 DEFAULT_SUITE = "halfcheetah-vel"
 DEFAULT_OUT = "results/runs"
@@ -74,19 +74,17 @@ def seed_type(text: str) -> int:
 
 def out_dir(flag: str):  # noqa: ANN201 - an argparse type
     """An argparse type for a results directory; checks only (nothing is created): the path is not
-    empty, not a broken symbolic link, and neither it nor an existing parent is a file. Whether it
+    empty, and neither it nor a parent is a file or a broken symbolic link. Whether it
     can be written is left to the command (a finished run's summary needs no write)."""
 
     def parse(text: str) -> str:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"{flag} must name a directory, got an empty path")
         path = Path(text)
-        if path.is_symlink() and not path.exists():
-            raise argparse.ArgumentTypeError(f"{text}: a broken symbolic link, not a directory")
         blocking = file_in_the_way(path.absolute())
         if blocking is not None:
             where = "" if blocking == path.absolute() else f" ({blocking})"
-            raise argparse.ArgumentTypeError(f"{text}: is a file{where}, not a directory")
+            raise argparse.ArgumentTypeError(f"{text}: is {what_is(blocking)}{where}, not a directory")
         return text
 
     return parse
@@ -413,7 +411,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
                 path = run_dir(args.out, suite_name, algo, seed)
                 blocking = file_in_the_way(path)
                 if blocking is not None:
-                    raise UsageError(f"{blocking}: a file where the run directory {path} goes")
+                    raise UsageError(f"{blocking}: {what_is(blocking)} where the run directory {path} goes")
                 if not (args.resume or args.overwrite) and path.exists() and any(path.iterdir()):
                     state = "a finished" if (path / "done").exists() else "an unfinished"
                     raise UsageError(f"{path} already holds {state} run; pass --resume or --overwrite")

@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 from benchmark.config import HarnessConfig
 from benchmark.errors import UsageError
 from benchmark.evaluate import evaluate, headline, summarize
-from benchmark.paths import file_in_the_way
+from benchmark.paths import file_in_the_way, what_is
 from benchmark.registry import algorithm_source
 from benchmark.results import (
     CHECKPOINT,
@@ -303,10 +303,7 @@ class Runner:
             raise UsageError("--resume and --overwrite exclude each other")
         blocking = file_in_the_way(self.dir)
         if blocking is not None:
-            raise ResultsError(f"{blocking}: a file where the run directory {self.dir} goes")
-        dangling = next((p for p in (self.dir, *self.dir.parents) if p.is_symlink() and not p.exists()), None)
-        if dangling is not None:
-            raise ResultsError(f"{dangling}: a broken symbolic link where the run directory {self.dir} goes")
+            raise ResultsError(f"{blocking}: {what_is(blocking)} where the run directory {self.dir} goes")
         exists = self.dir.exists() and any(self.dir.iterdir())
         self.finished = (self.dir / DONE_MARKER).exists()
         self.replacing = exists and overwrite

@@ -643,16 +643,23 @@ def test_overwrite_puts_the_old_run_back_when_the_new_one_fails_to_start(capsys,
 def test_bad_output_paths_are_one_line_errors(capsys, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("keep me")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
     for argv, needle in [
         (quick_run(afile), f"argument --out: {afile}: is a file, not a directory"),
         (quick_run(afile / "below"), f"{afile / 'below'}: is a file ({afile}), not a directory"),
+        (
+            quick_run(dangling / "below"),
+            f"{dangling / 'below'}: is a broken symbolic link ({dangling}), not a directory",
+        ),
         (quick_run(""), "--out must name a directory, got an empty path"),
         (["figures", str(tmp_path), "--out", str(afile)], f"--out: {afile}: is a file, not a directory"),
         (["figures", str(afile)], f"results directory {afile} is a file, not a directory"),
     ]:
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
-    assert afile.read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == ["afile"]
+    assert afile.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dangling"]
 
 
 def test_tuple_settings_accept_the_form_list_prints():

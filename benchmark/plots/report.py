@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.paths import file_in_the_way
+from benchmark.paths import file_in_the_way, what_is
 
 from . import style
 from .adaptation import ood_suites, plot_adaptation, plot_ood_adaptation
@@ -174,14 +174,24 @@ def _folder(out_dir: Path, art: Artifact) -> Path:
     return out_dir / ("figures" if art.kind == "figure" else "tables")
 
 
-def _check_outputs(out_dir: Path) -> None:
-    """Refuse to write into a directory whose ``README.md`` is a page of the user's own (an index of
-    ours starts with ``INDEX_TITLE``): it and the figures beside it are not ours to replace; and refuse
-    a directory where one of the files ``make_all`` writes (or removes as stale) goes.
+def _files(out_dir: Path, art: Artifact) -> list[Path]:
+    """Every file ``art`` may write under ``out_dir`` (one per extension of its kind)."""
+    return [_folder(out_dir, art) / f"{art.name}.{ext}" for ext in _EXTENSIONS[art.kind]]
 
-    Raises ``ResultsError`` naming the page or directory, before anything is written.
+
+def _check_outputs(out_dir: Path) -> None:
+    """Refuse a file (or broken link) where ``out_dir``, ``figures/``, ``tables/`` or a parent goes; a
+    directory where one of the files ``make_all`` writes (or removes as stale) goes; and a directory
+    whose ``README.md`` is a page of the user's own (an index of ours starts with ``INDEX_TITLE``): it and
+    the figures beside it are not ours to replace.
+
+    Raises ``ResultsError`` naming the path, before anything is written.
     """
-    outputs = [_folder(out_dir, a) / f"{a.name}.{ext}" for a in ARTIFACTS for ext in _EXTENSIONS[a.kind]]
+    for sub in (out_dir / "figures", out_dir / "tables"):
+        blocking = file_in_the_way(sub)
+        if blocking is not None:
+            raise ResultsError(f"{blocking}: {what_is(blocking)} where the directory {sub} goes")
+    outputs = [path for art in ARTIFACTS for path in _files(out_dir, art)]
     in_the_way = next((p for p in [*outputs, out_dir / "README.md"] if p.is_dir()), None)
     if in_the_way is not None:
         raise ResultsError(
@@ -204,22 +214,17 @@ def make_all(results_root: Path | str, out_dir: Path | str | None = None) -> lis
     results_root = Path(results_root)
     out_dir = default_out_dir(results_root) if out_dir is None else Path(out_dir)
     results = load_results(results_root)
-    for sub in (out_dir / "figures", out_dir / "tables"):
-        blocking = file_in_the_way(sub)
-        if blocking is not None:
-            raise ResultsError(f"{blocking}: a file where the directory {sub} goes")
     _check_outputs(out_dir)
     written: list[Path] = []
     made: list[tuple[Artifact, list[Path]]] = []
     for art in ARTIFACTS:
-        folder = _folder(out_dir, art)
-        paths = art.make(results, folder)
+        paths = art.make(results, _folder(out_dir, art))
         if paths:
             made.append((art, paths))
             written += paths
         else:  # nothing to show any more: drop a stale file of ours from an earlier render
-            for ext in _EXTENSIONS[art.kind]:
-                (folder / f"{art.name}.{ext}").unlink(missing_ok=True)
+            for path in _files(out_dir, art):
+                path.unlink(missing_ok=True)
     index = out_dir / "README.md"
     out_dir.mkdir(parents=True, exist_ok=True)  # no figure may have made it
     index.write_text(render_index(results, made, out_dir), encoding="utf-8")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.cli import OneLineParser, positive_int
-from benchmark.paths import file_in_the_way
+from benchmark.paths import file_in_the_way, what_is
 
 KINDS = ("raw", "sampler", "train", "peer", "paper", "scaling")
 DEFAULT_OUT = Path("results/perf.csv")
@@ -116,20 +116,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def scaling_paths(out: Path) -> tuple[Path, Path]:
+    """The scaling table's CSV and figure beside the perf CSV ``out``: ``<stem>_scaling.csv`` / ``.png``."""
+    stem = out.with_name(out.stem + "_scaling")
+    return stem.with_suffix(".csv"), stem.with_suffix(".png")
+
+
 def out_problem(out: Path) -> str | None:
     """Why the CSV ``out`` and the scaling CSV and PNG beside it could not be written, or None: checked
     before anything is measured, so a mistake costs no measurements."""
     accepted = "expected the path of a .csv file in a writable directory (the scaling files go beside it)"
     if out.suffix != ".csv":
         return accepted
-    stem = out.with_name(out.stem + "_scaling")
-    for path in (out, stem.with_suffix(".csv"), stem.with_suffix(".png")):
+    for path in (out, *scaling_paths(out)):
         if path.is_dir():
             return f"{path} is a directory; {accepted}"
     parent = out.absolute().parent
     blocking = file_in_the_way(parent)
     if blocking is not None:
-        return f"{blocking} is a file, not a directory; {accepted}"
+        return f"{blocking} is {what_is(blocking)}, not a directory; {accepted}"
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable; {accepted}"
@@ -229,16 +234,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out if args.out.is_absolute() else Path.cwd() / args.out
     report.write_csv(rows, out)
     table = report.scaling_rows(rows)
-    stem = out.with_name(out.stem + "_scaling")
-    report.write_csv(table, stem.with_suffix(".csv"), report.SCALING_COLUMNS)
+    scaling_csv, scaling_png = scaling_paths(out)
+    report.write_csv(table, scaling_csv, report.SCALING_COLUMNS)
     if table:
         title = (
             f"halfcheetah-vel, quick-profile agents, {os.cpu_count()} cores, load average at start "
             f"{load0[0]:.1f}{' (QUICK sizes: not measurements)' if args.quick else ''}"
         )
-        report.scaling_figure(table, stem.with_suffix(".png"), title)
+        report.scaling_figure(table, scaling_png, title)
     print()
     print(report.format_table(rows))
     print("\nREADME table:\n" + report.markdown(rows))
-    print(f"\nwrote {out}, {stem}.csv/.png ({elapsed:.0f} s{', QUICK sizes' if args.quick else ''})")
+    quick = ", QUICK sizes" if args.quick else ""
+    print(f"\nwrote {out}, {scaling_csv.with_suffix('')}.csv/.png ({elapsed:.0f} s{quick})")
     return 1 if any(r["status"] == "ERROR" for r in rows) else 0
