@@ -89,10 +89,9 @@ def check_settings(config: Any, overridden: Collection[str] | None = None) -> No
     """Raise ``ValueError`` naming the first field of dataclass ``config`` outside its range.
 
     A field in ``overridden`` (the keys the user gave with ``--set``) is named as ``--set KEY=VALUE``;
-    any other field (a default, a profile's value, a config built in code) as ``ConfigClass.KEY=VALUE``, and
-    where it has no declared
-    range the message says that the default rule refused it and how to declare one (a method author's fix,
-    not the user's).
+    any other field (a default, a profile's value, a config built in code) as ``ConfigClass.KEY=VALUE``,
+    and where it has no declared range the message says that the default rule refused it and how to
+    declare one (a method author's fix, not the user's).
     """
     given = set(overridden or ())
     for field in dataclasses.fields(config):
