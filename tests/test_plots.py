@@ -858,3 +858,46 @@ def test_an_index_of_tuning_runs_says_they_are_tuning_runs(tmp_path):
         "the runs found with evaluations are tuning runs, evaluated on their validation split only" in index
     )
     assert "point-nav/rl2/seed0" in index and "no run has logged an evaluation" not in index
+
+
+@pytest.mark.parametrize(
+    "change, file, expected",
+    [
+        (dict(info={**POINT_NAV, "horizon": 200}), "config.json", "suite_info.horizon = 200 (there: 100)"),
+        (
+            dict(refs={**POINT_NAV_REFS, "oracle": -4.0}),
+            "config.json",
+            "(-40.0, -4.0) (there: (-40.0, -5.0))",
+        ),
+        (dict(refs=None), "config.json", "= None (there: (-40.0, -5.0))"),
+        (dict(task="goal=moved"), "eval.csv", "test task_id 0 = 'goal=moved' (there: 'goal=0')"),
+    ],
+)
+def test_runs_of_one_suite_must_share_its_definition(tmp_path, change, file, expected):
+    """Runs are pooled per suite and normalised with its references: a run that recorded other suite
+    facts, references or tasks (an older definition of the suite) is refused, naming both runs."""
+    root = _one_run(tmp_path)
+    run = write_run(
+        root,
+        "point-nav",
+        "trmrl",
+        0,
+        change.get("info", POINT_NAV),
+        change.get("refs", POINT_NAV_REFS),
+        skill=1,
+    )
+    if "task" in change:
+        ev = pd.read_csv(run / "eval.csv")
+        ev.loc[ev["task_id"] == 0, "task"] = change["task"]
+        ev.to_csv(run / "eval.csv", index=False)
+    with pytest.raises(ResultsError) as info:
+        plots.make_all(root, tmp_path / "out")
+    msg = str(info.value)
+    assert "\n" not in msg and expected in msg, msg
+    assert msg.startswith(f"{root / 'point-nav' / 'trmrl' / 'seed0' / file}: ")
+    assert str(root / "point-nav" / "rl2" / "seed0" / file) in msg
+    assert not (tmp_path / "out").exists()
+    # the same runs with one definition are pooled
+    write_run(root / "ok", "point-nav", "rl2", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+    write_run(root / "ok", "point-nav", "trmrl", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+    assert len(load_results(root / "ok").runs) == 2

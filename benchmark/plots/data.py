@@ -513,7 +513,40 @@ def load_results(root: Path | str) -> Results:
             "no runs found (expected <suite>/<algo>/seed<N>/ directories with config.json, "
             "progress.csv and eval.csv)",
         )
+    _check_same_suite(runs)
     return Results(root=root, runs=runs)
+
+
+def _check_same_suite(runs: Sequence[Run]) -> None:
+    """Runs of one suite are pooled, normalised and drawn with one set of suite facts and references:
+    refuse runs that recorded different ``suite_info``, test references or tasks under one ``task_id``
+    (a suite whose definition changed between the runs), naming both runs."""
+    first: dict[str, Run] = {}
+    tasks: dict[tuple[str, str, int], tuple[str, Run]] = {}
+    for run in sorted(runs, key=lambda r: (r.suite, r.algo, r.seed)):
+        ref = first.setdefault(run.suite, run)
+        differs, file = None, "config.json"
+        pair = [None if r is None else (r.random, r.oracle) for r in (run.references, ref.references)]
+        if run.info != ref.info:
+            key = next(k for k in SUITE_INFO_KEYS if getattr(run.info, k) != getattr(ref.info, k))
+            differs = f"suite_info.{key} = {getattr(run.info, key)!r} (there: {getattr(ref.info, key)!r})"
+        elif pair[0] != pair[1]:
+            differs = f"test reference returns (random, oracle) = {pair[0]} (there: {pair[1]})"
+        else:
+            pairs = run.eval[["split", "task_id", "task"]].drop_duplicates()
+            for split, task_id, task in pairs.itertuples(index=False):
+                seen, where = tasks.setdefault((run.suite, split, int(task_id)), (str(task), run))
+                if seen != str(task):
+                    differs = f"{split} task_id {task_id} = {task!r} (there: {seen!r})"
+                    ref, file = where, "eval.csv"
+                    break
+        if differs:
+            raise _fail(
+                run.path / file,
+                f"recorded {differs}, unlike {ref.path / file}; runs of suite {run.suite!r} are pooled, so "
+                "they must come from one definition of the suite: rerun the older ones with this code, or "
+                "keep them under separate results directories",
+            )
 
 
 # ------------------------------------------------------------------------------------------------
