@@ -7,6 +7,7 @@ method's own ``profile()``; ``--set`` can override a field of either, with its t
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -133,9 +134,14 @@ def parse_value(key: str, raw: str, typ: Any) -> Any:
         if typ is int:
             return int(raw)
         if typ is float:
-            return float(raw)
+            value = float(raw)
+            if not (math.isinf(value) and "inf" not in raw.lower()):  # 1e400 overflows to inf
+                return value
+            raise ConfigError(f"--set {key}={raw}: out of a float's range (magnitude up to 1.8e308)")
         if typ is str:
             return raw
+    except ConfigError:
+        raise
     except ValueError:
         pass
     else:

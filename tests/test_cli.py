@@ -81,6 +81,11 @@ def test_list_settings_shows_a_runs_values_for_a_suite_and_profile(capsys):
             "expected a value of type float",
         ),
         (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "budget_steps=2.5"], "type int"),
+        (
+            ["run", "--algo", "rl2", "--suite", "point-nav", "--set", "lr=1e400"],
+            "--set lr=1e400: out of a float's range (magnitude up to 1.8e308)",
+        ),
+        (["run", "--algo", "rl2", "--suite", "point-nav", "--set", "lr=-inf"], "--set lr=-inf: expected > 0"),
         (["run", "--algo", "rl2", "--seed", "-1"], "seed must be an integer from 0 to 2^64 - 1"),
         (["run", "--algo", "rl2", "--seed", "abc"], "seed must be an integer from 0 to 2^64 - 1"),
         (["run", "--algo", "rl2", "--seed", str(2**64)], "seed must be an integer from 0 to 2^64 - 1"),
