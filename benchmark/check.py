@@ -14,6 +14,10 @@
 
 Every in-tree method's tests call it, and so does the plugin example. It uses only the public
 contract plus the harness's sampler and evaluator, exactly as a run does.
+
+For suite authors, ``check_suite(suite)`` checks the suite contract (``benchmark.suites.checks``) with
+whole episodes and raises ``SuiteError``: the facts and splits, then a batch environment stepped twice
+from the same seeds and actions. A run checks the same with a three-step probe before it writes anything.
 """
 
 from __future__ import annotations
@@ -34,9 +38,22 @@ from benchmark.results import WEIGHTS_ONLY_ACCEPTS, check_weights_only
 from benchmark.runner import HarnessContext
 from benchmark.sampler import TrialSampler
 from benchmark.suites.base import BatchEnv, StepResult, Suite
+from benchmark.suites.checks import check_suite_facts, probe_suite
 from metarl_protocol import AdaptiveAgent, MetaLearner, Task, Transition, TrialBatch
 
 TRIAL_FIELDS = ("obs", "actions", "env_actions", "rewards", "next_obs", "terminated", "episode_done", "valid")
+
+
+def check_suite(suite: Suite, episodes: int = 2) -> None:
+    """Check ``suite`` against the suite contract for its author; raises ``SuiteError`` (one line).
+
+    ``check_suite_facts`` (family, horizon, trial lengths, dimensions, scored episodes, non-empty splits
+    of unique, JSON-serialisable tasks defined once, finite references with oracle > random), then
+    ``probe_suite`` over ``episodes`` whole episodes (up to the horizon) of random actions, each played
+    twice from the same seeds and actions (shapes, dtypes, finite values, determinism).
+    """
+    check_suite_facts(suite)
+    probe_suite(suite, steps=suite.horizon, episodes=episodes)
 
 
 class ContractError(AssertionError):

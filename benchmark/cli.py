@@ -271,7 +271,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         shown = "default before any profile; --suite S [--profile P] shows a run's"
         if args.suite:
             profile = args.profile or "quick"
-            _, _, run_cfg, algo_cfg = resolve_run(args.settings, args.suite, profile, [])
+            _, _, run_cfg, algo_cfg = resolve_run(args.settings, args.suite, profile, [], check_suite=False)
             configs, shown = (run_cfg, algo_cfg), f"value of a {profile} run on {args.suite}"
         for title, config in zip(("harness", args.settings), configs, strict=True):
             print(f"{title} settings (--set key=value; {shown}; accepted values):")
@@ -294,7 +294,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in names:
         if name.startswith("ml1-") and name != "ml1-reach":
             continue
-        info = registry.load_suite(name).summary()
+        try:
+            info = registry.load_suite(name).summary()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin suite is listed, not fatal
+            print(f"  {name:<16} (failed: {type(exc).__name__}: {' '.join(str(exc).split())})")
+            continue
         splits = " ".join(f"{k}={v}" for k, v in info["splits"].items())
         classes = info.get("classes")
         if classes:
@@ -351,6 +355,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     an output directory that holds a run without ``--resume`` or ``--overwrite``, ray missing for
     ``--backend ray``.
     """
+    from benchmark.errors import SuiteError
     from benchmark.results import run_dir
     from benchmark.runner import processes_used, recorded_update_threads, update_threads
     from benchmark.sweep import RunResult, RunSpec
@@ -399,7 +404,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
         for suite_name in args.suite:
             try:
                 _, suite, run_cfg, _ = resolve_run(algo, suite_name, args.profile, args.overrides)
-            except ConfigError as exc:  # this run's own settings: reported, the others go on
+            except (ConfigError, SuiteError) as exc:  # its own settings or suite: reported, the others go on
                 first_error = first_error or exc
                 for seed in args.seeds:
                     spec = RunSpec(algo, suite_name, seed, budget_steps=0)
@@ -497,13 +502,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 on Ctrl-C; 1 when the reader of stdout went away. Other exceptions propagate, as does a broken
     pipe of our own (not stdout's).
     """
+    from benchmark.errors import SuiteError
     from benchmark.registry import RegistryError
     from benchmark.results import ResultsError
 
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, RegistryError, ResultsError) as exc:
+    except (UsageError, ConfigError, RegistryError, ResultsError, SuiteError) as exc:
         print(f"metarl-bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -103,6 +103,8 @@ RUN_PROFILES: dict[tuple[str, str], dict[str, Any]] = {
         "checkpoint_every_steps": 3_125_000,
     },
 }
+#: The suite families with run profiles; a suite's ``family`` must be one of them.
+FAMILIES = tuple(sorted({family for _, family in RUN_PROFILES}))
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -233,9 +235,9 @@ def resolve(
     """Build (HarnessConfig, method config) from defaults, profile and typed ``--set`` overrides."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; accepted: {', '.join(PROFILES)}")
-    run = apply(
-        HarnessConfig(), RUN_PROFILES.get((profile, family), RUN_PROFILES.get((profile, "locomotion"), {}))
-    )
+    if (profile, family) not in RUN_PROFILES:
+        raise ConfigError(f"suite family {family!r} has no run profiles; accepted: {', '.join(FAMILIES)}")
+    run = apply(HarnessConfig(), RUN_PROFILES[(profile, family)])
     algo = apply(algo_config_cls(), algo_profile)
     run_types, algo_types = field_types(HarnessConfig), field_types(algo_config_cls)
     run_set, algo_set = {}, {}

@@ -10,3 +10,11 @@ class ResultsError(ValueError):
 
 class UsageError(ValueError):
     """Bad command-line input."""
+
+
+class SuiteError(ValueError):
+    """A suite breaks the suite contract (``benchmark.suites.checks``). ``str(err)`` is one line naming
+    the suite and what is wrong."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

@@ -12,16 +12,24 @@ from typing import Any
 from benchmark.config import ConfigError
 
 
-def resolve_run(algo: str, suite_name: str, profile: str, overrides: list[str]) -> tuple[Any, Any, Any, Any]:
+def resolve_run(
+    algo: str, suite_name: str, profile: str, overrides: list[str], check_suite: bool = True
+) -> tuple[Any, Any, Any, Any]:
     """(learner class, suite, HarnessConfig, method config) for one run; every setting validated.
 
-    Raises ``RegistryError`` (unknown name) or ``ConfigError`` (bad setting) before anything is written.
+    Raises ``RegistryError`` (unknown name), ``SuiteError`` (a suite that breaks the suite contract) or
+    ``ConfigError`` (bad setting) before anything is written.
     """
     from benchmark import registry
     from benchmark.config import parse_overrides, resolve
 
     learner_cls = registry.load_algorithm(algo)
     suite = registry.load_suite(suite_name)
+    from benchmark.suites.checks import check_family
+
+    check_family(suite)  # before the method's profile for that family is asked for
+    if check_suite:  # (``list --settings`` shows settings without building a suite's task lists)
+        check_suite_once(suite)
     run_cfg, algo_cfg = resolve(
         profile,
         suite.family,
@@ -40,6 +48,18 @@ def resolve_run(algo: str, suite_name: str, profile: str, overrides: list[str]) 
     except ValueError as exc:
         raise ConfigError(f"--set {exc}") from None
     return learner_cls, suite, run_cfg, algo_cfg
+
+
+def check_suite_once(suite: Any) -> None:
+    """The suite contract (``benchmark.suites.checks``: its facts, then a short probe of its batch
+    environment), once per suite object; raises ``SuiteError`` (one line) before anything is written."""
+    if getattr(suite, "_contract_checked", False):
+        return
+    from benchmark.suites.checks import check_suite_facts, probe_suite
+
+    check_suite_facts(suite)
+    probe_suite(suite)
+    suite._contract_checked = True
 
 
 def run_one(algo: str, suite_name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:

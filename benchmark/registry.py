@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
@@ -27,14 +28,52 @@ class RegistryError(ValueError):
 
 
 def _entry_points(group: str) -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=group)}
+    """Name -> entry point of ``group``, leaving out a name that two packages register (``_twice``)."""
+    twice = _twice(group)
+    return {ep.name: ep for ep in entry_points(group=group) if ep.name not in twice}
+
+
+def _twice(group: str) -> dict[str, str]:
+    """Names of ``group`` registered with two different targets -> a message naming both."""
+    seen: dict[str, EntryPoint] = {}
+    out: dict[str, str] = {}
+    for ep in entry_points(group=group):
+        if ep.name in seen and seen[ep.name].value != ep.value:
+            out[ep.name] = (
+                f"{ep.name!r} is registered twice: {_origin(seen[ep.name])} and {_origin(ep)}; uninstall one "
+                "of the packages or rename its entry point"
+            )
+        seen.setdefault(ep.name, ep)
+    return out
+
+
+def _origin(ep: EntryPoint) -> str:
+    """'module:attr (distribution version)', for messages."""
+    dist = getattr(ep, "dist", None)
+    return f"{ep.value} ({dist.name} {dist.version})" if dist is not None else ep.value
+
+
+#: What a suite name may look like: it becomes a directory of the results tree.
+SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def algorithm_source(name: str) -> dict[str, str | None] | None:
     """Where algorithm ``name`` comes from, for a run's record: ``{"entry_point": "pkg.module:Class",
     "distribution": ..., "version": ...}`` (the installed package that registers it, None where its
     metadata does not say), so a plugin's results can be traced to its code; None for an unknown name."""
-    ep = _entry_points(ALGORITHM_GROUP).get(name)
+    return _source(_entry_points(ALGORITHM_GROUP).get(name))
+
+
+def suite_source(name: str) -> dict[str, str | None] | None:
+    """Where suite ``name`` comes from, as ``algorithm_source`` says it for a method: the entry point
+    that registers it (a family's entry point for its members, e.g. ``metaworld`` for ``ml1-reach``)."""
+    eps = _entry_points(SUITE_GROUP)
+    if name not in eps:
+        _suite_factories()
+    return _source(eps.get(name) or _SUITE_ORIGIN.get(name))
+
+
+def _source(ep: EntryPoint | None) -> dict[str, str | None] | None:
     if ep is None:
         return None
     dist = getattr(ep, "dist", None)
@@ -65,6 +104,9 @@ def load_algorithm(name: str) -> type[MetaLearner]:
     subclass, or a class without a ``Config`` dataclass.
     """
     eps = _entry_points(ALGORITHM_GROUP)
+    twice = _twice(ALGORITHM_GROUP)
+    if name in twice:
+        raise RegistryError(f"algorithm {twice[name]}")
     if name not in eps:
         raise RegistryError(f"unknown algorithm {name!r}; accepted: {', '.join(sorted(eps))}")
     try:
@@ -81,27 +123,60 @@ def load_algorithm(name: str) -> type[MetaLearner]:
 
 
 def _expand(name: str, ep: EntryPoint) -> dict[str, Callable[[], Suite]]:
-    """Load one suite entry point: a single suite, or a family mapping of suites."""
+    """Load one suite entry point: a single suite, or a family mapping of suites (name -> factory).
+    Raises ``RegistryError`` for anything else, or for a name that cannot be a results directory."""
     obj = ep.load()
     if isinstance(obj, type) and issubclass(obj, Suite):
-        return {name: obj}
-    produced = obj()
-    if isinstance(produced, Mapping):
-        return dict(produced)
-    if isinstance(produced, Suite):
-        return {name: lambda: produced}
-    raise RegistryError(f"suite entry point {name!r} ({ep.value}) gave neither a Suite nor a mapping")
+        out: dict[str, Callable[[], Suite]] = {name: obj}
+    else:
+        produced = obj()
+        if isinstance(produced, Mapping):
+            out = dict(produced)
+        elif isinstance(produced, Suite):
+            out = {name: lambda: produced}
+        else:
+            raise RegistryError(f"suite entry point {name!r} ({ep.value}) gave neither a Suite nor a mapping")
+    for key, factory in out.items():
+        if not isinstance(key, str) or not SUITE_NAME.match(key):
+            raise RegistryError(
+                f"suite entry point {name!r} ({ep.value}) names a suite {key!r}: a suite name is letters, "
+                "digits and . _ + - (not starting with one of those), as it names a results directory"
+            )
+        if not callable(factory) or isinstance(factory, Suite):
+            raise RegistryError(
+                f"suite entry point {name!r} ({ep.value}) maps {key!r} to {factory!r}: a family mapping "
+                "holds zero-argument factories (a Suite class or function), not suite instances"
+            )
+    return out
+
+
+#: The entry point each family member came from (filled by ``_suite_factories``).
+_SUITE_ORIGIN: dict[str, EntryPoint] = {}
+#: Suite names two entry points give: name -> both origins (filled by ``_suite_factories``).
+_AMBIGUOUS: dict[str, str] = {}
 
 
 @cache
 def _suite_factories() -> dict[str, Callable[[], Suite]]:
-    """Every suite of every entry point; a plugin that fails to load is reported and skipped."""
+    """Every suite of every entry point; a plugin that fails to load is reported and skipped. A suite
+    name given by two entry points is kept out with a warning (``load_suite`` refuses it)."""
     out: dict[str, Callable[[], Suite]] = {}
+    _SUITE_ORIGIN.clear()
+    _AMBIGUOUS.clear()
     for name, ep in _entry_points(SUITE_GROUP).items():
         try:
-            out.update(_expand(name, ep))
+            expanded = _expand(name, ep)
         except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
             warnings.warn(f"suite entry point {name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            continue
+        for key, factory in expanded.items():
+            if key in _SUITE_ORIGIN and _SUITE_ORIGIN[key].name != ep.name:
+                _AMBIGUOUS[key] = f"{_origin(_SUITE_ORIGIN[key])} and {_origin(ep)}"
+            _SUITE_ORIGIN.setdefault(key, ep)
+            out.setdefault(key, factory)
+    for key, where in _AMBIGUOUS.items():
+        out.pop(key, None)
+        warnings.warn(f"suite {key!r} is registered twice ({where}); left out", stacklevel=2)
     return out
 
 
@@ -115,13 +190,22 @@ def suite_names() -> list[str]:
 def load_suite(name: str) -> Suite:
     """The suite instance (cached: suites build their task sets once per process)."""
     eps = _entry_points(SUITE_GROUP)
+    twice = _twice(SUITE_GROUP)
+    if name in twice:
+        raise RegistryError(f"suite {twice[name]}")
+    _suite_factories()  # every entry point: a family member may take the name of another suite
     try:
         factories = _expand(name, eps[name]) if name in eps else _suite_factories()
     except RegistryError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's import error, said in one line
         raise RegistryError(f"suite entry point {name!r} ({eps[name].value}) {_failure(exc)}") from None
-    if name not in factories:
+    if name not in factories or name in _AMBIGUOUS:
+        if name in _AMBIGUOUS:
+            raise RegistryError(
+                f"suite {name!r} is registered twice ({_AMBIGUOUS[name]}); uninstall one of the packages "
+                "or rename its suite"
+            )
         names = sorted(_suite_factories())
         shown = [n for n in names if not n.startswith("ml1-")]
         ml1 = [n for n in names if n.startswith("ml1-")]
@@ -129,7 +213,14 @@ def load_suite(name: str) -> Suite:
             raise RegistryError(f"unknown ML1 task {name!r}; accepted: {', '.join(ml1)}")
         more = f", and {len(ml1)} ml1-<task> suites ({', '.join(ml1[:3])}, ...)" if ml1 else ""
         raise RegistryError(f"unknown suite {name!r}; accepted: {', '.join(shown)}{more}")
-    suite = factories[name]()
+    try:
+        suite = factories[name]()
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure, said in one line
+        raise RegistryError(
+            f"suite {name!r} could not be built: {_failure(exc)[len('failed to load: ') :]}"
+        ) from None
+    if not isinstance(suite, Suite):
+        raise RegistryError(f"suite {name!r}: its factory returned {type(suite).__name__}, not a Suite")
     if not suite.name:
         suite.name = name
     return suite

@@ -44,7 +44,7 @@ from benchmark.config import HarnessConfig
 from benchmark.errors import UsageError
 from benchmark.evaluate import evaluate, headline, summarize
 from benchmark.paths import file_in_the_way, what_is
-from benchmark.registry import algorithm_source
+from benchmark.registry import algorithm_source, suite_source
 from benchmark.results import (
     CHECKPOINT,
     DONE_MARKER,
@@ -360,6 +360,7 @@ class Runner:
         for key in ("profile", "device"):
             if old.get(key) != new[key]:
                 diffs.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+        diffs += _suite_changes(old, new)
         for section, config in (("run", self.run_cfg), ("algo_config", self.algo_config)):
             before, after = old.get(section, {}), new[section]
             if not isinstance(before, dict):
@@ -531,9 +532,11 @@ class Runner:
     def config_record(self) -> dict[str, Any]:
         """The run's ``config.json``: identity, budget (env steps), resolved harness and method
         settings, suite facts (``suite_info``), each split's reference returns (those the suite has),
-        package versions, the method's entry point and the package that registers it (``algo_source``),
+        package versions, the method's and the suite's entry points and the packages that register them
+        (``algo_source``, ``suite_source``),
         git commit and dirtiness, and the command line."""
-        refs = {s: self.suite.reference_returns(s) for s in (*self.suite.splits(), "validation")}
+        held_out = ("validation",) if self.run_cfg.validation_tasks else ()  # a tuning run's split
+        refs = {s: self.suite.reference_returns(s) for s in (*self.suite.splits(), *held_out)}
         return {
             "algo": self.run_id.algo,
             "suite": self.run_id.suite,
@@ -556,6 +559,7 @@ class Runner:
             "reference_returns": {s: asdict(r) for s, r in refs.items() if r is not None},
             "versions": package_versions(),
             "algo_source": algorithm_source(self.run_id.algo),  # a plugin's package and version
+            "suite_source": suite_source(self.run_id.suite),
             "git_commit": git_commit(),
             "git_dirty": git_dirty(),
             "command": sys.argv,
@@ -768,6 +772,29 @@ class Runner:
         except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ResultsError(f"{path}: cannot read the finished run's evaluation ({first})") from None
+
+
+def _suite_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two config records' suite facts (the keys the old one recorded) and test /
+    OOD reference returns (random, oracle): a suite whose definition changed since the run started."""
+    changes = []
+    before, after = old.get("suite_info"), new["suite_info"]
+    if isinstance(before, dict):
+        for key in sorted(set(before) & set(after)):
+            if before[key] != after[key]:
+                changes.append(f"suite_info.{key} {before[key]!r} -> {after[key]!r}")
+    refs = [old.get("reference_returns"), new["reference_returns"]]
+    refs = [r if isinstance(r, dict) else {} for r in refs]
+    if "random" in refs[0]:  # written before references were kept per split: the test split's
+        refs[0] = {"test": refs[0]}
+    for split in sorted(set(refs[0]) | set(refs[1])):
+        pair = [
+            (r[split].get("random"), r[split].get("oracle")) if isinstance(r.get(split), dict) else None
+            for r in refs
+        ]
+        if pair[0] != pair[1]:
+            changes.append(f"reference_returns.{split} (random, oracle) {pair[0]} -> {pair[1]}")
+    return changes
 
 
 def _run_name(ident: dict[str, Any]) -> str:

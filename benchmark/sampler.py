@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from benchmark.errors import SuiteError
 from benchmark.suites.base import BatchEnv, StepResult, Suite
 from metarl_protocol import AdaptiveAgent, Task, Transition, TrialBatch
 
@@ -83,6 +84,16 @@ class TrialSampler:
             env.close()
         self._envs.clear()
 
+    def _non_finite(self, tasks: Sequence[Task], reward: np.ndarray, obs: np.ndarray, where: str) -> None:
+        """Raise ``SuiteError`` naming the first task whose reward or observation is not finite."""
+        bad = int(np.flatnonzero(~(np.isfinite(reward) & np.isfinite(obs).all(axis=1)))[0])
+        task = tasks[bad]
+        raise SuiteError(
+            f"suite {self.suite.name!r}: the {where} gave a non-finite reward or observation for "
+            f"{task.split} task {task.task_id} ({task.description}): reward {reward[bad]}, observation "
+            f"{obs[bad].tolist()}; a suite's rewards and observations must be finite"
+        )
+
     def run(
         self,
         agent: AdaptiveAgent,
@@ -100,7 +111,8 @@ class TrialSampler:
         ``act`` and ``observe`` run under ``torch.no_grad()``. The arrays they receive (``obs``, each
         ``Transition`` field) are the agent's own copies: an agent that writes into them (say, scales a
         reward in place, or wraps one in a tensor and changes that) cannot change what is recorded and
-        scored.
+        scored. Raises ``SuiteError`` where the environment returns a non-finite reward or observation
+        for a live row.
         """
         tasks = list(tasks)
         keys = np.asarray([t.task_id for t in tasks] if task_keys is None else task_keys, dtype=np.int64)
@@ -151,6 +163,8 @@ class TrialSampler:
             terminated = res.terminated & act_
             episode_done = (terminated | (h == H - 1)) & act_
             next_obs = np.where(act_[:, None], res.obs, obs[a:b])
+            if not (np.isfinite(reward).all() and np.isfinite(next_obs).all()):
+                self._non_finite(tasks[a:b], reward, next_obs, f"step {h} of episode {k}")
             obs_buf[a:b, t], next_obs_buf[a:b, t] = obs[a:b], next_obs
             rew_buf[a:b, t], term_buf[a:b, t], done_buf[a:b, t] = reward, terminated, episode_done
             valid_buf[a:b, t], succ_buf[a:b, t] = act_, res.success & act_
@@ -169,6 +183,8 @@ class TrialSampler:
 
         for k in range(K):
             obs = np.array(env.reset(seeds[k]), dtype=np.float32)  # own copy: rows are overwritten
+            if not np.isfinite(obs).all():
+                self._non_finite(tasks, np.zeros(B), obs, f"reset of episode {k}")
             active = np.ones(B, bool)
             if env.pipelined:
                 for g in range(len(groups)):

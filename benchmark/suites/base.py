@@ -123,6 +123,10 @@ class Suite(abc.ABC):
     obs_dim: int = 0
     act_dim: int = 0
     task_seed: int = 1337  # fixed: every method and run seed sees the same task sets
+    #: True only for a finite task set smaller than its splits (halfcheetah-dir's two directions):
+    #: then the splits repeat the same tasks, and the test tasks are not unseen in training. Otherwise
+    #: every task is defined once, in one split (``benchmark.suites.checks`` refuses repeated params).
+    shared_tasks: bool = False
     description: str = ""
 
     def __init__(self) -> None:

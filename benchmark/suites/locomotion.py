@@ -354,6 +354,7 @@ class HalfCheetahDir(LocomotionSuite):
     """
 
     name = "halfcheetah-dir"
+    shared_tasks = True  # two tasks in all: every split repeats them
     obs_dim, act_dim = 17, 6
     env_cls = HalfCheetahDirEnv
     description = "HalfCheetah forward/backward d in {-1,+1}; reward d*v_x-0.05|a|^2 (2 tasks: train = test)"
@@ -401,6 +402,7 @@ class AntFwdBack(AntDir):
     """
 
     name = "ant-fwd-back"
+    shared_tasks = True  # two tasks in all: every split repeats them
     description = "Ant forward/backward theta in {0,pi}; reward as ant-dir (2 tasks: train = test)"
 
     def _sample(self, rng: np.random.Generator, split: str, n: int) -> list[Params]:

@@ -80,7 +80,7 @@ class LineNav(Suite):
     obs_dim, act_dim = 1, 1
 
     def _make_tasks(self, split):
-        rng = np.random.default_rng({"train": 0, "test": 1}[split])
+        rng = np.random.default_rng([self.task_seed, ("train", "test").index(split)])
         return [
             Task(i, split, {"goal": float(g)}, f"goal={g:+.2f}") for i, g in enumerate(rng.uniform(-1, 1, 8))
         ]

@@ -1,0 +1,287 @@
+"""The suite contract (benchmark/suites/checks.py): what every run checks about its suite before it writes
+anything, the sampler's check of every step, the registry's checks of plugin suites, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmark import registry
+from benchmark.check import check_suite
+from benchmark.cli import main
+from benchmark.errors import SuiteError
+from benchmark.sampler import TrialSampler
+from benchmark.suites.base import BatchEnv, ReferenceReturns, StepResult, Suite, Task
+from benchmark.suites.checks import check_suite_facts, probe_suite
+
+
+class LineEnv(BatchEnv):
+    """x' = x + 0.1 a on a line, reward -|x' - goal|; seeded start x0 ~ U[-0.1, 0.1]."""
+
+    def __init__(self, n: int) -> None:
+        self.num_envs, self.obs_dim, self.act_dim = n, 1, 1
+        self.x, self.goal = np.zeros(n), np.zeros(n)
+
+    def set_tasks(self, tasks):
+        self.goal = np.array([t.params["goal"] for t in tasks])
+
+    def reset(self, seeds):
+        self.x = np.array([np.random.default_rng(s).uniform(-0.1, 0.1) for s in seeds])
+        return self.x[:, None].astype(np.float32)
+
+    def step(self, actions, active):
+        self.x = self.x + 0.1 * actions[:, 0] * active
+        n = self.num_envs
+        reward = (-np.abs(self.x - self.goal)).astype(np.float32)
+        return StepResult(self.x[:, None].astype(np.float32), reward, np.zeros(n, bool), np.zeros(n, bool))
+
+
+class Line(Suite):
+    """A suite that keeps the contract; each test breaks one thing in a subclass."""
+
+    name, family, horizon, episodes_per_trial, eval_episodes = "line", "point-nav", 10, 2, 3
+    obs_dim, act_dim = 1, 1
+
+    def _make_tasks(self, split):
+        rng = np.random.default_rng([self.task_seed, ("train", "test").index(split)])
+        return [
+            Task(i, split, {"goal": float(g)}, f"goal={g:+.3f}") for i, g in enumerate(rng.uniform(-1, 1, 8))
+        ]
+
+    def make_batch_env(self, num_envs, num_workers=1):
+        return LineEnv(num_envs)
+
+    def reference_returns(self, split="test"):
+        return ReferenceReturns(random=-8.0, oracle=-1.0, source="made up for the test")
+
+
+def _variant(**attrs) -> Suite:
+    return type("Variant", (Line,), attrs)()
+
+
+def _overlap(self, split):
+    tasks = Line._make_tasks(self, "train")
+    return tasks if split == "train" else [Task(t.task_id, "test", t.params, t.description) for t in tasks]
+
+
+class _NanEnv(LineEnv):
+    def step(self, actions, active):
+        res = super().step(actions, active)
+        res.reward[-1] = np.nan
+        return res
+
+
+class _UnseededEnv(LineEnv):
+    def reset(self, seeds):
+        return super().reset(np.random.randint(0, 1000, size=len(seeds)))
+
+
+class _WideRewardEnv(LineEnv):
+    def step(self, actions, active):
+        res = super().step(actions, active)
+        return StepResult(res.obs, res.reward[:, None], res.terminated, res.success)
+
+
+class _NarrowObsEnv(LineEnv):
+    def reset(self, seeds):
+        return super().reset(seeds)[:, 0]
+
+
+BROKEN = [
+    (
+        dict(family="goalnav"),
+        "family 'goalnav' has no run profiles; accepted: locomotion, metaworld, point-nav",
+    ),
+    (dict(horizon=0), "horizon must be an integer >= 1, got 0"),
+    (dict(headline_episodes=lambda self: [3]), "headline_episodes() must be a non-empty list"),
+    (dict(headline_episodes=lambda self: []), "headline_episodes() must be a non-empty list"),
+    (dict(_make_tasks=_overlap), "test task 0 and train task 0 have the same params"),
+    (
+        dict(_make_tasks=lambda self, split: [Task(i, split, {"goal": 0.5}, "g") for i in range(2)]),
+        "train task 1 and train task 0 have the same params",
+    ),
+    (
+        dict(_make_tasks=lambda self, split: [Task(0, split, {"goal": g}, "g") for g in (0.1, 0.2)]),
+        "train task_id 0 is used twice",
+    ),
+    (
+        dict(_make_tasks=lambda self, split: [] if split == "test" else Line._make_tasks(self, split)),
+        "no tasks",
+    ),
+    (
+        dict(_make_tasks=lambda self, split: [Task(0, split, {"goal": np.array([0.5])}, "g")]),
+        "params must be JSON-serialisable",
+    ),
+    (
+        dict(reference_returns=lambda self, split="test": ReferenceReturns(-1.0, -8.0, "")),
+        "oracle -8.0 must be above random -1.0",
+    ),
+    (
+        dict(reference_returns=lambda self, split="test": ReferenceReturns(float("nan"), -1.0, "")),
+        "must be finite numbers",
+    ),
+]
+
+
+@pytest.mark.parametrize(("attrs", "expected"), BROKEN)
+def test_facts_check_refuses_a_broken_suite(attrs, expected):
+    with pytest.raises(SuiteError) as info:
+        check_suite_facts(_variant(**attrs))
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("suite 'line' (") and expected in msg, msg
+
+
+PROBED = [
+    (_NanEnv, "step 0 reward holds non-finite values"),
+    (_UnseededEnv, "gave different results from the same seeds and actions"),
+    (_WideRewardEnv, "step 0 reward: expected shape (2,)"),
+    (_NarrowObsEnv, "reset() observations: expected shape (2, 1)"),
+]
+
+
+@pytest.mark.parametrize(("env_cls", "expected"), PROBED)
+def test_probe_refuses_a_broken_environment(env_cls, expected):
+    suite = _variant(make_batch_env=lambda self, n, w=1: env_cls(n))
+    check_suite_facts(suite)  # the facts are fine: only stepping shows it
+    with pytest.raises(SuiteError, match="suite 'line'") as info:
+        probe_suite(suite)
+    assert expected in str(info.value), info.value
+
+
+def test_good_suites_pass(monkeypatch):
+    check_suite(Line())
+    for name in ("point-nav", "halfcheetah-vel", "halfcheetah-dir", "ant-dir"):
+        suite = registry.load_suite(name)
+        check_suite_facts(suite)
+        probe_suite(suite, steps=5)
+
+
+def test_shared_tasks_exempts_only_a_declared_finite_task_set():
+    """halfcheetah-dir's splits repeat its two tasks by definition; the same suite without the
+    declaration is refused."""
+    suite = registry.load_suite("halfcheetah-dir")
+    assert suite.shared_tasks
+    undeclared = type("Undeclared", (type(suite),), {"shared_tasks": False})()
+    undeclared.name = "undeclared"
+    with pytest.raises(SuiteError, match="have the same params"):
+        check_suite_facts(undeclared)
+
+
+def test_sampler_refuses_a_non_finite_reward():
+    suite = _variant(make_batch_env=lambda self, n, w=1: _NanEnv(n))
+    tasks = suite.tasks("test")[:3]
+
+    class Zero:
+        def new_trial(self, keys):
+            pass
+
+        def act(self, obs):
+            return np.zeros((len(obs), 1), np.float32), {}
+
+        def observe(self, tr):
+            pass
+
+        def end_episode(self):
+            pass
+
+        def clone(self):
+            return Zero()
+
+    with pytest.raises(SuiteError) as info:
+        TrialSampler(suite).run(Zero(), tasks, 1, seed=0)
+    msg = str(info.value)
+    assert "step 0 of episode 0 gave a non-finite reward or observation for test task 2" in msg, msg
+
+
+@pytest.fixture
+def bad_suite(monkeypatch):
+    """``--suite line`` resolves to the suite the test puts in ``holder[0]``."""
+    holder: list[Suite] = []
+    real = registry.load_suite
+    monkeypatch.setattr(registry, "load_suite", lambda name: holder[0] if name == "line" else real(name))
+    return holder
+
+
+def test_run_refuses_a_broken_suite_before_writing(tmp_path, capsys, bad_suite):
+    bad_suite.append(_variant(make_batch_env=lambda self, n, w=1: _UnseededEnv(n)))
+    out = tmp_path / "out"
+    code = main(["run", "--algo", "rl2", "--suite", "line", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "from the same seeds and actions" in err, err
+    assert not out.exists()
+
+
+def test_run_without_a_validation_split_asks_for_no_validation_references(tmp_path, capsys, bad_suite):
+    """A suite whose reference_returns looks its split up (``self.tasks(split)``) must not be asked
+    for the validation split of a run that holds out none."""
+
+    def refs(self, split="test"):
+        self.tasks(split)  # raises ValueError for a split the suite does not define
+        return ReferenceReturns(-8.0, -1.0, "")
+
+    bad_suite.append(_variant(reference_returns=refs))
+    args = ["run", "--algo", "rl2", "--suite", "line", "--out", str(tmp_path), "--no-progress"]
+    sets = ["--set", "budget_steps=240", "--set", "eval_every_steps=240", "--set", "meta_batch_size=4"]
+    assert main(args + sets) == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "line" / "rl2" / "seed0" / "config.json").read_text())
+    assert set(config["reference_returns"]) == {"train", "test"}
+    assert config["suite_source"] is None  # not registered through an entry point
+
+
+def test_resume_refuses_a_suite_that_changed(tmp_path, capsys, bad_suite):
+    bad_suite.append(Line())
+    args = ["run", "--algo", "rl2", "--suite", "line", "--out", str(tmp_path), "--no-progress"]
+    sets = ["--set", "budget_steps=240", "--set", "eval_every_steps=240", "--set", "meta_batch_size=4"]
+    assert main(args + sets) == 0
+    run = tmp_path / "line" / "rl2" / "seed0"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    bad_suite[0] = _variant(reference_returns=lambda self, split="test": ReferenceReturns(-9.0, -1.0, ""))
+    longer = [s.replace("budget_steps=240", "budget_steps=480") for s in sets]
+    code = main([*args, *longer, "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "reference_returns.test (random, oracle) (-8.0, -1.0) -> (-9.0, -1.0)" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_registry_refuses_bad_plugin_suites(monkeypatch):
+    """A family mapping naming a suite that cannot be a directory, holding an instance instead of a
+    factory, or a suite that cannot be built: one RegistryError each."""
+
+    class EP:
+        def __init__(self, name, obj):
+            self.name, self.value, self.obj, self.dist = name, f"fake:{name}", obj, None
+
+        def load(self):
+            return self.obj
+
+    cases = {
+        "escape": (lambda: {"../escape": Line}, "names a suite '../escape'"),
+        "instance": (lambda: {"instance": Line()}, "not suite instances"),
+    }
+    for name, (obj, expected) in cases.items():
+        with pytest.raises(registry.RegistryError, match=expected):
+            registry._expand(name, EP(name, obj))
+
+    class Abstract(Suite):  # make_batch_env and _make_tasks missing
+        name = "abstract"
+
+    eps = {
+        "abstract": EP("abstract", Abstract),
+        "line": EP("line", Line),
+        "fam": EP("fam", lambda: {"line": Line}),
+    }
+    monkeypatch.setattr(registry, "_entry_points", lambda group: eps)
+    monkeypatch.setattr(registry, "_twice", lambda group: {})
+    registry.load_suite.cache_clear()
+    registry._suite_factories.cache_clear()
+    try:
+        with pytest.raises(registry.RegistryError, match="suite 'abstract' could not be built: TypeError"):
+            registry.load_suite("abstract")
+        # a family member that takes another entry point's suite name: refused, not resolved silently
+        with pytest.raises(registry.RegistryError, match="suite 'line' is registered twice .*fake:fam"):
+            registry.load_suite("line")
+    finally:
+        registry.load_suite.cache_clear()
+        registry._suite_factories.cache_clear()
