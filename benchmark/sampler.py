@@ -85,13 +85,16 @@ class TrialSampler:
         self._envs.clear()
 
     def _non_finite(self, tasks: Sequence[Task], reward: np.ndarray, obs: np.ndarray, where: str) -> None:
-        """Raise ``SuiteError`` naming the first task whose reward or observation is not finite."""
-        bad = int(np.flatnonzero(~(np.isfinite(reward) & np.isfinite(obs).all(axis=1)))[0])
-        task = tasks[bad]
+        """Raise ``SuiteError`` naming the first step (then row) whose reward (B, T) or observation
+        (B, T, obs_dim) is not finite."""
+        bad = ~(np.isfinite(reward) & np.isfinite(obs).all(axis=-1))
+        step, row = (int(i[0]) for i in np.nonzero(bad.T))
+        task = tasks[row]
+        at = f"the {where}" if where.startswith("reset") else f"step {step} of {where}"
         raise SuiteError(
-            f"suite {self.suite.name!r}: the {where} gave a non-finite reward or observation for "
-            f"{task.split} task {task.task_id} ({task.description}): reward {reward[bad]}, observation "
-            f"{obs[bad].tolist()}; a suite's rewards and observations must be finite"
+            f"suite {self.suite.name!r}: {at} gave a non-finite reward or observation for {task.split} "
+            f"task {task.task_id} ({task.description}): reward {reward[row, step]}, observation "
+            f"{obs[row, step].tolist()}; a suite's rewards and observations must be finite"
         )
 
     def run(
@@ -112,7 +115,7 @@ class TrialSampler:
         ``Transition`` field) are the agent's own copies: an agent that writes into them (say, scales a
         reward in place, or wraps one in a tensor and changes that) cannot change what is recorded and
         scored. Raises ``SuiteError`` where the environment returns a non-finite reward or observation
-        for a live row.
+        for a live row (checked at each episode's end, before the trial is returned).
         """
         tasks = list(tasks)
         keys = np.asarray([t.task_id for t in tasks] if task_keys is None else task_keys, dtype=np.int64)
@@ -163,8 +166,6 @@ class TrialSampler:
             terminated = res.terminated & act_
             episode_done = (terminated | (h == H - 1)) & act_
             next_obs = np.where(act_[:, None], res.obs, obs[a:b])
-            if not (np.isfinite(reward).all() and np.isfinite(next_obs).all()):
-                self._non_finite(tasks[a:b], reward, next_obs, f"step {h} of episode {k}")
             obs_buf[a:b, t], next_obs_buf[a:b, t] = obs[a:b], next_obs
             rew_buf[a:b, t], term_buf[a:b, t], done_buf[a:b, t] = reward, terminated, episode_done
             valid_buf[a:b, t], succ_buf[a:b, t] = act_, res.success & act_
@@ -184,7 +185,7 @@ class TrialSampler:
         for k in range(K):
             obs = np.array(env.reset(seeds[k]), dtype=np.float32)  # own copy: rows are overwritten
             if not np.isfinite(obs).all():
-                self._non_finite(tasks, np.zeros(B), obs, f"reset of episode {k}")
+                self._non_finite(tasks, np.zeros((B, 1)), obs[:, None], f"reset of episode {k}")
             active = np.ones(B, bool)
             if env.pipelined:
                 for g in range(len(groups)):
@@ -206,6 +207,11 @@ class TrialSampler:
                             res.obs[a:b], res.reward[a:b], res.terminated[a:b], res.success[a:b]
                         )
                         observe(g, h, part)
+            # once per episode (per step it cost ~5 us per group): nothing sampled reaches a learner or
+            # a result before this check (masked rows hold 0 and their last observation)
+            episode = slice(k * H, (k + 1) * H)
+            if not (np.isfinite(rew_buf[:, episode]).all() and np.isfinite(next_obs_buf[:, episode]).all()):
+                self._non_finite(tasks, rew_buf[:, episode], next_obs_buf[:, episode], f"episode {k}")
             for ag in agents:
                 ag.end_episode()
         return TrialBatch(

@@ -169,8 +169,24 @@ def test_shared_tasks_exempts_only_a_declared_finite_task_set():
         check_suite_facts(undeclared)
 
 
-def test_sampler_refuses_a_non_finite_reward():
-    suite = _variant(make_batch_env=lambda self, n, w=1: _NanEnv(n))
+class _LateNanEnv(LineEnv):
+    """The last row's observation turns infinite at its fourth step of the second episode."""
+
+    def reset(self, seeds):
+        self.t = 0
+        self.episodes = getattr(self, "episodes", -1) + 1
+        return super().reset(seeds)
+
+    def step(self, actions, active):
+        res = super().step(actions, active)
+        self.t += 1
+        if self.episodes == 1 and self.t == 4:
+            res.obs[-1] = np.inf
+        return res
+
+
+def test_sampler_refuses_a_non_finite_reward_or_observation():
+    suite = _variant(make_batch_env=lambda self, n, w=1: _LateNanEnv(n))
     tasks = suite.tasks("test")[:3]
 
     class Zero:
@@ -190,9 +206,10 @@ def test_sampler_refuses_a_non_finite_reward():
             return Zero()
 
     with pytest.raises(SuiteError) as info:
-        TrialSampler(suite).run(Zero(), tasks, 1, seed=0)
+        TrialSampler(suite).run(Zero(), tasks, 2, seed=0)
     msg = str(info.value)
-    assert "step 0 of episode 0 gave a non-finite reward or observation for test task 2" in msg, msg
+    assert "step 3 of episode 1 gave a non-finite reward or observation for test task 2" in msg, msg
+    assert "observation [inf]" in msg, msg
 
 
 @pytest.fixture
