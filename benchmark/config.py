@@ -194,34 +194,90 @@ def apply(obj: Any, values: dict[str, Any]) -> Any:
     return dataclasses.replace(obj, **values)
 
 
-def _is_tuple(typ: Any) -> bool:
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_tuple(arg) for arg in typing.get_args(typ))
-    return typ is tuple or origin is tuple
-
-
 def from_record(config_cls: type, record: dict[str, Any]) -> Any:
     """The config dataclass a run recorded in its config.json (``run`` or ``algo_config``), rebuilt.
 
-    JSON lists become tuples where the field is a tuple; fields missing from ``record`` keep their
-    defaults. Raises ``ConfigError`` (one line) for a key the class does not have or a value outside
+    Each recorded value must be of its field's annotated type, as JSON writes it: ``bool`` a JSON bool,
+    ``int`` a JSON integer (not a bool), ``float`` a JSON number (not a bool; an integer becomes a
+    float), ``str`` a string, ``tuple[T, ...]`` a list of T, and ``X | None`` also null. JSON lists
+    become tuples where the field is a tuple; fields missing from ``record`` keep their defaults (a
+    setting added after the run was made). Raises ``ConfigError`` (one line) for a key the class does
+    not have, a value of another type (``recorded Class.key=value: expected ...``) or a value outside
     its declared range.
     """
+    import json
+
+    name = config_cls.__name__
+
+    kinds = {  # what a JSON value of a plain type is called, alone and in a list
+        bool: ("a bool (true or false)", "bools"),
+        int: ("an integer", "integers"),
+        float: ("a number", "numbers"),
+        str: ("a string", "strings"),
+    }
+
+    def expected(typ: Any) -> str:  # what the annotation accepts, as JSON
+        origin, args = typing.get_origin(typ), typing.get_args(typ)
+        if origin in (typing.Union, types.UnionType):
+            parts = [expected(a) for a in args if a is not type(None)]
+            return " or ".join([*parts, *(["null"] if type(None) in args else [])])
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in kinds:
+            return f"a list of {kinds[args[0]][1]}"
+        if typ is tuple or origin is tuple:
+            return f"a list of {len(args)} values" if args else "a list"
+        return kinds[typ][0] if typ in kinds else getattr(typ, "__name__", str(typ))
+
+    def typed(typ: Any, value: Any) -> Any:  # ``value`` as ``typ`` holds it; ValueError if not
+        origin, args = typing.get_origin(typ), typing.get_args(typ)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                return None
+            for arg in (a for a in args if a is not type(None)):
+                try:
+                    return typed(arg, value)
+                except ValueError:
+                    pass
+            raise ValueError
+        if typ is tuple or origin is tuple:  # tuple, tuple[T, ...] or tuple[T1, T2]: a list
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(typed(args[0], v) for v in value)
+            if args and len(args) != len(value):
+                raise ValueError
+            return tuple(typed(a, v) for a, v in zip(args, value, strict=True)) if args else tuple(value)
+        if typ is bool and isinstance(value, bool):
+            return value
+        if typ is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond a float's range
+                raise ValueError from None
+        if typ is str and isinstance(value, str):
+            return value
+        if typ in kinds:
+            raise ValueError
+        return value  # a type JSON has no form for: left to the class and its range check
+
     types_ = field_types(config_cls)
     unknown = sorted(set(record) - set(types_))
     if unknown:
-        raise ConfigError(f"recorded setting(s) {', '.join(unknown)} not in {config_cls.__name__}")
+        raise ConfigError(f"recorded setting(s) {', '.join(unknown)} not in {name}")
     values = {}
     for key, value in record.items():
-        if isinstance(value, list) and _is_tuple(types_[key]):
-            value = tuple(value)
-        values[key] = value
+        try:
+            values[key] = typed(types_[key], value)
+        except ValueError:
+            shown = json.dumps(value, default=str)
+            shown = shown if len(shown) <= 60 else shown[:60] + " ..."
+            raise ConfigError(f"recorded {name}.{key}={shown}: expected {expected(types_[key])}") from None
     try:
         config = apply(config_cls(), values)
         check_settings(config)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"recorded {config_cls.__name__}: {exc}") from None
+        raise ConfigError(f"recorded {name}: {exc}") from None
     return config
 
 

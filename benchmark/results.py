@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import re
 import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -331,9 +332,29 @@ def load_learner_state(learner: Any, state: Any, refusal: str) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary code."""
+    """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary code.
+
+    Raises ``ResultsError`` (``<path>: corrupted or unreadable checkpoint (<why>)``, one line) for any
+    failure to read or unpickle the file: a missing or unreadable file, a cut or foreign zip archive,
+    bytes that are no pickle (the weights-only unpickler raises ``KeyError``, ``IndexError`` and the
+    like on them), what the weights-only unpickler refuses. Running out of memory keeps its traceback.
+    """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResultsError(f"{path}: corrupted or unreadable checkpoint ({first[:160]})") from None
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a corrupted file makes the unpickler raise
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's message has terminal escapes
+        text = " ".join(text.split("WeightsUnpickler error: ", 1)[-1].split())  # the refusal itself
+        known = (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+        if not text or not isinstance(exc, known):
+            text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__  # e.g. KeyError: 101
+        if len(text) > 160:  # whole sentences that fit, else a cut marked as such
+            kept = ""
+            for sentence in text.split(". "):
+                more = f"{kept}. {sentence}" if kept else sentence
+                if len(more) > 160:
+                    break
+                kept = more
+            text = kept.rstrip(".") + "." if kept else text[:160] + " ..."
+        raise ResultsError(f"{path}: corrupted or unreadable checkpoint ({text})") from None

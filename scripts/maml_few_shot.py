@@ -11,8 +11,9 @@ return per task before and after the step, and their normalised values where the
 references (``(R - R_random) / (R_oracle - R_random)``, per episode).
 
 This is Finn et al.'s setting (20 rollouts per inner step on 2D navigation), not the benchmark protocol:
-the protocol's meta-test trial (``eval.csv``) adapts on the episodes it plays itself. Nothing is written;
-bad input gets one line on stderr and exit code 2.
+the protocol's meta-test trial (``eval.csv``) adapts on the episodes it plays itself. ``--rollouts`` is at
+most ``MAX_ROLLOUTS`` (1,000, fifty times Finn's): every rollout of every task is held in memory at once.
+Nothing is written; bad input gets one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -26,13 +27,22 @@ import numpy as np
 from benchmark.cli import OneLineParser, seed_type
 from scripts.finished_run import RunError, load_run, read_record
 
+#: The most rollouts per task per inner step: the rollouts of all tasks are sampled as one batch, held in
+#: memory (1,000 on a 50-goal Meta-World split: 50,000 episodes of 500 steps, gigabytes).
+MAX_ROLLOUTS = 1_000
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (``argv``; None: ``sys.argv[1:]``): RUN_DIR, ``--rollouts``, ``--split``, ``--seed``,
     ``--device``. A malformed one exits with one line on stderr and code 2 (``OneLineParser``)."""
     p = OneLineParser(prog="python -m scripts.maml_few_shot", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a MAML run directory (holds config.json and checkpoint.pt)")
-    p.add_argument("--rollouts", type=int, default=20, help="rollouts per task per inner step (Finn: 20)")
+    p.add_argument(
+        "--rollouts",
+        type=int,
+        default=20,
+        help=f"rollouts per task per inner step, 1 to {MAX_ROLLOUTS:,} (Finn: 20)",
+    )
     p.add_argument(
         "--split", default="test", help="task split: test, ood, train, or validation (tuning runs only)"
     )
@@ -50,11 +60,15 @@ def fail(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the check (``algorithms.maml.few_shot_returns``) and print the mean return per task before the
     inner step, after it (sampled actions) and after it acting with the mean, then their means, normalised
-    where the split has reference returns; returns 0. Exits with code 2 (``fail``) for ``--rollouts`` < 1,
-    a run of another method, or a run that ``read_record`` / ``load_run`` refuse (``RunError``)."""
+    where the split has reference returns; returns 0. Exits with code 2 (``fail``) for ``--rollouts``
+    outside 1 to ``MAX_ROLLOUTS``, a run of another method, or a run that ``read_record`` / ``load_run``
+    refuse (``RunError``)."""
     args = parse_args(argv)
-    if args.rollouts < 1:
-        fail(f"--rollouts {args.rollouts}: must be an integer >= 1")
+    if not 1 <= args.rollouts <= MAX_ROLLOUTS:
+        fail(
+            f"--rollouts {args.rollouts}: must be an integer from 1 to {MAX_ROLLOUTS:,} (all rollouts "
+            "are held in memory at once)"
+        )
     run = args.run_dir
     try:
         record = read_record(run)

@@ -1,6 +1,7 @@
 """scripts/cheetah_posture.py: speed and time on its back of a finished HalfCheetah run, and its errors."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +84,36 @@ def test_refuses_other_suites(tmp_path, capsys):
         main([str(run)])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "a run on 'point-nav'" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_directory_that_cannot_be_read_is_one_line(tmp_path, capsys, monkeypatch):
+    """read_record's refusals (tests/test_finished_run.py), as the script prints them."""
+
+    def refused(run):
+        with pytest.raises(SystemExit) as exc:
+            main([str(run)])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    assert "cannot be read (File name too long)" in refused(tmp_path / ("a" * 300))
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "config.json").write_text("{" + '"a":{' * 100_000 + "}" * 100_001)
+    (deep / "checkpoint.pt").write_bytes(b"")
+    assert refused(
+        deep
+    ) == f"cheetah_posture: {deep / 'config.json'}: unreadable run config (nested too deep " + (
+        "to parse; a run writes a flat record)"
+    )
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):  # as a non-root user under a directory at mode 000
+        if self.parent == deep:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    assert f"{deep / 'config.json'}: cannot be read (Permission denied); expected a readable run" in refused(
+        deep
+    )

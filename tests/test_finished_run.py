@@ -1,5 +1,11 @@
 """scripts/finished_run.py: a finished run loaded with its recorded settings, and its one-line errors."""
 
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -115,3 +121,166 @@ def test_broken_storage_is_one_line_naming_the_runs_own_files(tmp_path):
     (replay / "header.json").write_text("garbage")
     with pytest.raises(RunError, match=f"{replay / 'header.json'}: unreadable AppendOnlyArrays header"):
         load_run(run, read_record(run), "test", "cpu")
+    # a file where the run kept a directory: named, with what was expected
+    shutil.rmtree(replay)
+    replay.write_text("")
+    with pytest.raises(RunError) as exc:
+        load_run(run, read_record(run), "test", "cpu")
+    assert str(exc.value) == (
+        f"{replay}: is a file; expected a directory (the run's storage, where the pearl learner keeps its "
+        "files)"
+    )
+    shutil.rmtree(run / "storage")
+    (run / "storage").write_text("")
+    with pytest.raises(RunError) as exc:
+        load_run(run, read_record(run), "test", "cpu")
+    assert str(exc.value).startswith(f"{run / 'storage'}: is a file; expected a directory (the run's storage")
+    (run / "storage").unlink()
+    (run / "storage").symlink_to(tmp_path / "gone")
+    with pytest.raises(RunError, match=f"{run / 'storage'}: is a broken symbolic link; expected a directory"):
+        load_run(run, read_record(run), "test", "cpu")
+
+
+def _copy(run, dest, config=None, checkpoint=None):
+    """``run``'s config.json and checkpoint.pt copied into the new directory ``dest``, or the given text /
+    bytes in their place."""
+    dest.mkdir()
+    (dest / "config.json").write_text((run / "config.json").read_text() if config is None else config)
+    (dest / "checkpoint.pt").write_bytes(
+        (run / "checkpoint.pt").read_bytes() if checkpoint is None else checkpoint
+    )
+    return dest
+
+
+def test_a_record_that_cannot_be_read_is_one_line(run_dir, tmp_path, monkeypatch):
+    long = tmp_path / ("a" * 300)
+    with pytest.raises(RunError, match="cannot be read \\(File name too long\\); expected a readable run"):
+        read_record(long)
+    deep = _copy(run_dir, tmp_path / "deep", config="[" * 200_000 + "]" * 200_000)
+    with pytest.raises(RunError, match="unreadable run config \\(nested too deep to parse"):
+        read_record(deep)
+    binary = _copy(run_dir, tmp_path / "binary", config="")
+    (binary / "config.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(RunError, match="unreadable run config"):
+        read_record(binary)
+    locked = tmp_path / "locked"
+    _copy(run_dir, locked)
+    real_stat, real_open = Path.stat, Path.open
+
+    def stat(self, *args, **kwargs):  # as a non-root user under a directory at mode 000
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(RunError) as exc:
+        read_record(locked)
+    assert str(exc.value) == (
+        f"{locked / 'config.json'}: cannot be read (Permission denied); expected a readable run directory "
+        "with config.json and checkpoint.pt"
+    )
+    monkeypatch.setattr(Path, "stat", real_stat)
+
+    def unreadable(self, *args, **kwargs):  # config.json at mode 000
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", unreadable)
+    with pytest.raises(RunError, match="config.json: cannot be read \\(Permission denied\\)"):
+        read_record(locked)
+
+
+def test_a_corrupted_checkpoint_is_one_line_naming_it_once(run_dir, tmp_path):
+    whole = (run_dir / "checkpoint.pt").read_bytes()
+    for name, data, why in [
+        ("hello", b"hello\n", "(KeyError: 101)"),  # bytes the weights-only unpickler trips over
+        (  # whole sentences, not torch's advice cut at 160 characters ("... there is a high)")
+            "cut",
+            whole[:3000],
+            "(PytorchStreamReader failed reading zip archive: failed finding central directory. This is an "
+            "internal miniz error.)",
+        ),
+    ]:
+        run = _copy(run_dir, tmp_path / name, checkpoint=data)
+        with pytest.raises(RunError) as exc:
+            load_run(run, read_record(run), "test", "cpu")
+        assert str(exc.value) == f"{run / 'checkpoint.pt'}: corrupted or unreadable checkpoint {why}"
+
+
+def test_a_validation_split_the_suite_cannot_hold_out_is_one_line(run_dir, tmp_path):
+    record = json.loads((run_dir / "config.json").read_text())
+    record["run"]["validation_tasks"] = 5000
+    run = _copy(run_dir, tmp_path / "val", config=json.dumps(record))
+    with pytest.raises(RunError) as exc:
+        load_run(run, read_record(run), "validation", "cpu")
+    assert str(exc.value).startswith(
+        f"--split validation: {run / 'config.json'} records validation_tasks=5000: the suite has only 1000 "
+        "training tasks (accepted: 0 to 999"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "record", "needle"),
+    [
+        ("MAMLConfig", {"inner_lr": "x"}, 'recorded MAMLConfig.inner_lr="x": expected a number'),
+        (
+            "MAMLConfig",
+            {"hidden_sizes": "64"},
+            'recorded MAMLConfig.hidden_sizes="64": expected a list of integers',
+        ),
+        ("MAMLConfig", {"hidden_sizes": [64, True]}, "hidden_sizes=[64, true]: expected a list of integers"),
+        (
+            "HarnessConfig",
+            {"budget_steps": "abc"},
+            'recorded HarnessConfig.budget_steps="abc": expected an integer',
+        ),
+        (
+            "MAMLConfig",
+            {"meta_batch_size": 2.5},
+            "recorded MAMLConfig.meta_batch_size=2.5: expected an integer",
+        ),
+        ("MAMLConfig", {"cg_iters": True}, "recorded MAMLConfig.cg_iters=true: expected an integer"),
+        ("MAMLConfig", {"numpy_acting": "yes"}, 'numpy_acting="yes": expected a bool (true or false)'),
+        ("MAMLConfig", {"inner_lr": None}, "recorded MAMLConfig.inner_lr=null: expected a number"),
+        ("MAMLConfig", {"inner_lr": False}, "recorded MAMLConfig.inner_lr=false: expected a number"),
+        ("MAMLConfig", {"activation": 3}, "recorded MAMLConfig.activation=3: expected a string"),
+        ("RL2Config", {"target_kl": "x"}, 'recorded RL2Config.target_kl="x": expected a number or null'),
+    ],
+)
+def test_from_record_checks_each_value_against_its_field_type(cls, record, needle):
+    from algorithms.maml import MAMLConfig
+    from algorithms.rl2 import RL2Config
+    from benchmark.config import ConfigError, HarnessConfig, from_record
+
+    classes = {"MAMLConfig": MAMLConfig, "RL2Config": RL2Config, "HarnessConfig": HarnessConfig}
+    with pytest.raises(ConfigError) as exc:
+        from_record(classes[cls], record)
+    assert str(exc.value) == needle or needle in str(exc.value)
+    assert len(str(exc.value).splitlines()) == 1
+
+
+def test_from_record_takes_what_json_writes_and_defaults_for_missing_keys():
+    from algorithms.maml import MAMLConfig
+    from algorithms.rl2 import RL2Config
+    from benchmark.config import from_record
+
+    config = from_record(MAMLConfig, {"inner_lr": 1, "hidden_sizes": [8, 4], "numpy_acting": False})
+    assert config.inner_lr == 1.0 and type(config.inner_lr) is float and config.hidden_sizes == (8, 4)
+    assert config.meta_batch_size == MAMLConfig().meta_batch_size  # not recorded: the default
+    assert from_record(RL2Config, {"target_kl": None}).target_kl is None
+    assert from_record(RL2Config, {"target_kl": 0.02}).target_kl == 0.02
+
+
+def test_running_the_library_module_says_it_is_one(tmp_path):
+    for argv in (["--bogus", "/nonexistent"], ["--help"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "scripts.finished_run", *argv],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+            timeout=60,
+        )
+        err = proc.stderr.strip()
+        assert proc.returncode == 2 and proc.stdout == "" and len(err.splitlines()) == 1, (argv, proc)
+        assert err.startswith("python -m scripts.finished_run: error: a library module, not a command")

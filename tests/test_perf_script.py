@@ -12,6 +12,7 @@ import importlib.util
 import math
 import re
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -269,7 +270,10 @@ def test_a_sampler_row_replays_its_own_trials_on_a_terminating_suite(monkeypatch
     [
         (["--suites", "nosuch"], "--suites: unknown suite 'nosuch'; accepted:"),
         (["--algos", "nosuch"], "--algos: unknown algorithm 'nosuch'; accepted:"),
-        (["--timeout", "0"], "argument --timeout: expected a number of seconds > 0, got '0'"),
+        (
+            ["--timeout", "0"],
+            "argument --timeout: expected a number of seconds > 0 and at most 86,400 (a day), got '0'",
+        ),
         (["--top", "-1"], "--top must be a positive integer"),
         (["--out", "."], "--out .: expected the path of a .csv file"),
         (
@@ -315,3 +319,102 @@ def test_an_out_in_a_directory_that_cannot_be_written_is_one_line(capsys, tmp_pa
         cli.main(["--quick", "--only", "raw", "--out", str(tmp_path / "new" / "perf.csv")])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and f"--out {tmp_path / 'new' / 'perf.csv'}: {tmp_path} is not writable" in err
+
+
+@pytest.fixture
+def nothing_measured(monkeypatch):
+    """Fail the test if the command gets as far as planning (measuring starts right after)."""
+
+    def boom(args):
+        raise AssertionError("bad input reached the measurements")
+
+    monkeypatch.setattr(plan, "build_plan", boom)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--timeout", "3e6"], "argument --timeout: expected a number of seconds > 0 and at most 86,400"),
+        (["--timeout", "1e308"], "at most 86,400 (a day), got '1e308'"),
+        (["--timeout", "nan"], "got 'nan'"),
+        (["--profile", ""], "argument --profile: expected a measurement ID, e.g. sampler/rl2/"),
+        (["--profile", " "], "got an empty one"),
+        (["--jobs", "abc"], "argument --jobs: (internal) expected a JSON list of jobs"),
+        (["--jobs", ""], "argument --jobs: (internal) expected a JSON list of jobs"),
+        (["--jobs", "[1]"], 'each an object with a string "id"'),
+    ],
+)
+def test_out_of_range_and_empty_values_are_one_line_before_anything_is_measured(
+    nothing_measured, capsys, argv, needle
+):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--quick", "--only", "raw", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert err.startswith("python -m scripts.perf: error: ")
+
+
+def test_the_longest_timeout_passes():
+    assert cli.parse_args(["--quick", "--timeout", "86400"]).timeout == 86_400.0
+
+
+def test_an_unknown_profile_id_has_the_one_prefix(capsys, monkeypatch):
+    monkeypatch.setattr(plan, "build_plan", lambda args: ([{"id": "raw/a"}], []))
+    assert cli.main(["--quick", "--profile", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "python -m scripts.perf: error: --profile: unknown measurement 'nope'; accepted: raw/a"
+
+
+def _out_refused(capsys, out):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--quick", "--only", "raw", "--out", str(out)])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and captured.out == "", err
+    assert err.startswith(f"python -m scripts.perf: error: --out {out}: ")
+    return err
+
+
+def test_an_out_the_file_system_refuses_is_one_line(nothing_measured, capsys, tmp_path, monkeypatch):
+    """Checked for real before measuring: names too long, a file system that takes no files, a
+    directory that cannot even be looked at; nothing is left behind by the check."""
+    err = _out_refused(capsys, tmp_path / ("a" * 300 + ".csv"))
+    assert "a name of 308 bytes with the .tmp of its atomic write, longer than the 255" in err
+    err = _out_refused(capsys, tmp_path / "new" / ("b" * 250 + ".csv"))  # perf.csv.tmp: 258 bytes
+    assert "longer than the 255 this file system takes" in err
+    if Path("/proc/self").is_dir():  # procfs: writable by its permissions, takes no new file
+        err = _out_refused(capsys, Path("/proc/x.csv"))
+        assert "/proc: cannot create a file in it" in err
+    real_mkstemp = cli.tempfile.mkstemp
+
+    def read_only(*args, **kwargs):  # a read-only mount: permissions say yes, the file system no
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(cli.tempfile, "mkstemp", read_only)
+    err = _out_refused(capsys, tmp_path / "perf.csv")
+    assert f"{tmp_path}: cannot create a file in it (Read-only file system)" in err
+    monkeypatch.setattr(cli.tempfile, "mkstemp", real_mkstemp)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):  # as a non-root user under a directory at mode 000
+        if self.is_relative_to(locked) and self != locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    err = _out_refused(capsys, locked / "sub" / "perf.csv")
+    assert f"{locked / 'sub'} cannot be looked at (Permission denied)" in err
+    monkeypatch.setattr(Path, "stat", real_stat)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]  # no probe file left
+
+
+def test_a_broken_symbolic_link_at_out_is_refused_not_replaced(nothing_measured, capsys, tmp_path):
+    for name in ("perf.csv", "perf_scaling.png"):
+        link = tmp_path / name
+        link.symlink_to(tmp_path / "gone")
+        err = _out_refused(capsys, tmp_path / "perf.csv")
+        assert f"{link} is a broken symbolic link; expected the path of a .csv file" in err
+        assert link.is_symlink() and not link.exists()
+        link.unlink()

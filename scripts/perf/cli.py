@@ -23,6 +23,11 @@ from benchmark.paths import file_in_the_way, what_is
 
 KINDS = ("raw", "sampler", "train", "peer", "paper", "scaling")
 DEFAULT_OUT = Path("results/perf.csv")
+#: The program name that starts every message on stderr (``PROG: error: ...``).
+PROG = "python -m scripts.perf"
+#: The most seconds ``--timeout`` allows per measurement (a day): a series' subprocess gets its jobs' sum,
+#: and Python's subprocess timeout overflows past about 24 days.
+MAX_TIMEOUT_S = 86_400.0
 
 
 def threads_arg(low: int) -> Any:
@@ -53,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from scripts.perf import __doc__ as overview
 
     p = OneLineParser(
-        prog="python -m scripts.perf",
+        prog=PROG,
         description=overview,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -83,11 +88,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the methods whose update gains from threads, TrMRL, PEARL and MAML; --torch-threads for the others)",
     )
     p.add_argument(
-        "--timeout", type=positive_seconds, default=600.0, help="seconds allowed per measurement (600)"
+        "--timeout",
+        type=positive_seconds,
+        default=600.0,
+        help=f"seconds allowed per measurement, at most {MAX_TIMEOUT_S:,.0f} (600)",
     )
     p.add_argument("--no-isolate", action="store_true", help="measure in this process (memory accumulates)")
     p.add_argument(
         "--profile",
+        type=profile_id,
         metavar="ID",
         help="run measurement ID (e.g. sampler/rl2/halfcheetah-vel/B20) "
         "here under cProfile; print where its timed region spends its time (no CSV)",
@@ -95,9 +104,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--top", type=positive_int("--top"), default=20, help="functions printed by --profile (20)"
     )
-    p.add_argument("--jobs", help=argparse.SUPPRESS)  # internal: JSON list of jobs, results on stdout
+    p.add_argument("--jobs", type=jobs_json, help=argparse.SUPPRESS)  # internal: JSON jobs, results on stdout
     args = p.parse_args(argv)
-    if args.jobs:
+    if args.jobs is not None:
         return args
     from benchmark.registry import RegistryError, algorithm_names, load_suite
 
@@ -110,7 +119,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--algos: unknown algorithm {unknown[0]!r}; accepted: {', '.join(algorithm_names())}")
     out = args.out if args.out is not None or args.quick else DEFAULT_OUT
-    problem = out_problem(out) if out is not None and not args.profile else None
+    problem = out_problem(out) if out is not None and args.profile is None else None
     if problem:
         p.error(f"--out {out}: {problem}")
     return args
@@ -124,32 +133,97 @@ def scaling_paths(out: Path) -> tuple[Path, Path]:
 
 def out_problem(out: Path) -> str | None:
     """Why the CSV ``out`` and the scaling CSV and PNG beside it could not be written, or None: checked
-    before anything is measured, so a mistake costs no measurements."""
+    before anything is measured, so a mistake costs no measurements. Refused, in one line each: a path
+    not ending in ``.csv``; a directory or a broken symbolic link at one of the three files (writing
+    would replace the link silently); a file or broken link in the way of their directory; a directory
+    or file name longer than the file system takes; a directory this process may not write, by its
+    permissions or for real: a temporary file is created and removed in it (where the directory is
+    still to be made, a temporary directory in its nearest existing parent); any other ``OSError`` on
+    the way (no permission to look, a path too long)."""
     accepted = "expected the path of a .csv file in a writable directory (the scaling files go beside it)"
     if out.suffix != ".csv":
         return accepted
-    for path in (out, *scaling_paths(out)):
-        if path.is_dir():
-            return f"{path} is a directory; {accepted}"
-    parent = out.absolute().parent
-    blocking = file_in_the_way(parent)
-    if blocking is not None:
-        return f"{blocking} is {what_is(blocking)}, not a directory; {accepted}"
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable; {accepted}"
+    targets = (out, *scaling_paths(out))
+    try:
+        parent = out.absolute().parent
+        blocking = file_in_the_way(parent)
+        if blocking is not None:
+            return f"{blocking} is {what_is(blocking)}, not a directory; {accepted}"
+        existing = next(p for p in (parent, *parent.parents) if p.exists())
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        # the names written: the directories still to be made, the files (the CSVs by way of a .tmp file)
+        written = [(d, d) for d in parent.relative_to(existing).parts]
+        written += [(p.name, p.name + (".tmp" if p.suffix == ".csv" else "")) for p in targets]
+        for name, longest in written:
+            size = len(os.fsencode(longest))
+            if size > name_max:
+                tmp = " with the .tmp of its atomic write" if longest != name else ""
+                return (
+                    f"{name[:40]}...: a name of {size} bytes{tmp}, longer than the {name_max} this file "
+                    f"system takes; {accepted}"
+                )
+        for path in targets:
+            if path.is_dir():
+                return f"{path} is a directory; {accepted}"
+            if path.is_symlink() and not path.exists():
+                return f"{path} is {what_is(path)}; {accepted}"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable; {accepted}"
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else out
+        return f"{where} cannot be looked at ({exc.strerror or type(exc).__name__}); {accepted}"
+    try:  # for real: what the permissions, the file system and its mount allow
+        if existing == parent:
+            fd, probe = tempfile.mkstemp(prefix=".perf-probe-", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".perf-probe-", dir=existing))
+    except OSError as exc:
+        made = "a file" if existing == parent else "a directory"
+        return f"{existing}: cannot create {made} in it ({exc.strerror or type(exc).__name__}); {accepted}"
     return None
 
 
 def positive_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds > 0."""
+    """argparse type: a number of seconds > 0 and at most ``MAX_TIMEOUT_S``."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0 and at most {MAX_TIMEOUT_S:,.0f} (a day), got {text!r}"
+        )
     return value
+
+
+def profile_id(text: str) -> str:
+    """argparse type: a measurement ID (not empty; whether the plan has it is checked once it is built)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "expected a measurement ID, e.g. sampler/rl2/halfcheetah-vel/B20, got an empty one"
+        )
+    return text
+
+
+def jobs_json(text: str) -> str:
+    """argparse type of the internal ``--jobs``: a JSON list of job objects, each with a string ``id`` (as
+    ``isolate.run_isolated`` passes them); the text is returned as given."""
+    import json
+
+    try:
+        jobs = json.loads(text)
+    except (ValueError, RecursionError):
+        jobs = None
+    if not isinstance(jobs, list) or not all(
+        isinstance(j, dict) and isinstance(j.get("id"), str) for j in jobs
+    ):
+        raise argparse.ArgumentTypeError(
+            '(internal) expected a JSON list of jobs, each an object with a string "id", as '
+            "scripts.perf.isolate passes them"
+        )
+    return text
 
 
 def profile_one(jobs: list[dict[str, Any]], job_id: str, top: int) -> int:
@@ -159,7 +233,10 @@ def profile_one(jobs: list[dict[str, Any]], job_id: str, top: int) -> int:
 
     by_id = {j["id"]: j for j in jobs}
     if job_id not in by_id:
-        print(f"perf: error: unknown measurement {job_id!r}; accepted: {', '.join(by_id)}", file=sys.stderr)
+        print(
+            f"{PROG}: error: --profile: unknown measurement {job_id!r}; accepted: {', '.join(by_id)}",
+            file=sys.stderr,
+        )
         return 2
     out, stats = profiling.profiled(lambda: run_one(by_id[job_id]), whole=False)
     print(
@@ -177,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``results/perf.csv``, with ``--quick`` a temporary directory) and the scaling CSV and figure beside it,
     print the table and the README Markdown; returns 1 when a row is an ERROR, else 0."""
     args = parse_args(argv)
-    if args.jobs:
+    if args.jobs is not None:
         from scripts.perf.isolate import serve
 
         serve(args.jobs)
@@ -187,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     jobs, skips = plan.build_plan(args)
-    if args.profile:
+    if args.profile is not None:
         return profile_one(jobs, args.profile, args.top)
     jobs = plan.select(jobs, args.only)
     for s in skips:

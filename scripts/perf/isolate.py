@@ -21,6 +21,8 @@ from typing import Any
 from scripts.perf.profiling import REPO
 
 RESULT_TAG = "PERF-RESULT "
+#: The longest wait for one subprocess (20 days): subprocess's timeout overflows past about 24.8 days.
+MAX_WAIT_S = 20 * 86_400.0
 
 
 class PeakRSS:
@@ -102,16 +104,18 @@ def serve(jobs_json: str) -> None:
 
 
 def run_isolated(jobs: list[dict[str, Any]], timeout: float) -> dict[str, dict[str, Any]]:
-    """Measure ``jobs`` in order in one fresh subprocess; id -> result (``{"error": ...}`` if none came)."""
+    """Measure ``jobs`` in order in one fresh subprocess; id -> result (``{"error": ...}`` if none came).
+    The subprocess gets ``timeout`` seconds per job, at most ``MAX_WAIT_S`` in all."""
     cmd = [sys.executable, "-m", "scripts.perf", "--jobs", json.dumps(jobs)]
     out: dict[str, dict[str, Any]] = {}
+    total = min(timeout * len(jobs), MAX_WAIT_S)
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout * len(jobs))
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=total)
         stdout, why = proc.stdout, (proc.stderr or proc.stdout).strip().splitlines()[-1:]
         why = why[0] if why else f"exit code {proc.returncode}"
     except subprocess.TimeoutExpired as exc:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        why = f"timed out after {timeout * len(jobs):.0f} s"
+        why = f"timed out after {total:.0f} s"
     for line in stdout.splitlines():
         if line.startswith(RESULT_TAG):
             res = json.loads(line[len(RESULT_TAG) :])
