@@ -61,6 +61,7 @@ from benchmark.results import (
 )
 from benchmark.sampler import TrialSampler
 from benchmark.suites.base import Suite
+from benchmark.suites.checks import tasks_fingerprint
 from metarl_protocol import AdaptiveAgent, MetaLearner, Task, TrialBatch
 
 PACKAGES = ("metarl-bench", "torch", "numpy", "gymnasium", "mujoco", "metaworld", "pandas")
@@ -555,6 +556,7 @@ class Runner:
                 "headline_episodes": self.suite.headline_episodes(),
                 "description": self.suite.description,
                 "splits": {s: len(self.suite.tasks(s)) for s in self.suite.splits()},
+                "tasks_sha256": tasks_fingerprint(self.suite),
             },
             "reference_returns": {s: asdict(r) for s, r in refs.items() if r is not None},
             "versions": package_versions(),

@@ -901,3 +901,21 @@ def test_runs_of_one_suite_must_share_its_definition(tmp_path, change, file, exp
     write_run(root / "ok", "point-nav", "rl2", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
     write_run(root / "ok", "point-nav", "trmrl", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
     assert len(load_results(root / "ok").runs) == 2
+
+
+def test_runs_of_one_suite_with_other_tasks_are_refused(tmp_path):
+    """Runs that recorded a hash of their suite's tasks: another hash is another task set, even where
+    every task_id keeps its description; runs without the hash (older) are compared by descriptions."""
+    root = tmp_path / "runs"
+    write_run(root, "point-nav", "rl2", 0, {**POINT_NAV, "tasks_sha256": "a" * 64}, POINT_NAV_REFS, skill=1.0)
+    write_run(
+        root, "point-nav", "trmrl", 0, {**POINT_NAV, "tasks_sha256": "b" * 64}, POINT_NAV_REFS, skill=1.0
+    )
+    write_run(root, "point-nav", "maml", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)  # recorded none
+    with pytest.raises(ResultsError, match=r"trmrl/seed0/config.json: recorded other tasks \(suite_info"):
+        load_results(root)
+    write_run(
+        root / "ok", "point-nav", "rl2", 0, {**POINT_NAV, "tasks_sha256": "a" * 64}, POINT_NAV_REFS, skill=1
+    )
+    write_run(root / "ok", "point-nav", "maml", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
+    assert len(load_results(root / "ok").runs) == 2

@@ -262,6 +262,25 @@ def test_resume_refuses_a_suite_that_changed(tmp_path, capsys, bad_suite):
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_resume_refuses_a_suite_whose_tasks_changed(tmp_path, capsys, bad_suite):
+    """Same ids, same count, no references: only the recorded hash of the tasks tells."""
+    plain = dict(reference_returns=lambda self, split="test": None)
+    bad_suite.append(_variant(**plain))
+    args = ["run", "--algo", "rl2", "--suite", "line", "--out", str(tmp_path), "--no-progress"]
+    sets = ["--set", "budget_steps=240", "--set", "eval_every_steps=240", "--set", "meta_batch_size=4"]
+    assert main(args + sets) == 0
+    moved = [
+        Task(t.task_id, t.split, {"goal": t.params["goal"] / 2}, t.description) for t in Line().tasks("test")
+    ]
+    bad_suite[0] = _variant(
+        **plain, _make_tasks=lambda self, split: moved if split == "test" else Line._make_tasks(self, split)
+    )
+    longer = [s.replace("budget_steps=240", "budget_steps=480") for s in sets]
+    code = main([*args, *longer, "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "suite_info.tasks_sha256" in err, err
+
+
 def test_registry_refuses_bad_plugin_suites(monkeypatch):
     """A family mapping naming a suite that cannot be a directory, holding an instance instead of a
     factory, or a suite that cannot be built: one RegistryError each."""

@@ -522,16 +522,25 @@ def _check_same_suite(runs: Sequence[Run]) -> None:
     refuse runs that recorded different ``suite_info``, test references or tasks under one ``task_id``
     (a suite whose definition changed between the runs), naming both runs."""
     first: dict[str, Run] = {}
+    hashed: dict[str, Run] = {}
     tasks: dict[tuple[str, str, int], tuple[str, Run]] = {}
     for run in sorted(runs, key=lambda r: (r.suite, r.algo, r.seed)):
         ref = first.setdefault(run.suite, run)
         differs, file = None, "config.json"
         pair = [None if r is None else (r.random, r.oracle) for r in (run.references, ref.references)]
+        # a hash of every split's tasks (runs since the key was added record it): against the first
+        # run of the suite that recorded one
+        sha_run = hashed.setdefault(run.suite, run) if run.config["suite_info"].get("tasks_sha256") else run
+        sha = [r.config["suite_info"].get("tasks_sha256") for r in (run, sha_run)]
         if run.info != ref.info:
             key = next(k for k in SUITE_INFO_KEYS if getattr(run.info, k) != getattr(ref.info, k))
             differs = f"suite_info.{key} = {getattr(run.info, key)!r} (there: {getattr(ref.info, key)!r})"
         elif pair[0] != pair[1]:
             differs = f"test reference returns (random, oracle) = {pair[0]} (there: {pair[1]})"
+        elif sha[0] != sha[1]:
+            hashes = [f"{str(h)[:12]}..." for h in sha]
+            differs = f"other tasks (suite_info.tasks_sha256 {hashes[0]}, there: {hashes[1]})"
+            ref = sha_run
         else:
             pairs = run.eval[["split", "task_id", "task"]].drop_duplicates()
             for split, task_id, task in pairs.itertuples(index=False):

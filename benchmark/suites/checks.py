@@ -131,6 +131,15 @@ def check_suite_facts(suite: Suite) -> None:
             )
 
 
+def tasks_fingerprint(suite: Suite) -> str:
+    """SHA-256 (hex) of every split's tasks (split, task_id, params; canonical JSON): what a run records
+    in ``suite_info.tasks_sha256`` so that a resume or a figure can tell when a suite's tasks changed."""
+    import hashlib
+
+    tasks = [[t.split, int(t.task_id), t.params] for split in suite.splits() for t in suite.tasks(split)]
+    return hashlib.sha256(json.dumps(tasks, sort_keys=True).encode()).hexdigest()
+
+
 def _array(suite: Suite, what: str, value: Any, shape: tuple[int, ...], kinds: str) -> np.ndarray:
     """``value`` as an array of ``shape`` whose dtype kind is in ``kinds`` (``f`` float, ``b`` bool,
     ``i``/``u`` integer); finite where it is a float array."""
