@@ -50,10 +50,12 @@ def check_suite(suite: Suite, episodes: int = 2) -> None:
     ``check_suite_facts`` (family, horizon, trial lengths, dimensions, scored episodes, non-empty splits
     of unique, JSON-serialisable tasks defined once, finite references with oracle > random), then
     ``probe_suite`` over ``episodes`` whole episodes (up to the horizon) of random actions, each played
-    twice from the same seeds and actions (shapes, dtypes, finite values, determinism).
+    twice from the same seeds and actions (shapes, dtypes, finite values, determinism), then the first
+    once more on the used environment, next to another task, and with 2 worker processes (no state kept
+    across episodes or shared between rows; the same results in any process layout).
     """
     check_suite_facts(suite)
-    probe_suite(suite, steps=suite.horizon, episodes=episodes)
+    probe_suite(suite, steps=suite.horizon, episodes=episodes, thorough=True)
 
 
 class ContractError(AssertionError):

@@ -291,6 +291,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<10} {doc}")
     print("suites:  (H = horizon, K = episodes per training trial, eval = episodes per meta-test trial)")
     names = registry.suite_names()
+    for problem in registry.PROBLEMS:  # a broken or clashing plugin suite: said, and the others listed
+        print(f"metarl-bench: warning: {problem}", file=sys.stderr)
     for name in names:
         if name.startswith("ml1-") and name != "ml1-reach":
             continue
@@ -408,7 +410,8 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
                 first_error = first_error or exc
                 for seed in args.seeds:
                     spec = RunSpec(algo, suite_name, seed, budget_steps=0)
-                    refused.append(RunResult(spec, "failed", f"refused its settings: {exc}", attempts=0))
+                    what = "suite" if isinstance(exc, SuiteError) else "settings"
+                    refused.append(RunResult(spec, "failed", f"refused its {what}: {exc}", attempts=0))
                 continue
             cpus = max(processes_used(suite, run_cfg), run_cfg.torch_threads, update_threads(run_cfg))
             gpus = 1 if args.device.startswith("cuda") else 0

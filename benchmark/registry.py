@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import traceback
-import warnings
 from collections.abc import Callable, Mapping
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
@@ -54,7 +53,7 @@ def _origin(ep: EntryPoint) -> str:
 
 
 #: What a suite name may look like: it becomes a directory of the results tree.
-SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # matched with fullmatch
 
 
 def algorithm_source(name: str) -> dict[str, str | None] | None:
@@ -124,7 +123,11 @@ def load_algorithm(name: str) -> type[MetaLearner]:
 
 def _expand(name: str, ep: EntryPoint) -> dict[str, Callable[[], Suite]]:
     """Load one suite entry point: a single suite, or a family mapping of suites (name -> factory).
-    Raises ``RegistryError`` for anything else, or for a name that cannot be a results directory."""
+
+    Raises ``RegistryError`` when it gives neither. A member whose name cannot be a results directory,
+    or that is a suite instance rather than a factory, is left out and its reason kept in ``_REFUSED``
+    (``load_suite`` says it for that name); the other members load.
+    """
     obj = ep.load()
     if isinstance(obj, type) and issubclass(obj, Suite):
         out: dict[str, Callable[[], Suite]] = {name: obj}
@@ -136,18 +139,25 @@ def _expand(name: str, ep: EntryPoint) -> dict[str, Callable[[], Suite]]:
             out = {name: lambda: produced}
         else:
             raise RegistryError(f"suite entry point {name!r} ({ep.value}) gave neither a Suite nor a mapping")
-    for key, factory in out.items():
-        if not isinstance(key, str) or not SUITE_NAME.match(key):
-            raise RegistryError(
+    for key, factory in list(out.items()):
+        if not isinstance(key, str) or not SUITE_NAME.fullmatch(key):
+            _REFUSED[str(key)] = (
                 f"suite entry point {name!r} ({ep.value}) names a suite {key!r}: a suite name is letters, "
                 "digits and . _ + - (not starting with one of those), as it names a results directory"
             )
-        if not callable(factory) or isinstance(factory, Suite):
-            raise RegistryError(
+        elif not callable(factory) or isinstance(factory, Suite):
+            _REFUSED[key] = (
                 f"suite entry point {name!r} ({ep.value}) maps {key!r} to {factory!r}: a family mapping "
                 "holds zero-argument factories (a Suite class or function), not suite instances"
             )
+        else:
+            continue
+        del out[key]
     return out
+
+
+#: Suite names an entry point gave but that were left out -> why (filled by ``_expand``).
+_REFUSED: dict[str, str] = {}
 
 
 #: The entry point each family member came from (filled by ``_suite_factories``).
@@ -158,16 +168,20 @@ _AMBIGUOUS: dict[str, str] = {}
 
 @cache
 def _suite_factories() -> dict[str, Callable[[], Suite]]:
-    """Every suite of every entry point; a plugin that fails to load is reported and skipped. A suite
-    name given by two entry points is kept out with a warning (``load_suite`` refuses it)."""
+    """Every suite of every entry point; a plugin that fails to load is skipped and said in ``PROBLEMS``.
+    A suite name given by two entry points is left out (``load_suite`` refuses it by name)."""
     out: dict[str, Callable[[], Suite]] = {}
     _SUITE_ORIGIN.clear()
     _AMBIGUOUS.clear()
+    _REFUSED.clear()
+    PROBLEMS.clear()
     for name, ep in _entry_points(SUITE_GROUP).items():
         try:
             expanded = _expand(name, ep)
         except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
-            warnings.warn(f"suite entry point {name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            PROBLEMS.append(
+                f"suite entry point {name!r} ({ep.value}) failed to load: {' '.join(str(exc).split())}"
+            )
             continue
         for key, factory in expanded.items():
             if key in _SUITE_ORIGIN and _SUITE_ORIGIN[key].name != ep.name:
@@ -176,13 +190,20 @@ def _suite_factories() -> dict[str, Callable[[], Suite]]:
             out.setdefault(key, factory)
     for key, where in _AMBIGUOUS.items():
         out.pop(key, None)
-        warnings.warn(f"suite {key!r} is registered twice ({where}); left out", stacklevel=2)
+        PROBLEMS.append(f"suite {key!r} is registered twice ({where}); left out")
+    PROBLEMS.extend(f"{why}; left out" for why in _REFUSED.values())
     return out
+
+
+#: What ``_suite_factories`` left out and why, one line each (``metarl-bench list`` prints them; a run
+#: is told only about the suite it asks for).
+PROBLEMS: list[str] = []
 
 
 def suite_names() -> list[str]:
     """Every suite name, family members included, sorted. Loads every suite entry point (cached per
-    process); one that fails to load is left out with a warning."""
+    process); one that fails to load, or a name two entry points give, is left out and said in
+    ``PROBLEMS``."""
     return sorted(_suite_factories())
 
 
@@ -200,6 +221,8 @@ def load_suite(name: str) -> Suite:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's import error, said in one line
         raise RegistryError(f"suite entry point {name!r} ({eps[name].value}) {_failure(exc)}") from None
+    if name in _REFUSED:
+        raise RegistryError(_REFUSED[name])
     if name not in factories or name in _AMBIGUOUS:
         if name in _AMBIGUOUS:
             raise RegistryError(

@@ -361,7 +361,13 @@ class Runner:
         for key in ("profile", "device"):
             if old.get(key) != new[key]:
                 diffs.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
-        diffs += _suite_changes(old, new)
+        changed = _suite_changes(old, new)
+        if changed:
+            raise ResumeMismatchError(
+                f"{self.dir}: --resume of a run whose suite {self.run_id.suite!r} changed since it started: "
+                f"{'; '.join(changed)}; its records hold the old suite's tasks and references, so it "
+                "resumes only with the suite's code of then, or starts again with --overwrite"
+            )
         for section, config in (("run", self.run_cfg), ("algo_config", self.algo_config)):
             before, after = old.get(section, {}), new[section]
             if not isinstance(before, dict):
@@ -777,19 +783,21 @@ class Runner:
 
 
 def _suite_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two config records' suite facts (the keys the old one recorded) and test /
-    OOD reference returns (random, oracle): a suite whose definition changed since the run started."""
+    """What differs between two config records' suite facts (the ``suite_info`` keys both recorded, its
+    free-text description aside; ``tasks_sha256`` is a hash of every split's tasks) and reference returns
+    (random, oracle) of the test split and of every other split both records hold (older records lack
+    some splits, and a run made before tuning-only validation references may hold one)."""
     changes = []
     before, after = old.get("suite_info"), new["suite_info"]
     if isinstance(before, dict):
-        for key in sorted(set(before) & set(after)):
+        for key in sorted((set(before) & set(after)) - {"description"}):
             if before[key] != after[key]:
                 changes.append(f"suite_info.{key} {before[key]!r} -> {after[key]!r}")
     refs = [old.get("reference_returns"), new["reference_returns"]]
     refs = [r if isinstance(r, dict) else {} for r in refs]
     if "random" in refs[0]:  # written before references were kept per split: the test split's
         refs[0] = {"test": refs[0]}
-    for split in sorted(set(refs[0]) | set(refs[1])):
+    for split in sorted((set(refs[0]) & set(refs[1])) | {"test"}):
         pair = [
             (r[split].get("random"), r[split].get("oracle")) if isinstance(r.get(split), dict) else None
             for r in refs

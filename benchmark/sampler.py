@@ -163,12 +163,12 @@ class TrialSampler:
             a, b, t = *groups[g], k * H + h
             act_ = active[a:b]
             reward = np.where(act_, res.reward, 0.0).astype(np.float32)
-            terminated = res.terminated & act_
+            terminated = np.asarray(res.terminated, bool) & act_
             episode_done = (terminated | (h == H - 1)) & act_
             next_obs = np.where(act_[:, None], res.obs, obs[a:b])
             obs_buf[a:b, t], next_obs_buf[a:b, t] = obs[a:b], next_obs
             rew_buf[a:b, t], term_buf[a:b, t], done_buf[a:b, t] = reward, terminated, episode_done
-            valid_buf[a:b, t], succ_buf[a:b, t] = act_, res.success & act_
+            valid_buf[a:b, t], succ_buf[a:b, t] = act_, np.asarray(res.success, bool) & act_
             # the agent sees exactly the row just recorded (buffer rows are never overwritten)
             recorded = (obs_buf, env_act_buf, rew_buf, next_obs_buf, term_buf, done_buf, valid_buf)
             # copies: what the agent changes in place is not the record
@@ -210,6 +210,12 @@ class TrialSampler:
             # once per episode (per step it cost ~5 us per group): nothing sampled reaches a learner or
             # a result before this check (masked rows hold 0 and their last observation)
             episode = slice(k * H, (k + 1) * H)
+            if not np.isfinite(act_buf[:, episode]).all():  # before the env is blamed for what it was fed
+                row, step = (int(i[0]) for i in np.nonzero(~np.isfinite(act_buf[:, episode]).all(-1)))
+                raise RuntimeError(
+                    f"the agent's action for {tasks[row].split} task {tasks[row].task_id} at step {step} of "
+                    f"episode {k} is not finite ({act_buf[row, k * H + step].tolist()}): the method diverged"
+                )
             if not (np.isfinite(rew_buf[:, episode]).all() and np.isfinite(next_obs_buf[:, episode]).all()):
                 self._non_finite(tasks, rew_buf[:, episode], next_obs_buf[:, episode], f"episode {k}")
             for ag in agents:

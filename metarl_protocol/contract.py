@@ -76,7 +76,7 @@ class SuiteSpec:
     episodes_per_trial: int
     eval_episodes: int
     scored_episodes: tuple[int, ...]
-    family: str  # "point-nav", "locomotion", "metaworld", or a plugin's
+    family: str  # "point-nav", "locomotion" or "metaworld" (a plugin suite picks the closest)
 
 
 @dataclass

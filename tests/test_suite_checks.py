@@ -94,7 +94,7 @@ BROKEN = [
         dict(family="goalnav"),
         "family 'goalnav' has no run profiles; accepted: locomotion, metaworld, point-nav",
     ),
-    (dict(horizon=0), "horizon must be an integer >= 1, got 0"),
+    (dict(horizon=0), "horizon must be a Python int >= 1, got 0"),
     (dict(headline_episodes=lambda self: [3]), "headline_episodes() must be a non-empty list"),
     (dict(headline_episodes=lambda self: []), "headline_episodes() must be a non-empty list"),
     (dict(_make_tasks=_overlap), "test task 0 and train task 0 have the same params"),
@@ -120,8 +120,56 @@ BROKEN = [
     ),
     (
         dict(reference_returns=lambda self, split="test": ReferenceReturns(float("nan"), -1.0, "")),
-        "must be finite numbers",
+        "must be finite Python floats",
     ),
+]
+
+
+def _shifted(delta):
+    """Test tasks that repeat the training tasks but for a number's spelling or float noise."""
+
+    def make(self, split):
+        tasks = Line._make_tasks(self, "train")
+        if split == "train":
+            return tasks
+        return [Task(t.task_id, "test", {"goal": delta(t.params["goal"])}, t.description) for t in tasks]
+
+    return make
+
+
+_calls = iter(range(10**6))
+
+BROKEN += [
+    (dict(splits=lambda self: (s for s in ("train", "test"))), "splits() must be a tuple of distinct names"),
+    (dict(splits=lambda self: ("train", "test", "test")), "splits() must be a tuple of distinct names"),
+    (dict(horizon=np.int64(10)), "horizon must be a Python int >= 1, got np.int64(10)"),
+    (dict(headline_episodes=lambda self: [True]), "headline_episodes() must be a non-empty list"),
+    (
+        dict(_make_tasks=lambda self, split: [Task(2**63, split, {"goal": float(split == "test")}, "g")]),
+        "train task_id must be an integer in [0, 2**53), got 9223372036854775808",
+    ),
+    (dict(_make_tasks=_shifted(lambda g: g + 1e-12)), "test task 0 and train task 0 have the same params"),
+    (
+        dict(_make_tasks=lambda self, split: [Task(0, split, {"g": 0.0 if split == "train" else -0.0}, "g")]),
+        "test task 0 and train task 0 have the same params",
+    ),
+    (
+        dict(_make_tasks=lambda self, split: [Task(0, split, {"g": 1 if split == "train" else 1.0}, "g")]),
+        "test task 0 and train task 0 have the same params",
+    ),
+    (
+        dict(reference_returns=lambda self, split="test": {"random": -8.0}),
+        "must return ReferenceReturns or None",
+    ),
+    (
+        dict(reference_returns=lambda self, split="test": ReferenceReturns(False, True, "")),
+        "finite Python floats",
+    ),
+    (
+        dict(reference_returns=lambda self, split="test": ReferenceReturns(-8.0 - next(_calls), -1.0, "")),
+        "references must be deterministic",
+    ),
+    (dict(reference_returns=lambda self, split="test": 1 / 0), "raised ZeroDivisionError: division by zero"),
 ]
 
 
@@ -133,9 +181,50 @@ def test_facts_check_refuses_a_broken_suite(attrs, expected):
     assert "\n" not in msg and msg.startswith("suite 'line' (") and expected in msg, msg
 
 
+class _TwoEnv(LineEnv):
+    """terminated as the integer 2 (not a bool) from step 2 on."""
+
+    def reset(self, seeds):
+        self.t = 0
+        return super().reset(seeds)
+
+    def step(self, actions, active):
+        res = super().step(actions, active)
+        self.t += 1
+        return StepResult(res.obs, res.reward, np.full(self.num_envs, 2 * (self.t >= 2)), res.success)
+
+
+class _AgingEnv(LineEnv):
+    """Starts elsewhere from its fifth reset on: state kept across episodes."""
+
+    def reset(self, seeds):
+        self.resets = getattr(self, "resets", 0) + 1
+        return super().reset(seeds) + (self.resets >= 5)
+
+
+class _MeanGoalEnv(LineEnv):
+    """The reward of every row depends on the batch's mean goal: state shared between rows."""
+
+    def step(self, actions, active):
+        res = super().step(actions, active)
+        return StepResult(res.obs, res.reward - np.float32(self.goal.mean()), res.terminated, res.success)
+
+
+class _WorkersEnv(LineEnv):
+    """Adds an offset when built with two worker processes."""
+
+    def __init__(self, n, workers=1):
+        super().__init__(n)
+        self.offset = np.float32(0.5 * (workers > 1))
+
+    def reset(self, seeds):
+        return super().reset(seeds) + self.offset
+
+
 PROBED = [
-    (_NanEnv, "step 0 reward holds non-finite values"),
-    (_UnseededEnv, "gave different results from the same seeds and actions"),
+    (_TwoEnv, "step 0 terminated: expected shape (2,) of bool (numpy bool arrays), got shape (2,) of int64"),
+    (_NanEnv, "step 0 reward holds values that are not finite as float32"),
+    (_UnseededEnv, "gave different results (episode 0 of the probe) from the same seeds and actions"),
     (_WideRewardEnv, "step 0 reward: expected shape (2,)"),
     (_NarrowObsEnv, "reset() observations: expected shape (2, 1)"),
 ]
@@ -147,6 +236,24 @@ def test_probe_refuses_a_broken_environment(env_cls, expected):
     check_suite_facts(suite)  # the facts are fine: only stepping shows it
     with pytest.raises(SuiteError, match="suite 'line'") as info:
         probe_suite(suite)
+    assert expected in str(info.value), info.value
+
+
+@pytest.mark.parametrize(
+    ("env_cls", "expected"),
+    [
+        (_AgingEnv, "an environment that had run 4 episodes gave other results than when it was new"),
+        (_MeanGoalEnv, "row 0 (train task 0) gave other results next to another task"),
+        (_WorkersEnv, "make_batch_env(2, 2) (2 processes) gave other results than with 1 process"),
+    ],
+)
+def test_check_suite_finds_state_the_short_probe_misses(env_cls, expected):
+    suite = _variant(
+        make_batch_env=lambda self, n, w=1: env_cls(n, w) if env_cls is _WorkersEnv else env_cls(n)
+    )
+    probe_suite(suite)  # a run's three-step probe passes these
+    with pytest.raises(SuiteError) as info:
+        check_suite(suite)
     assert expected in str(info.value), info.value
 
 
@@ -212,6 +319,39 @@ def test_sampler_refuses_a_non_finite_reward_or_observation():
     assert "observation [inf]" in msg, msg
 
 
+class _Const:
+    """An agent acting ``value`` in every row."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def new_trial(self, keys):
+        pass
+
+    def act(self, obs):
+        return np.full((len(obs), 1), self.value, np.float32), {}
+
+    def observe(self, tr):
+        pass
+
+    def end_episode(self):
+        pass
+
+    def clone(self):
+        return _Const(self.value)
+
+
+def test_sampler_blames_a_non_finite_action_on_the_agent_and_reads_integer_terminations():
+    suite = _variant(make_batch_env=lambda self, n, w=1: _TwoEnv(n))
+    tasks = suite.tasks("test")[:2]
+    with pytest.raises(
+        RuntimeError, match="the agent's action for test task 0 at step 0 of episode 0 is not finite"
+    ):
+        TrialSampler(suite).run(_Const(np.nan), tasks, 1, seed=0)
+    batch = TrialSampler(suite).run(_Const(0.5), tasks, 1, seed=0)
+    assert batch.valid.sum(axis=1).tolist() == [2, 2]  # terminated (as 2) at the second step
+
+
 @pytest.fixture
 def bad_suite(monkeypatch):
     """``--suite line`` resolves to the suite the test puts in ``holder[0]``."""
@@ -262,6 +402,32 @@ def test_resume_refuses_a_suite_that_changed(tmp_path, capsys, bad_suite):
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_resume_accepts_older_records_of_an_unchanged_suite(tmp_path, capsys, bad_suite):
+    """Records written before references were kept per split (one object: the test split's), or with
+    validation references in a run without a validation split (asked for before this check), or with
+    another description: the same suite, resumed."""
+    bad_suite.append(Line())
+    args = ["run", "--algo", "rl2", "--suite", "line", "--out", str(tmp_path), "--no-progress"]
+    budget = 240
+    assert main([*args, "--set", f"budget_steps={budget}", "--set", "meta_batch_size=4"]) == 0
+    path = tmp_path / "line" / "rl2" / "seed0" / "config.json"
+    refs = json.loads(path.read_text())["reference_returns"]
+    for older in (
+        {"reference_returns": refs["test"]},
+        {"reference_returns": {**refs, "validation": refs["test"]}},
+        {"description": "reworded"},
+    ):
+        config = json.loads(path.read_text())
+        if "description" in older:
+            config["suite_info"]["description"] = older["description"]
+        else:
+            config["reference_returns"] = older["reference_returns"]
+        path.write_text(json.dumps(config))
+        budget += 240
+        code = main([*args, "--set", f"budget_steps={budget}", "--set", "meta_batch_size=4", "--resume"])
+        assert code == 0, (older, capsys.readouterr().err)
+
+
 def test_resume_refuses_a_suite_whose_tasks_changed(tmp_path, capsys, bad_suite):
     """Same ids, same count, no references: only the recorded hash of the tasks tells."""
     plain = dict(reference_returns=lambda self, split="test": None)
@@ -283,7 +449,7 @@ def test_resume_refuses_a_suite_whose_tasks_changed(tmp_path, capsys, bad_suite)
 
 def test_registry_refuses_bad_plugin_suites(monkeypatch):
     """A family mapping naming a suite that cannot be a directory, holding an instance instead of a
-    factory, or a suite that cannot be built: one RegistryError each."""
+    factory, or a suite that cannot be built, or one name from two entry points: one RegistryError each."""
 
     class EP:
         def __init__(self, name, obj):
@@ -292,14 +458,6 @@ def test_registry_refuses_bad_plugin_suites(monkeypatch):
         def load(self):
             return self.obj
 
-    cases = {
-        "escape": (lambda: {"../escape": Line}, "names a suite '../escape'"),
-        "instance": (lambda: {"instance": Line()}, "not suite instances"),
-    }
-    for name, (obj, expected) in cases.items():
-        with pytest.raises(registry.RegistryError, match=expected):
-            registry._expand(name, EP(name, obj))
-
     class Abstract(Suite):  # make_batch_env and _make_tasks missing
         name = "abstract"
 
@@ -307,6 +465,7 @@ def test_registry_refuses_bad_plugin_suites(monkeypatch):
         "abstract": EP("abstract", Abstract),
         "line": EP("line", Line),
         "fam": EP("fam", lambda: {"line": Line}),
+        "mixed": EP("mixed", lambda: {"good": Line, "../escape": Line, "instance": Line(), "evil\n": Line}),
     }
     monkeypatch.setattr(registry, "_entry_points", lambda group: eps)
     monkeypatch.setattr(registry, "_twice", lambda group: {})
@@ -315,6 +474,18 @@ def test_registry_refuses_bad_plugin_suites(monkeypatch):
     try:
         with pytest.raises(registry.RegistryError, match="suite 'abstract' could not be built: TypeError"):
             registry.load_suite("abstract")
+        # a family's bad members are left out, each said for its name; the good ones load
+        assert isinstance(registry.load_suite("good"), Line)
+        with pytest.raises(
+            registry.RegistryError, match="names a suite '../escape': a suite name is letters"
+        ):
+            registry.load_suite("../escape")
+        with pytest.raises(registry.RegistryError, match="maps 'instance' to .*not suite instances"):
+            registry.load_suite("instance")
+        with pytest.raises(registry.RegistryError, match="names a suite 'evil.n': a suite name"):
+            registry.load_suite("evil\n")
+        said = " | ".join(registry.PROBLEMS)  # what `list` prints, one line each
+        assert "suite 'line' is registered twice" in said and "names a suite '../escape'" in said, said
         # a family member that takes another entry point's suite name: refused, not resolved silently
         with pytest.raises(registry.RegistryError, match="suite 'line' is registered twice .*fake:fam"):
             registry.load_suite("line")
