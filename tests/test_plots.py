@@ -919,3 +919,18 @@ def test_runs_of_one_suite_with_other_tasks_are_refused(tmp_path):
     )
     write_run(root / "ok", "point-nav", "maml", 0, POINT_NAV, POINT_NAV_REFS, skill=1.0)
     assert len(load_results(root / "ok").runs) == 2
+
+
+def test_one_run_with_two_tasks_under_one_id_is_refused(tmp_path):
+    """A run resumed after its suite changed (before runs recorded a hash of their tasks): one line naming
+    its eval.csv once, not a comparison of the run with itself."""
+    root = _one_run(tmp_path)
+    path = root / "point-nav" / "rl2" / "seed0" / "eval.csv"
+    ev = pd.read_csv(path)
+    first = ev["mark"] == ev["mark"].min() if "mark" in ev else ev["iteration"] == ev["iteration"].min()
+    ev.loc[first & (ev["task_id"] == 0), "task"] = "goal=moved"
+    ev.to_csv(path, index=False)
+    with pytest.raises(ResultsError) as info:
+        load_results(root)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: holds two tasks under test task_id 0") and msg.count(str(path)) == 1, msg

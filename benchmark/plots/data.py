@@ -545,6 +545,12 @@ def _check_same_suite(runs: Sequence[Run]) -> None:
             pairs = run.eval[["split", "task_id", "task"]].drop_duplicates()
             for split, task_id, task in pairs.itertuples(index=False):
                 seen, where = tasks.setdefault((run.suite, split, int(task_id)), (str(task), run))
+                if seen != str(task) and where is run:  # one run's records mix two task sets
+                    raise _fail(
+                        run.path / "eval.csv",
+                        f"holds two tasks under {split} task_id {task_id} ({seen!r} and {task!r}): its "
+                        "records mix two definitions of the suite (resumed after it changed); rerun it",
+                    )
                 if seen != str(task):
                     differs = f"{split} task_id {task_id} = {task!r} (there: {seen!r})"
                     ref, file = where, "eval.csv"
