@@ -11,7 +11,7 @@ import torch
 
 from algorithms.rl2 import RL2, RL2Agent, RL2Config
 from algorithms.trmrl import TrMRL, TrMRLConfig
-from benchmark.check import ContractError, check_learner
+from benchmark.check import ContractError, check_agent, check_learner
 from benchmark.suites.point_nav import PointNav
 
 TINY_RL2 = RL2Config(hidden_size=16, encoder_hidden=8, meta_batch_size=4, epochs=1, minibatches=2)
@@ -200,3 +200,15 @@ class WrongEvaluationFlag(RL2):
 def test_each_broken_rule_is_named(cls, message):
     with pytest.raises(ContractError, match=message):
         check_learner(cls, PointNav(), TINY_RL2)
+
+
+class ThreeTasks(PointNav):
+    """point-nav with 3 training tasks: the clone check's other task used to be train[3 % 3], the same."""
+
+    def _make_tasks(self, split):
+        return super()._make_tasks(split)[:3]
+
+
+def test_clone_independence_is_checked_on_a_suite_with_few_training_tasks():
+    with pytest.raises(ContractError, match="clones must be independent"):
+        check_agent(SharedMemory(ThreeTasks().spec(), TINY_RL2, torch.device("cpu")), ThreeTasks())
