@@ -251,9 +251,11 @@ def check_agent(learner: MetaLearner, suite: Suite, evaluation: bool = False, se
         _same_trials(a, trial(lock, tasks), "the same seed must give the same trial")
         # clone independence first (shared state also breaks the pipelined comparison below, whose message
         # would name the wrong rule): the second group's rows must not depend on what the first group saw
-        # (any other task will do, a test task where the training split holds one: a single-task suite
-        # cannot show it)
-        other = next((t for t in [*train, *suite.tasks("test")] if t.params != train[0].params), None)
+        # (a task of none of the check's rows, else the rows' keys, and with them the groups, would change;
+        # a test task where the training split has too few: a suite with one task cannot show it)
+        other = next(
+            (t for t in [*train, *suite.tasks("test")] if all(t.params != r.params for r in tasks)), None
+        )
         if other is not None:
             d = trial(lock, [other] * 3 + tasks[3:])
             _require(
