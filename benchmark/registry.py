@@ -66,10 +66,8 @@ def algorithm_source(name: str) -> dict[str, str | None] | None:
 def suite_source(name: str) -> dict[str, str | None] | None:
     """Where suite ``name`` comes from, as ``algorithm_source`` says it for a method: the entry point
     that registers it (a family's entry point for its members, e.g. ``metaworld`` for ``ml1-reach``)."""
-    eps = _entry_points(SUITE_GROUP)
-    if name not in eps:
-        _suite_factories()
-    return _source(eps.get(name) or _SUITE_ORIGIN.get(name))
+    _suite_factories()
+    return _source(_SUITE_ORIGIN.get(name))
 
 
 def _source(ep: EntryPoint | None) -> dict[str, str | None] | None:
@@ -156,7 +154,8 @@ def _expand(name: str, ep: EntryPoint) -> dict[str, Callable[[], Suite]]:
     return out
 
 
-#: Suite names an entry point gave but that were left out -> why (filled by ``_expand``).
+#: Suite names left out -> why: an entry point that failed to load, or a family member refused by
+#: ``_expand`` (filled by ``_suite_factories``).
 _REFUSED: dict[str, str] = {}
 
 
@@ -178,10 +177,11 @@ def _suite_factories() -> dict[str, Callable[[], Suite]]:
     for name, ep in _entry_points(SUITE_GROUP).items():
         try:
             expanded = _expand(name, ep)
+        except RegistryError as exc:
+            _REFUSED[name] = str(exc)
+            continue
         except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
-            PROBLEMS.append(
-                f"suite entry point {name!r} ({ep.value}) failed to load: {' '.join(str(exc).split())}"
-            )
+            _REFUSED[name] = f"suite entry point {name!r} ({ep.value}) {_failure(exc)}"
             continue
         for key, factory in expanded.items():
             if key in _SUITE_ORIGIN and _SUITE_ORIGIN[key].name != ep.name:
@@ -191,7 +191,7 @@ def _suite_factories() -> dict[str, Callable[[], Suite]]:
     for key, where in _AMBIGUOUS.items():
         out.pop(key, None)
         PROBLEMS.append(f"suite {key!r} is registered twice ({where}); left out")
-    PROBLEMS.extend(f"{why}; left out" for why in _REFUSED.values())
+    PROBLEMS.extend(f"{why}; left out" for why in _REFUSED.values())  # failed entry points included
     return out
 
 
@@ -210,26 +210,19 @@ def suite_names() -> list[str]:
 @cache
 def load_suite(name: str) -> Suite:
     """The suite instance (cached: suites build their task sets once per process)."""
-    eps = _entry_points(SUITE_GROUP)
     twice = _twice(SUITE_GROUP)
     if name in twice:
         raise RegistryError(f"suite {twice[name]}")
-    _suite_factories()  # every entry point: a family member may take the name of another suite
-    try:
-        factories = _expand(name, eps[name]) if name in eps else _suite_factories()
-    except RegistryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's import error, said in one line
-        raise RegistryError(f"suite entry point {name!r} ({eps[name].value}) {_failure(exc)}") from None
+    factories = _suite_factories()  # every entry point: a family member may take another suite's name
     if name in _REFUSED:
         raise RegistryError(_REFUSED[name])
-    if name not in factories or name in _AMBIGUOUS:
-        if name in _AMBIGUOUS:
-            raise RegistryError(
-                f"suite {name!r} is registered twice ({_AMBIGUOUS[name]}); uninstall one of the packages "
-                "or rename its suite"
-            )
-        names = sorted(_suite_factories())
+    if name in _AMBIGUOUS:
+        raise RegistryError(
+            f"suite {name!r} is registered twice ({_AMBIGUOUS[name]}); uninstall one of the packages or "
+            "rename its suite"
+        )
+    if name not in factories:
+        names = sorted(factories)
         shown = [n for n in names if not n.startswith("ml1-")]
         ml1 = [n for n in names if n.startswith("ml1-")]
         if name.startswith("ml1-") and ml1:  # an unknown Meta-World task: list every valid ML1 suite
@@ -239,9 +232,8 @@ def load_suite(name: str) -> Suite:
     try:
         suite = factories[name]()
     except Exception as exc:  # noqa: BLE001 - a plugin's failure, said in one line
-        raise RegistryError(
-            f"suite {name!r} could not be built: {_failure(exc)[len('failed to load: ') :]}"
-        ) from None
+        why = _failure(exc).removeprefix("failed to load: ")
+        raise RegistryError(f"suite {name!r} could not be built: {why}") from None
     if not isinstance(suite, Suite):
         raise RegistryError(f"suite {name!r}: its factory returned {type(suite).__name__}, not a Suite")
     if not suite.name:

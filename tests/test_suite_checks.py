@@ -456,6 +456,8 @@ def test_registry_refuses_bad_plugin_suites(monkeypatch):
             self.name, self.value, self.obj, self.dist = name, f"fake:{name}", obj, None
 
         def load(self):
+            if isinstance(self.obj, Exception):
+                raise self.obj
             return self.obj
 
     class Abstract(Suite):  # make_batch_env and _make_tasks missing
@@ -466,6 +468,8 @@ def test_registry_refuses_bad_plugin_suites(monkeypatch):
         "line": EP("line", Line),
         "fam": EP("fam", lambda: {"line": Line}),
         "mixed": EP("mixed", lambda: {"good": Line, "../escape": Line, "instance": Line(), "evil\n": Line}),
+        "boom": EP("boom", ImportError("no module named boom_dep")),
+        "neither": EP("neither", lambda: 42),
     }
     monkeypatch.setattr(registry, "_entry_points", lambda group: eps)
     monkeypatch.setattr(registry, "_twice", lambda group: {})
@@ -484,6 +488,13 @@ def test_registry_refuses_bad_plugin_suites(monkeypatch):
             registry.load_suite("instance")
         with pytest.raises(registry.RegistryError, match="names a suite 'evil.n': a suite name"):
             registry.load_suite("evil\n")
+        # an entry point that fails to import, or gives neither a Suite nor a mapping: one line each
+        with pytest.raises(
+            registry.RegistryError, match=r"suite entry point 'boom' \(fake:boom\) failed to load: "
+        ):
+            registry.load_suite("boom")
+        with pytest.raises(registry.RegistryError, match="'neither' .* gave neither a Suite nor a mapping"):
+            registry.load_suite("neither")
         said = " | ".join(registry.PROBLEMS)  # what `list` prints, one line each
         assert "suite 'line' is registered twice" in said and "names a suite '../escape'" in said, said
         # a family member that takes another entry point's suite name: refused, not resolved silently
