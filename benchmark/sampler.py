@@ -56,6 +56,12 @@ def reset_seeds(seed: int, episodes: int, num_envs: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2**31 - 1, size=(episodes, num_envs))
 
 
+def _first(bad: np.ndarray) -> tuple[int, int]:
+    """(row, step) of the earliest True of ``bad`` (B, T), the lowest row at that step."""
+    step, row = (int(i[0]) for i in np.nonzero(bad.T))
+    return row, step
+
+
 class TrialSampler:
     """Runs trials of a suite for any ``AdaptiveAgent``; owns the batch environments.
 
@@ -87,8 +93,7 @@ class TrialSampler:
     def _non_finite(self, tasks: Sequence[Task], reward: np.ndarray, obs: np.ndarray, where: str) -> None:
         """Raise ``SuiteError`` naming the first step (then row) whose reward (B, T) or observation
         (B, T, obs_dim) is not finite."""
-        bad = ~(np.isfinite(reward) & np.isfinite(obs).all(axis=-1))
-        step, row = (int(i[0]) for i in np.nonzero(bad.T))
+        row, step = _first(~(np.isfinite(reward) & np.isfinite(obs).all(axis=-1)))
         task = tasks[row]
         at = f"the {where}" if where.startswith("reset") else f"step {step} of {where}"
         raise SuiteError(
@@ -211,7 +216,7 @@ class TrialSampler:
             # a result before this check (masked rows hold 0 and their last observation)
             episode = slice(k * H, (k + 1) * H)
             if not np.isfinite(act_buf[:, episode]).all():  # before the env is blamed for what it was fed
-                row, step = (int(i[0]) for i in np.nonzero(~np.isfinite(act_buf[:, episode]).all(-1)))
+                row, step = _first(~np.isfinite(act_buf[:, episode]).all(-1))
                 raise RuntimeError(
                     f"the agent's action for {tasks[row].split} task {tasks[row].task_id} at step {step} of "
                     f"episode {k} is not finite ({act_buf[row, k * H + step].tolist()}): the method diverged"
