@@ -147,6 +147,23 @@ def test_full_plan_targets_and_references():
     assert {j["scaling"] for j in jobs} == {"", "tasks", "window"}
 
 
+def test_only_a_kind_leaves_out_the_scaling_series_unless_asked():
+    """``--only train peer`` measures the training rows and their peers, not the 10 / 40 / 80-task training
+    series (it used to run them too); ``--only scaling`` runs every series with its references."""
+    import argparse
+
+    args = argparse.Namespace(quick=False, algos=["rl2"], suites=None, torch_threads=1, update_threads=0)
+    jobs, _ = plan.build_plan(args)
+    train = {j["id"] for j in plan.select(jobs, ["train", "peer"])}
+    assert "train/rl2/halfcheetah-vel/B20" in train and any(i.startswith("peer/sb3-ppo/") for i in train)
+    assert not {"train/rl2/halfcheetah-vel/B10", "train/rl2/halfcheetah-vel/B80"} & train
+    sampler = {j["id"] for j in plan.select(jobs, ["sampler"])}
+    assert "sampler/rl2/ant-dir/B20" in sampler and "sampler/rl2/halfcheetah-vel/B80" not in sampler
+    scaling = {j["id"] for j in plan.select(jobs, ["scaling"])}
+    assert {"train/rl2/halfcheetah-vel/B10", "sampler/rl2/halfcheetah-vel/B80"} <= scaling
+    assert "train/rl2/halfcheetah-vel/B20" in scaling  # the series' 20-task point is the main row
+
+
 def test_report_divides_by_the_reference_and_projects_the_paper_budget():
     jobs = [
         {"id": "raw/s/B20", "kind": "raw", "name": "batch env", "suite": "s", "batch": 20, "reference": ""},

@@ -442,11 +442,20 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
 
 
 def select(jobs: list[Job], only: list[str] | None) -> list[Job]:
-    """Jobs of the kinds in ``only`` plus, transitively, the rows they are compared with."""
+    """Jobs of the kinds in ``only`` plus, transitively, the rows they are compared with.
+
+    The scaling series' own rows (group ``scaling/...``: other batch sizes and windows) are kept only with
+    ``scaling`` in ``only``: ``--only train`` measures the training rows, not the training series too.
+    """
     if not only:
         return jobs
     by_id = {j["id"]: j for j in jobs}
-    keep = {j["id"] for j in jobs if j["kind"] in only or ("scaling" in only and j.get("scaling"))}
+    keep = {
+        j["id"]
+        for j in jobs
+        if (j["kind"] in only and not j["group"].startswith("scaling/"))
+        or ("scaling" in only and j.get("scaling"))
+    }
     frontier = list(keep)
     while frontier:
         ref = by_id[frontier.pop()].get("reference", "")
