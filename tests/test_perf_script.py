@@ -92,6 +92,12 @@ def test_quick_run_ratios_use_the_right_reference(quick_run):
     by_id = {r["id"]: r for r in rows}
     for r in rows:
         ref = by_id.get(r["reference"])
+        if r["kind"] == "train" and r["target"].startswith(">="):  # the peer's rounds in the row's process
+            peer_id, paired = r["reference"].split(", ")
+            assert paired == "paired in-process" and peer_id in r["notes"], r
+            rounds = [float(x) for x in re.search(r"in this process \(([\d. ]+);", r["notes"])[1].split()]
+            assert math.isclose(float(r["ratio"]), statistics.median(rounds), abs_tol=0.006), r
+            ref = by_id[peer_id]
         if r["kind"] == "sampler":  # the raw batch env of the same suite and batch, timed in the same process
             raw_id, paired = r["reference"].split(", ")
             assert paired == "paired in-process", r
@@ -110,7 +116,7 @@ def test_quick_run_ratios_use_the_right_reference(quick_run):
             assert 0.8 <= float(work[1]) / float(work[2]) <= 1.5, r  # per step: a few more nets
         elif r["kind"] == "train" and r["name"] == "maml":
             assert r["ratio"] == "" and r["reference"].startswith("none"), r
-        if ref is not None and r["ratio"] != "" and r["kind"] != "breakdown":
+        if ref is not None and r["ratio"] != "" and r["kind"] not in ("breakdown", "train"):
             assert math.isclose(float(r["ratio"]), float(r["rate"]) / float(ref["rate"]), rel_tol=0.01), r
         if r["target"]:
             assert r["status"] == _expected_status(r), r
@@ -145,6 +151,39 @@ def test_full_plan_targets_and_references():
         assert train["overrides"].get("target_kl", "none") == "none"
     assert by_id["paper/trmrl/halfcheetah-vel"]["max_hours"] == 3.0
     assert {j["scaling"] for j in jobs} == {"", "tasks", "window"}
+
+
+def test_a_training_row_is_paired_with_its_peer_round_by_round(monkeypatch):
+    """After each timed iteration the peer does one round in the row's process; the row's ratio is the
+    median of the rounds' ratios (own rate / the round's peer rate), not a ratio of two separate rows."""
+    import argparse
+
+    from scripts.perf import measure, peers
+
+    class FakePeer:  # 100, 1,000 and 10,000 units/s: each round's ratio lands in its own decade
+        rates, closed = [1e2, 1e3, 1e4], []
+
+        def __init__(self, job):
+            self.job, self.n = job, 0
+
+        def round(self):
+            self.n += 1
+            return self.rates[self.n - 1] * 0.5, 0.5
+
+        def close(self):
+            self.closed.append(self.job["id"])
+
+    monkeypatch.setattr(peers, "PeerRounds", FakePeer)
+    args = argparse.Namespace(quick=True, algos=["rl2"], suites=None, torch_threads=1, update_threads=0)
+    jobs, _ = plan.build_plan(args)
+    (job,) = [j for j in jobs if j["kind"] == "train" and j.get("paired_peer")]
+    out = measure.measure_train({**job, "iterations": 3, "torch_threads": 1})
+    rounds = [float(x) for x in re.search(r"in this process \(([\d. ]+);", out["notes"])[1].split()]
+    # each round divides that iteration's own rate by that round's peer rate (own rates vary far less than
+    # 5x between iterations), and the row's ratio is the middle one: the median, not a pooled ratio
+    assert len(rounds) == 3 and rounds[0] > 5 * rounds[1] > 25 * rounds[2], out["notes"]
+    assert math.isclose(out["ratio"], rounds[1], abs_tol=0.006), (out["ratio"], rounds)
+    assert FakePeer.closed == [job["paired_peer"]["id"]]
 
 
 def test_only_a_kind_leaves_out_the_scaling_series_unless_asked():

@@ -331,7 +331,11 @@ def eval_steps(suite: Any, run_cfg: Any) -> int:
 def measure_train(job: Job) -> dict[str, Any]:
     """``learner.train_step(ctx)`` for ``iterations`` after ``warmup_iterations``; wall time split into
     sampling (``ctx.sample_trials``) and the rest (the update). With ``breakdown``, one more iteration
-    runs under cProfile and is split into phases (``profiling.maml_breakdown``)."""
+    runs under cProfile and is split into phases (``profiling.maml_breakdown``). With ``paired_peer`` (a
+    peer job), the peer does one iteration's work after each timed iteration (``peers.PeerRounds``), and
+    ``ratio`` is the median of the rounds' rate ratios: the host's drift between rows stays out of it."""
+    import statistics
+
     import numpy as np
     import torch
 
@@ -365,18 +369,34 @@ def measure_train(job: Job) -> dict[str, Any]:
         with intra_op_threads(threads):
             return learner.train_step(ctx)
 
-    phases = None
+    phases, peer = None, None
     try:
         first = None
         for _ in range(job["warmup_iterations"]):  # starts env workers, optimiser state, initial data
             first = train_step()
+        if job.get("paired_peer"):
+            from scripts.perf.peers import PeerRounds
+
+            peer = PeerRounds(job["paired_peer"])
         steps0, ctx.sampling = ctx.env_steps, 0.0
         grad0 = (first or {}).get("grad_steps", 0.0)
-        stats = []
-        t0 = tic()
+        stats: list[dict[str, float]] = []
+        dt, ratios, peer_count, peer_seconds = 0.0, [], 0.0, 0.0
         for _ in range(job["iterations"]):
+            steps_i, sampling_i = ctx.env_steps, ctx.sampling
+            grads_i = stats[-1].get("grad_steps", 0.0) if stats else grad0
+            t0 = tic()
             stats.append(train_step())
-        dt = toc(t0)
+            dt_i = toc(t0)
+            dt += dt_i
+            if peer is not None:  # the same work of the peer, right after, in this process
+                if "grad_steps" in stats[-1]:  # off-policy: gradient steps per second outside sampling
+                    own = (stats[-1]["grad_steps"] - grads_i) / (dt_i - (ctx.sampling - sampling_i))
+                else:
+                    own = (ctx.env_steps - steps_i) / dt_i
+                count_i, seconds_i = peer.round()
+                peer_count, peer_seconds = peer_count + count_i, peer_seconds + seconds_i
+                ratios.append(own / (count_i / seconds_i))
         sampling, steps = ctx.sampling, ctx.env_steps - steps0
         if job.get("breakdown"):
             s0 = time.perf_counter()
@@ -389,6 +409,8 @@ def measure_train(job: Job) -> dict[str, Any]:
             flops = total / max(counted["grad_steps"] - before, 1)
     finally:
         sampler.close()
+        if peer is not None:
+            peer.close()
     out: dict[str, Any] = {
         "env_steps": steps,
         "sampling_s": sampling,
@@ -432,7 +454,16 @@ def measure_train(job: Job) -> dict[str, Any]:
         )
         if hasattr(cfg, k)
     )
-    out["notes"] = "; ".join([*notes, sizes, f"env workers={workers}", f"update threads={threads}"])
+    notes += [sizes, f"env workers={workers}", f"update threads={threads}"]
+    if ratios:
+        out["ratio"] = statistics.median(ratios)
+        notes.append(
+            f"ratio: median over {len(ratios)} rounds, each one iteration then the same work of "
+            f"{job['paired_peer']['id']} in this process ({' '.join(f'{r:.2f}' for r in ratios)}; the "
+            f"peer there {peer_count / peer_seconds:.0f} {out.get('unit', 'env steps/s')}; memory peak "
+            "includes it)"
+        )
+    out["notes"] = "; ".join(notes)
     return out
 
 

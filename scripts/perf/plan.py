@@ -11,8 +11,10 @@ Rows (``kind``), env steps per second unless the unit says otherwise:
                 on halfcheetah-vel, >= 0.9x on ant-dir and ml1-reach. ``sampler/null/...`` (no target):
                 an agent whose policy costs nothing (``measure.null_agent``), the loop alone.
 * ``train``     ``learner.train_step`` at the quick profile on halfcheetah-vel, KL early stop off;
-                ratio to the library ``peer`` doing the same work (``work`` column, equal for both).
-                Target: >= 1.0x (MAML: no maintained library peer, n/a); peak memory <= 2 GB.
+                ratio to the library ``peer`` doing the same work (``work`` column, equal for both),
+                paired in the row's own process (after each iteration the peer does the same work; the
+                median of the rounds' ratios: ``measure.measure_train``). Target: >= 1.0x (MAML: no
+                maintained library peer, n/a); peak memory <= 2 GB.
 * ``peer``      Stable-Baselines3 PPO at each PPO method's rollout / minibatches / epochs, SB3 SAC at PEARL's
                 nets and batch (gradient steps per second, as the PEARL row).
 * ``breakdown`` one MAML-TRPO iteration split into sampling, inner loop, Fisher-vector products, line
@@ -325,7 +327,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                     "update_threads": threads,
                 }
             )
-            train(algo, "quick", ov, reference=peer, min_ratio=1.0, **limits)
+            train(algo, "quick", ov, reference=peer, min_ratio=1.0, paired_peer=jobs[peer], **limits)
         elif algo == "pearl":
             batch = cfg.meta_batch * cfg.batch_size
             peer = add(
@@ -347,7 +349,9 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Job], list[dict[str, Any]
                     "update_threads": threads,
                 }
             )
-            train(algo, "quick", ov, reference=peer, min_ratio=1.0, **limits)
+            # paired rounds: the peer's gradient steps of one PEARL iteration after each of PEARL's
+            paired = {**jobs[peer], "grad_steps": cfg.grad_steps_per_iter}
+            train(algo, "quick", ov, reference=peer, min_ratio=1.0, paired_peer=paired, **limits)
         elif algo == "maml":
             train(
                 algo,

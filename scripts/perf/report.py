@@ -4,8 +4,10 @@
   microseconds per batched step (``seconds * batch / count``) for env-step rows.
 * ``ratio``: rate / the reference row's rate (``breakdown``: the phase's share of the iteration; window
   rows: rate / rate at the smallest window). A row's ``reference`` is the id it is divided by; sampler
-  rows (``reference`` "raw/..., paired in-process") carry their own ratio, the median over rounds timed
-  back to back with a raw batch env like that row's in the same process (``measure.measure_sampler``).
+  and training rows (``reference`` "..., paired in-process") carry their own ratio, the median over rounds
+  timed back to back in the row's own process with a raw batch env like that row's
+  (``measure.measure_sampler``) or with the library peer doing one iteration's work
+  (``measure.measure_train``).
 * ``status``: PASS when every target of the row holds (ratio >= min, peak memory <= limit, projected
   hours <= limit, run seconds <= limit), ``FAIL <which>`` otherwise, ``n/a`` without a reference.
 * ``projected_h`` (paper rows): (budget env steps at the measured rate with training, the update time
@@ -129,18 +131,18 @@ def finish_rows(jobs: list[Job], results: dict[str, dict[str, Any]], skips: list
         if ref == "quiet":
             row["reference"] = f"quiet machine {QUIET_HALFCHEETAH:.0f}/s"
             row["ratio"] = _sig(row["rate"] / QUIET_HALFCHEETAH)
-        elif job["kind"] == "sampler" and "ratio" in results[job["id"]]:  # paired in its own process
+        elif job["kind"] in ("sampler", "train") and "ratio" in results[job["id"]]:  # paired in its process
             row["ratio"] = _sig(results[job["id"]]["ratio"])
             row["reference"] = f"{ref}, paired in-process"
         elif ref in rows and rate(ref) and row["rate"] != "":
             row["ratio"] = _sig(row["rate"] / rate(ref))
-            mine, theirs = (results[j].get("flops_per_grad_step") for j in (job["id"], ref))
-            if mine and theirs:  # gradient steps of different methods: how much work is each one
-                row["notes"] += (
-                    f"; matmul work per gradient step {mine / 1e6:.0f} MFLOP against the peer's "
-                    f"{theirs / 1e6:.0f} (torch FlopCounterMode, forward + backward): per unit of work "
-                    f"{row['rate'] * mine / (rate(ref) * theirs):.2f}x the peer"
-                )
+        mine, theirs = (results.get(j, {}).get("flops_per_grad_step") for j in (job["id"], ref))
+        if mine and theirs and row["ratio"] != "":  # gradient steps of different methods: how much work
+            row["notes"] += (
+                f"; matmul work per gradient step {mine / 1e6:.0f} MFLOP against the peer's "
+                f"{theirs / 1e6:.0f} (torch FlopCounterMode, forward + backward): per unit of work "
+                f"{row['ratio'] * mine / theirs:.2f}x the peer"
+            )
         _target(job, row)
     out: list[dict[str, Any]] = []
     for rid, row in rows.items():
