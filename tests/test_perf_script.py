@@ -161,13 +161,14 @@ def test_a_training_row_is_paired_with_its_peer_round_by_round(monkeypatch):
     from scripts.perf import measure, peers
 
     class FakePeer:  # 100, 1,000 and 10,000 units/s: each round's ratio lands in its own decade
-        rates, closed = [1e2, 1e3, 1e4], []
+        rates, closed, unprofiled = [1e2, 1e3, 1e4], [], []
 
         def __init__(self, job):
             self.job, self.n = job, 0
 
-        def round(self):
+        def round(self, profiled=True):
             self.n += 1
+            self.unprofiled.append(not profiled)  # paired rounds stay out of the row's --profile
             return self.rates[self.n - 1] * 0.5, 0.5
 
         def close(self):
@@ -183,7 +184,7 @@ def test_a_training_row_is_paired_with_its_peer_round_by_round(monkeypatch):
     # 5x between iterations), and the row's ratio is the middle one: the median, not a pooled ratio
     assert len(rounds) == 3 and rounds[0] > 5 * rounds[1] > 25 * rounds[2], out["notes"]
     assert math.isclose(out["ratio"], rounds[1], abs_tol=0.006), (out["ratio"], rounds)
-    assert FakePeer.closed == [job["paired_peer"]["id"]]
+    assert FakePeer.closed == [job["paired_peer"]["id"]] and FakePeer.unprofiled == [True] * 3
 
 
 def test_only_a_kind_leaves_out_the_scaling_series_unless_asked():
@@ -252,6 +253,14 @@ def test_profile_prints_the_timed_region_only(capsys):
     assert profiling.PROFILER is None
     assert cli.main(["--quick", "--profile", "sampler/nope"]) == 2
     assert "unknown measurement 'sampler/nope'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_SB3, reason="stable_baselines3 (extra perf) is not installed")
+def test_profile_of_a_training_row_leaves_out_its_paired_peer(capsys):
+    """The peer's rounds run between the row's timed iterations, outside its profiled regions."""
+    assert cli.main(["--quick", "--profile", "train/rl2/point-nav/B2", "--top", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "rl2.py" in printed and "stable_baselines3" not in printed
 
 
 def test_the_raw_replay_repeats_the_sampler_trial():

@@ -394,7 +394,7 @@ def measure_train(job: Job) -> dict[str, Any]:
                     own = (stats[-1]["grad_steps"] - grads_i) / (dt_i - (ctx.sampling - sampling_i))
                 else:
                     own = (ctx.env_steps - steps_i) / dt_i
-                count_i, seconds_i = peer.round()
+                count_i, seconds_i = peer.round(profiled=False)  # not in a --profile of this row
                 peer_count, peer_seconds = peer_count + count_i, peer_seconds + seconds_i
                 ratios.append(own / (count_i / seconds_i))
         sampling, steps = ctx.sampling, ctx.env_steps - steps0

@@ -19,6 +19,7 @@ with the update threads of the method they are compared with (``MetaLearner.para
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from scripts.perf.measure import flop_count, ppo_work, sac_work, update_threads
@@ -102,18 +103,21 @@ class PeerRounds:
         threaded_train(self.model, update_threads(job))
         self.model.train(gradient_steps=job["warmup_grad_steps"], batch_size=job["batch_size"])
 
-    def round(self) -> tuple[float, float]:
+    def round(self, profiled: bool = True) -> tuple[float, float]:
         """One round of the peer's work: (count, seconds), count in env steps (PPO) or gradient steps
-        (SAC)."""
+        (SAC). ``profiled=False`` keeps the round out of a ``--profile`` of the row it is paired with
+        (a timed region of its own otherwise: ``profiling.tic``)."""
         model, job = self.model, self.job
         assert model is not None
-        t0 = tic()
+        t0 = tic() if profiled else time.perf_counter()
         if job["op"] == "sb3_ppo":
             start = model.num_timesteps
             model.learn(job["rollout"], reset_num_timesteps=False)
-            return float(model.num_timesteps - start), toc(t0)
-        model.train(gradient_steps=job["grad_steps"], batch_size=job["batch_size"])
-        return float(job["grad_steps"]), toc(t0)
+            count = float(model.num_timesteps - start)
+        else:
+            model.train(gradient_steps=job["grad_steps"], batch_size=job["batch_size"])
+            count = float(job["grad_steps"])
+        return count, toc(t0) if profiled else time.perf_counter() - t0
 
     def close(self) -> None:
         if self.env is not None:
