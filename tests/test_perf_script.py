@@ -187,6 +187,24 @@ def test_a_training_row_is_paired_with_its_peer_round_by_round(monkeypatch):
     assert FakePeer.closed == [job["paired_peer"]["id"]] and FakePeer.unprofiled == [True] * 3
 
 
+def test_a_training_row_without_the_peer_library_still_measures_itself(monkeypatch):
+    """Without the perf extra the peer cannot run: the row is measured unpaired (no ratio) and says why."""
+    import argparse
+
+    from scripts.perf import measure, peers
+
+    def missing(job):
+        raise ModuleNotFoundError("No module named 'stable_baselines3'")
+
+    monkeypatch.setattr(peers, "PeerRounds", missing)
+    args = argparse.Namespace(quick=True, algos=["rl2"], suites=None, torch_threads=1, update_threads=0)
+    jobs, _ = plan.build_plan(args)
+    (job,) = [j for j in jobs if j["kind"] == "train" and j.get("paired_peer")]
+    out = measure.measure_train({**job, "torch_threads": 1})
+    assert "ratio" not in out and out["count"] > 0 and out["seconds"] > 0
+    assert f"not paired with {job['paired_peer']['id']}: No module named 'stable_baselines3'" in out["notes"]
+
+
 def test_only_a_kind_leaves_out_the_scaling_series_unless_asked():
     """``--only train peer`` measures the training rows and their peers, not the 10 / 40 / 80-task training
     series (it used to run them too); ``--only scaling`` runs every series with its references."""

@@ -374,10 +374,14 @@ def measure_train(job: Job) -> dict[str, Any]:
         first = None
         for _ in range(job["warmup_iterations"]):  # starts env workers, optimiser state, initial data
             first = train_step()
+        unpaired = ""
         if job.get("paired_peer"):
             from scripts.perf.peers import PeerRounds
 
-            peer = PeerRounds(job["paired_peer"])
+            try:
+                peer = PeerRounds(job["paired_peer"])
+            except ModuleNotFoundError as exc:  # the perf extra (the library peers) is not installed
+                unpaired = f"not paired with {job['paired_peer']['id']}: {exc}"
         steps0, ctx.sampling = ctx.env_steps, 0.0
         grad0 = (first or {}).get("grad_steps", 0.0)
         stats: list[dict[str, float]] = []
@@ -454,7 +458,7 @@ def measure_train(job: Job) -> dict[str, Any]:
         )
         if hasattr(cfg, k)
     )
-    notes += [sizes, f"env workers={workers}", f"update threads={threads}"]
+    notes += [sizes, f"env workers={workers}", f"update threads={threads}", *([unpaired] if unpaired else [])]
     if ratios:
         out["ratio"] = statistics.median(ratios)
         notes.append(
