@@ -131,7 +131,7 @@ def finish_rows(jobs: list[Job], results: dict[str, dict[str, Any]], skips: list
         if ref == "quiet":
             row["reference"] = f"quiet machine {QUIET_HALFCHEETAH:.0f}/s"
             row["ratio"] = _sig(row["rate"] / QUIET_HALFCHEETAH)
-        elif job["kind"] in ("sampler", "train") and "ratio" in results[job["id"]]:  # paired in its process
+        elif "ratio" in results[job["id"]]:  # paired in the row's own process (sampler and training rows)
             row["ratio"] = _sig(results[job["id"]]["ratio"])
             row["reference"] = f"{ref}, paired in-process"
         elif ref in rows and rate(ref) and row["rate"] != "":
